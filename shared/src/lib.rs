@@ -1,0 +1,266 @@
+//! Wire types of the reSTM HTTP contract (`../shared/api-contract.md`).
+//!
+//! Everything a client, the browser UI or the server puts on the wire is defined here once,
+//! so the three can never disagree about a field name. The crate has no I/O and compiles to
+//! `wasm32-unknown-unknown`. With the `openapi` feature each type also derives its OpenAPI
+//! schema, which the server collects into `/openapi.json`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Header naming the transaction a pointer operation runs in.
+pub const HEADER_TXN: &str = "x-restm-txn";
+/// Header asking for a read as of a past moment: a version, an RFC 3339 instant or `-10s`.
+pub const HEADER_AT: &str = "x-restm-at";
+/// Header carrying the version a read returned or a write committed.
+pub const HEADER_VERSION: &str = "x-restm-version";
+/// Header carrying the oldest readable version on `410 Gone`.
+pub const HEADER_HORIZON: &str = "x-restm-horizon";
+/// Media type of every error body (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Body of `POST /txn/begin`; every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BeginRequest {
+    /// Lease of the transaction in milliseconds, renewed by every request on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// A read-only transaction reads one snapshot and never takes a lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+/// Answer of `POST /txn/begin`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BeginResponse {
+    pub txn: String,
+    pub read_version: u64,
+}
+
+/// Answer of a `PUT`/`DELETE` outside a transaction: the version it committed at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WriteResponse {
+    pub version: u64,
+}
+
+/// Answer of a `PUT`/`DELETE` inside a transaction: the write is staged and its lock held.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StagedResponse {
+    pub txn: String,
+    pub ptr: String,
+    pub staged: bool,
+}
+
+/// Answer of `POST /txn/{id}/commit` and of the one-shot `POST /txn`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommitResponse {
+    pub commit_version: u64,
+}
+
+/// Answer of `POST /txn/{id}/abort`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AbortResponse {
+    pub txn: String,
+    pub state: TxnState,
+}
+
+/// Life-cycle state of a transaction.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TxnState {
+    Active,
+    Committed,
+    Aborted,
+}
+
+/// One entry of a transaction's read set: the pointer and the version it saw
+/// (`null` when the pointer was absent at the snapshot).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadEntry {
+    pub ptr: String,
+    pub version: Option<u64>,
+}
+
+/// One entry of a transaction's write set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WriteEntry {
+    pub ptr: String,
+    pub delete: bool,
+}
+
+/// Answer of `GET /txn/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TxnStatus {
+    pub txn: String,
+    pub state: TxnState,
+    pub read_only: bool,
+    pub read_version: u64,
+    pub reads: Vec<ReadEntry>,
+    pub writes: Vec<WriteEntry>,
+    /// Pointers whose write lock this transaction holds.
+    pub locks: Vec<String>,
+    pub age_ms: u64,
+    pub timeout_ms: u64,
+    pub trace_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_version: Option<u64>,
+    /// Why the transaction aborted, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+}
+
+/// A condition of a one-shot transaction: the pointer's latest version must equal
+/// `version`, or the pointer must be absent when `version` is `null`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub ptr: String,
+    pub version: Option<u64>,
+}
+
+/// A write of a one-shot transaction: either `value` or `"delete": true`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WriteOp {
+    pub ptr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub value: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
+}
+
+/// Body of the one-shot conditional `POST /txn`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OneShotRequest {
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub writes: Vec<WriteOp>,
+}
+
+/// One version of a pointer in `GET /ptr/{id}/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryEntry {
+    pub version: u64,
+    /// The wall-clock instant of the version (RFC 3339).
+    pub time: String,
+    /// The transaction that wrote it.
+    pub txn: String,
+    /// The value, `null` for a deletion.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub value: Option<Box<RawValue>>,
+    pub deleted: bool,
+    pub trace_id: String,
+}
+
+/// A page of `GET /ptr/{id}/history`, ascending by version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryPage {
+    pub versions: Vec<HistoryEntry>,
+    /// Cursor for the next page (pass it as `after`), `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// One pointer in `GET /ptr`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PointerEntry {
+    pub ptr: String,
+    pub version: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub value: Box<RawValue>,
+}
+
+/// A page of `GET /ptr`, ordered by pointer id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ListPage {
+    pub pointers: Vec<PointerEntry>,
+    /// Cursor for the next page (pass it as `after`), `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// Answer of `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// An RFC 9457 problem, the body of every 4xx and 5xx answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// One of the documented codes, see [`codes`].
+    pub code: String,
+    /// The pointer the problem is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The transaction the problem happened to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// The transaction that held the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_txn: Option<String>,
+    /// The transaction whose commit invalidated a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_txn: Option<String>,
+    /// The version that transaction committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_version: Option<u64>,
+    /// On `410`: the oldest version still readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<u64>,
+    /// On a second commit: the version the transaction already committed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_version: Option<u64>,
+}
+
+/// The documented set of problem codes.
+pub mod codes {
+    pub const CONFLICT: &str = "conflict";
+    pub const LOCK_TIMEOUT: &str = "lock-timeout";
+    pub const TXN_NOT_FOUND: &str = "txn-not-found";
+    pub const TXN_ABORTED: &str = "txn-aborted";
+    pub const TXN_COMMITTED: &str = "txn-committed";
+    pub const READ_ONLY: &str = "read-only";
+    pub const NOT_FOUND: &str = "not-found";
+    pub const GONE: &str = "gone";
+    pub const BAD_REQUEST: &str = "bad-request";
+    pub const TOO_LARGE: &str = "too-large";
+    pub const PRECONDITION_FAILED: &str = "precondition-failed";
+    pub const METHOD_NOT_ALLOWED: &str = "method-not-allowed";
+    pub const OVERLOADED: &str = "overloaded";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Physical milliseconds since the Unix epoch encoded in a hybrid-logical-clock version.
+pub fn version_millis(version: u64) -> u64 {
+    version >> 16
+}
