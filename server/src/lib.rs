@@ -5,4 +5,7 @@
 //! - [`http`]: the axum routes of the HTTP contract, a thin room around the node.
 
 pub mod cli;
+pub mod engine;
 pub mod http;
+pub mod node;
+pub mod storage;

@@ -136,11 +136,17 @@ pub struct Check {
 #[serde(deny_unknown_fields)]
 pub struct WriteOp {
     pub ptr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The value to write; `"value": null` writes JSON null (it is not the same as leaving it out).
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub value: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete: bool,
+}
+
+/// A field that is present (even as `null`) deserializes to `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Body of the one-shot conditional `POST /txn`.

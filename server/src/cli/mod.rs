@@ -1,10 +1,16 @@
-//! The `restm` command line: `serve` starts a node, the other subcommands talk to one.
+//! The `restm` command line: `serve` starts a node; `get`, `put`, `del` and `history` talk
+//! to one, so a user need not hand-write curl.
+
+pub mod client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+use crate::storage::Durability;
 
 /// reSTM: a distributed software transactional memory over HTTP.
 #[derive(Debug, Parser)]
@@ -18,10 +24,18 @@ pub struct Cli {
 pub enum Command {
     /// Start a node with embedded persistence.
     Serve(ServeArgs),
+    /// Read a pointer (optionally as of a past moment).
+    Get(client::GetArgs),
+    /// Write a JSON value to a pointer.
+    Put(client::PutArgs),
+    /// Delete a pointer.
+    Del(client::DelArgs),
+    /// List a pointer's versions.
+    History(client::HistoryArgs),
 }
 
 /// Options of `restm serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "RESTM_LISTEN", default_value = "127.0.0.1:7070")]
@@ -29,6 +43,30 @@ pub struct ServeArgs {
     /// Directory of the embedded fjall store.
     #[arg(long, env = "RESTM_DATA_DIR", default_value = "./restm-data")]
     pub data_dir: PathBuf,
+    /// Bearer token every request must carry (required to listen on a non-loopback address).
+    #[arg(long, env = "RESTM_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Allow a non-loopback address without a token.
+    #[arg(long)]
+    pub insecure: bool,
+    /// When a commit is acknowledged: `sync` after fsync (group commit), `async` before it.
+    #[arg(long, env = "RESTM_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: Durability,
+    /// Hash partitions of a new data directory (fixed once created; default 64).
+    #[arg(long, env = "RESTM_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub partitions: Option<u32>,
+    /// Longest a write waits for another transaction's lock before `409 lock-timeout`.
+    #[arg(long, env = "RESTM_LOCK_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
+    /// Default lease of a transaction, renewed by each request on it.
+    #[arg(long, env = "RESTM_TXN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub txn_timeout: Duration,
+    /// Versions of each pointer kept in memory; older ones are read from disk.
+    #[arg(long, env = "RESTM_HOT_VERSIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub hot_versions: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "RESTM_MAX_BODY", default_value_t = 1 << 20)]
+    pub max_body: usize,
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +88,10 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => crate::http::serve(args).await,
+            Command::Get(args) => client::get(args).await,
+            Command::Put(args) => client::put(args).await,
+            Command::Del(args) => client::del(args).await,
+            Command::History(args) => client::history(args).await,
         }
     });
     match result {

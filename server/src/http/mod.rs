@@ -1,31 +1,118 @@
-//! The HTTP face of a node: the axum router of the contract.
+//! The HTTP face of a node: the axum router of the contract (`../shared/api-contract.md`).
+//!
+//! Handlers are thin: they read headers and bodies ([`request`]), call the [`Node`], and
+//! turn results into JSON; every error becomes problem+json in [`error`]. One file per
+//! group of routes: [`ptr`] and [`txn`].
 
-use axum::{Json, Router, routing::get};
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod ptr;
+pub mod request;
+pub mod txn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use restm_shared::Health;
+use tower_http::trace::TraceLayer;
 
 use crate::cli::ServeArgs;
+use crate::engine::EngineConfig;
+use crate::node::{Node, NodeConfig};
+use error::ApiError;
 
-/// Builds the router.
-pub fn router() -> Router {
-    Router::new().route("/health", get(health))
+/// State shared by every handler: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub auth_token: Option<Arc<str>>,
 }
 
-async fn health() -> Json<Health> {
+/// Builds the router of the contract over a node.
+pub fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::document))
+        .route("/txn/begin", post(txn::begin))
+        .route("/txn", post(txn::one_shot))
+        .route("/txn/{id}", get(txn::status))
+        .route("/txn/{id}/commit", post(txn::commit))
+        .route("/txn/{id}/abort", post(txn::abort))
+        .route("/ptr", get(ptr::list))
+        .route("/ptr/{id}", get(ptr::get_ptr).put(ptr::put_ptr).delete(ptr::delete_ptr))
+        .route("/ptr/{id}/history", get(ptr::history))
+        .fallback(|| async { ApiError::RouteNotFound("no such route; see /openapi.json".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Liveness: `200` while the node serves.
+#[utoipa::path(get, path = "/health", tag = "node", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
-/// Binds the listener and serves until Ctrl-C or SIGTERM.
+/// Opens the node and serves until Ctrl-C or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    if !args.listen.ip().is_loopback() && args.auth_token.is_none() && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without --auth-token (or RESTM_AUTH_TOKEN): anyone who can reach it \
+             could read and write every pointer. Pass --insecure to do it anyway.",
+            args.listen
+        ));
+    }
+    if args.auth_token.as_deref().is_some_and(str::is_empty) {
+        return Err("--auth-token must not be empty".into());
+    }
+    let config = NodeConfig {
+        data_dir: args.data_dir.clone(),
+        partitions: args.partitions,
+        engine: EngineConfig {
+            hot_versions: args.hot_versions as usize,
+            default_timeout_ms: args.txn_timeout.as_millis() as u64,
+            ..EngineConfig::default()
+        },
+        lock_timeout: args.lock_timeout,
+        durability: args.durability,
+        reap_every: Duration::from_millis(50),
+    };
+    let node = Node::open(config).map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
+    node.spawn_reaper();
+    let state = AppState { node, auth_token: args.auth_token.map(Arc::from) };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%local, "restm listening");
+    tracing::info!(%local, durability = ?args.durability, "restm listening");
     println!("restm listening on http://{local}");
-    axum::serve(listener, router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    axum::serve(listener, router(state, args.max_body))
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
 }

@@ -1,0 +1,147 @@
+//! Client subcommands: thin wrappers over the HTTP contract that print what the node says.
+//! Values go to stdout; a problem goes to stderr with its code, and the exit status is 1.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use restm_shared::{HEADER_AT, HEADER_TXN, HEADER_VERSION, Problem};
+
+/// Characters left as they are in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Where the node is and how to reach it.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Base URL of the node.
+    #[arg(long, env = "RESTM_URL", default_value = "http://127.0.0.1:7070")]
+    pub target: String,
+    /// Bearer token.
+    #[arg(long, env = "RESTM_AUTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Run inside this transaction.
+    #[arg(long)]
+    pub txn: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    pub ptr: String,
+    /// Read as of a version, an RFC 3339 instant or a relative time (-10s).
+    #[arg(long, allow_hyphen_values = true)]
+    pub at: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PutArgs {
+    pub ptr: String,
+    /// The JSON value.
+    pub value: String,
+    /// Only if the pointer is at this version.
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DelArgs {
+    pub ptr: String,
+    /// Only if the pointer is at this version.
+    #[arg(long)]
+    pub if_match: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    pub ptr: String,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// Only versions up to this moment.
+    #[arg(long, allow_hyphen_values = true)]
+    pub at: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn ptr_url(t: &Target, ptr: &str, suffix: &str) -> String {
+    format!("{}/ptr/{}{}", t.target.trim_end_matches('/'), utf8_percent_encode(ptr, SEGMENT), suffix)
+}
+
+fn request(t: &Target, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+    let mut rb = reqwest::Client::new().request(method, url);
+    if let Some(tok) = &t.token {
+        rb = rb.bearer_auth(tok);
+    }
+    if let Some(txn) = &t.txn {
+        rb = rb.header(HEADER_TXN, txn);
+    }
+    rb
+}
+
+async fn finish(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
+    let resp = resp.map_err(|e| format!("cannot reach the node: {e}"))?;
+    let status = resp.status();
+    let version = resp.headers().get(HEADER_VERSION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        println!("{text}");
+        if let Some(v) = version {
+            eprintln!("version {v}");
+        }
+        Ok(())
+    } else {
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => Err(format!("{} {}: {}", p.status, p.code, p.detail)),
+            Err(_) => Err(format!("{status}: {text}")),
+        }
+    }
+}
+
+pub async fn get(a: GetArgs) -> Result<(), String> {
+    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, ""));
+    if let Some(at) = &a.at {
+        rb = rb.header(HEADER_AT, at);
+    }
+    finish(rb.send().await).await
+}
+
+pub async fn put(a: PutArgs) -> Result<(), String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(&a.value)
+        .map_err(|e| format!("the value is not JSON: {e}"))?;
+    let mut rb = request(&a.target, reqwest::Method::PUT, ptr_url(&a.target, &a.ptr, ""))
+        .header("content-type", "application/json")
+        .body(a.value);
+    if let Some(m) = &a.if_match {
+        rb = rb.header("if-match", m);
+    }
+    finish(rb.send().await).await
+}
+
+pub async fn del(a: DelArgs) -> Result<(), String> {
+    let mut rb = request(&a.target, reqwest::Method::DELETE, ptr_url(&a.target, &a.ptr, ""));
+    if let Some(m) = &a.if_match {
+        rb = rb.header("if-match", m);
+    }
+    finish(rb.send().await).await
+}
+
+pub async fn history(a: HistoryArgs) -> Result<(), String> {
+    let mut query = Vec::new();
+    if let Some(l) = a.limit {
+        query.push(format!("limit={l}"));
+    }
+    if let Some(af) = a.after {
+        query.push(format!("after={af}"));
+    }
+    let suffix =
+        if query.is_empty() { "/history".to_string() } else { format!("/history?{}", query.join("&")) };
+    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, &suffix));
+    if let Some(at) = &a.at {
+        rb = rb.header(HEADER_AT, at);
+    }
+    finish(rb.send().await).await
+}

@@ -1,0 +1,109 @@
+//! Typed errors of the engine. Each names exactly what went wrong, with the pointer and the
+//! other transaction where there is one; the HTTP edge maps them to problem+json in one place.
+
+use std::fmt;
+
+use super::{PtrId, TxnId};
+
+/// Why a transaction ended without committing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The client asked for it.
+    Client,
+    /// Commit-time validation or a conflicting lock made it lose.
+    Conflict(Conflict),
+    /// It waited for a lock longer than the lock timeout.
+    LockTimeout { ptr: PtrId, holder: TxnId },
+    /// Its client went silent for longer than its lease.
+    LeaseExpired,
+    /// A one-shot transaction's check did not hold.
+    CheckFailed { ptr: PtrId },
+    /// The commit could not be made durable.
+    Storage(String),
+    /// The request driving a one-shot transaction went away before it finished.
+    Cancelled,
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Client => write!(f, "aborted by the client"),
+            AbortReason::Conflict(c) => write!(f, "{c}"),
+            AbortReason::LockTimeout { ptr, holder } => {
+                write!(f, "timed out waiting for the lock on {ptr:?} held by txn {holder}")
+            }
+            AbortReason::LeaseExpired => write!(f, "its lease expired (no request within its timeout)"),
+            AbortReason::CheckFailed { ptr } => write!(f, "the check on {ptr:?} did not hold"),
+            AbortReason::Storage(e) => write!(f, "the commit could not be persisted: {e}"),
+            AbortReason::Cancelled => write!(f, "the request was cancelled"),
+        }
+    }
+}
+
+/// A serialization conflict: who lost, on which pointer, and who won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// Another transaction holds the pointer's lock.
+    Locked { ptr: PtrId, holder: TxnId },
+    /// Another transaction committed a newer version of a pointer this one read.
+    Stale { ptr: PtrId, winner_txn: TxnId, winner_version: u64 },
+}
+
+impl Conflict {
+    pub fn ptr(&self) -> &PtrId {
+        match self {
+            Conflict::Locked { ptr, .. } | Conflict::Stale { ptr, .. } => ptr,
+        }
+    }
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::Locked { ptr, holder } => write!(f, "pointer {ptr:?} is locked by txn {holder}"),
+            Conflict::Stale { ptr, winner_txn, winner_version } => write!(
+                f,
+                "pointer {ptr:?} was read, then txn {winner_txn} committed a newer version {winner_version}"
+            ),
+        }
+    }
+}
+
+/// Every way an engine operation can fail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no transaction {0:?} is known (it never existed, or finished long ago)")]
+    TxnNotFound(String),
+    #[error("transaction {txn} was aborted: {reason}")]
+    TxnAborted { txn: TxnId, reason: AbortReason },
+    #[error("transaction {txn} already committed at version {version}")]
+    TxnCommitted { txn: TxnId, version: u64 },
+    #[error("transaction {txn} is committing")]
+    TxnCommitting { txn: TxnId },
+    #[error("transaction {0} is read-only")]
+    ReadOnly(TxnId),
+    #[error("transaction {txn} lost a conflict and was aborted: {conflict}")]
+    Conflict { txn: TxnId, conflict: Conflict },
+    #[error(
+        "transaction {txn} timed out waiting for the lock on {ptr:?} held by txn {holder}; it was aborted"
+    )]
+    LockTimeout { txn: TxnId, ptr: PtrId, holder: TxnId },
+    #[error("check failed on {ptr:?}: expected {}, found {}", show(expected), show(actual))]
+    CheckFailed {
+        txn: TxnId,
+        ptr: PtrId,
+        expected: Option<u64>,
+        actual: Option<u64>,
+        actual_txn: Option<TxnId>,
+    },
+    #[error("pointer {ptr:?} does not exist")]
+    NotFound { ptr: PtrId },
+    #[error("version {requested} is in the future (the clock is at {now})")]
+    FutureVersion { requested: u64, now: u64 },
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+fn show(v: &Option<u64>) -> String {
+    v.map_or_else(|| "absent".to_string(), |v| format!("version {v}"))
+}

@@ -1,0 +1,550 @@
+//! The transactional engine: MVCC pointers, per-pointer locks, serializable transactions
+//! and hash partitions. It has no HTTP, no async runtime and no global state; time comes from
+//! an injected [`clock::Clock`], and cold versions from an injected [`cold::ColdStore`].
+//!
+//! The [`Engine`] is the transaction coordinator. A read-write transaction:
+//! 1. reads at its `read_version` (the snapshot), recording what it saw in its read set;
+//! 2. stages each write by taking the pointer's lock in the owning partition (`lock`);
+//! 3. at commit, freezes its writes on every partition touched (`prepare`), takes a commit
+//!    version from the hybrid logical clock, and checks on every partition that nothing it
+//!    read has changed or is locked by another transaction (`validate`);
+//! 4. hands a [`PreparedCommit`] to the caller, who makes it durable, then installs it
+//!    (`commit` on each partition, which also releases the locks).
+//!
+//! Operations that would wait (for a lock, or for a prepared commit that a read must see)
+//! return a listener instead of blocking, so the caller decides how long to wait.
+
+pub mod clock;
+pub mod cold;
+pub mod error;
+pub mod hlc;
+pub mod partition;
+pub mod pointer;
+pub mod txn;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use event_listener::EventListener;
+
+pub use error::{AbortReason, Conflict, EngineError};
+pub use pointer::VersionRec;
+pub use txn::{Phase, Txn};
+
+use clock::Clock;
+use cold::ColdStore;
+use hlc::Hlc;
+use partition::{LockOutcome, Partition, PartitionRead, partition_of};
+use pointer::VersionChain;
+use txn::TxnTable;
+
+/// A pointer id.
+pub type PtrId = Arc<str>;
+/// A transaction id.
+pub type TxnId = Arc<str>;
+
+/// Knobs of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Number of hash partitions; fixed for the life of a data directory.
+    pub partitions: u32,
+    /// Versions of each pointer kept in memory; older ones are read from cold storage.
+    pub hot_versions: usize,
+    /// Lease of a transaction when the client does not ask for one.
+    pub default_timeout_ms: u64,
+    /// Longest lease a client may ask for.
+    pub max_timeout_ms: u64,
+    /// How long a finished transaction stays queryable.
+    pub finished_keep_ms: u64,
+    /// How many finished transactions stay queryable at most.
+    pub finished_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 64,
+            hot_versions: 8,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 3_600_000,
+            finished_keep_ms: 600_000,
+            finished_max: 100_000,
+        }
+    }
+}
+
+/// How to begin a transaction.
+#[derive(Debug, Clone, Default)]
+pub struct BeginOptions {
+    pub read_only: bool,
+    /// Lease in milliseconds (`None`: the default).
+    pub timeout_ms: Option<u64>,
+    /// Snapshot version for a read-only transaction pinned in the past.
+    pub at: Option<u64>,
+    /// Trace the transaction belongs to (32 hex digits).
+    pub trace_id: Option<Arc<str>>,
+}
+
+/// A pointer recovered from storage.
+#[derive(Debug)]
+pub struct RecoveredPointer {
+    pub ptr: PtrId,
+    /// Its newest versions, ascending.
+    pub hot: Vec<VersionRec>,
+    /// Whether older versions exist in cold storage.
+    pub cold_below: bool,
+}
+
+/// Result of a read that may have to wait.
+#[derive(Debug)]
+pub enum ReadStep {
+    Done(Option<Arc<VersionRec>>),
+    /// A prepared commit may land a version this read must see; retry when it fires.
+    Wait(EventListener),
+}
+
+/// A page of a listing, and whether more follow.
+pub type ListPage = (Vec<(PtrId, Arc<VersionRec>)>, bool);
+
+/// Result of a listing: the page, or a listener to wait on before trying again.
+pub type ListStep = Result<ListPage, EventListener>;
+
+/// Result of a write that may have to wait for a lock.
+#[derive(Debug)]
+pub enum WriteStep {
+    Staged,
+    /// Another transaction holds the lock; retry when the listener fires.
+    Wait {
+        holder: TxnId,
+        listener: EventListener,
+    },
+}
+
+/// A commit that passed validation and must now be made durable, then installed with
+/// [`Engine::finish_commit`] (or undone with [`Engine::fail_commit`]).
+#[derive(Debug)]
+pub struct PreparedCommit {
+    pub txn: Arc<Txn>,
+    pub commit_version: u64,
+    /// Staged writes, ascending by pointer id.
+    pub writes: Vec<(PtrId, Option<Bytes>)>,
+}
+
+/// Outcome of [`Engine::prepare_commit`].
+#[derive(Debug)]
+pub enum CommitStep {
+    /// Nothing to persist (read-only, or no writes): committed at this version.
+    Done(u64),
+    Prepared(PreparedCommit),
+}
+
+/// The engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    hlc: Hlc,
+    partitions: Vec<Partition>,
+    txns: TxnTable,
+    cold: Arc<dyn ColdStore>,
+}
+
+impl Engine {
+    /// An engine over recovered pointers; the clock starts above `max_version`.
+    pub fn new(
+        cfg: EngineConfig,
+        clock: Arc<dyn Clock>,
+        cold: Arc<dyn ColdStore>,
+        recovered: impl IntoIterator<Item = RecoveredPointer>,
+        max_version: u64,
+    ) -> Self {
+        let partitions: Vec<Partition> = (0..cfg.partitions.max(1)).map(Partition::new).collect();
+        let n = partitions.len() as u32;
+        for p in recovered {
+            let idx = partition_of(&p.ptr, n) as usize;
+            partitions[idx].install_recovered(p.ptr, VersionChain::recovered(p.hot, p.cold_below));
+        }
+        Self { hlc: Hlc::new(clock, max_version), cfg, partitions, txns: TxnTable::default(), cold }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    fn partition(&self, ptr: &str) -> &Partition {
+        &self.partitions[partition_of(ptr, self.partitions.len() as u32) as usize]
+    }
+
+    /// The newest version any read can see right now; a fresh snapshot.
+    pub fn now_version(&self) -> u64 {
+        self.hlc.tick()
+    }
+
+    /// The last version issued (no tick).
+    pub fn last_version(&self) -> u64 {
+        self.hlc.last()
+    }
+
+    /// Physical milliseconds of the injected clock.
+    pub fn now_millis(&self) -> u64 {
+        self.hlc.physical_millis()
+    }
+
+    /// Checks that `at` is not in the future, and returns it.
+    pub fn check_at(&self, at: u64) -> Result<u64, EngineError> {
+        let now = self.hlc.tick();
+        if at > now { Err(EngineError::FutureVersion { requested: at, now }) } else { Ok(at) }
+    }
+
+    // ---------------------------------------------------------------- transactions
+
+    /// Begins a transaction.
+    pub fn begin(&self, opts: BeginOptions) -> Result<Arc<Txn>, EngineError> {
+        let start = self.hlc.tick();
+        let read_version = match opts.at {
+            Some(at) if at > start => return Err(EngineError::FutureVersion { requested: at, now: start }),
+            Some(at) => at,
+            None => start,
+        };
+        let timeout_ms =
+            opts.timeout_ms.unwrap_or(self.cfg.default_timeout_ms).clamp(1, self.cfg.max_timeout_ms);
+        let trace_id = opts.trace_id.unwrap_or_else(|| format!("{:032x}", u128::from(start)).into());
+        let id: TxnId = format!("{start:016x}").into();
+        let txn = Arc::new(Txn::new(
+            id,
+            read_version,
+            opts.read_only || opts.at.is_some(),
+            trace_id,
+            self.hlc.physical_millis(),
+            timeout_ms,
+        ));
+        self.txns.insert(txn.clone());
+        Ok(txn)
+    }
+
+    /// Looks a transaction up (active or recently finished).
+    pub fn txn(&self, id: &str) -> Result<Arc<Txn>, EngineError> {
+        self.txns.get(id).ok_or_else(|| EngineError::TxnNotFound(id.to_string()))
+    }
+
+    /// Errors unless the transaction is active; renews its lease.
+    pub fn touch(&self, txn: &Txn) -> Result<(), EngineError> {
+        let mut inner = txn.inner.lock();
+        Self::ensure_active(txn, &inner.phase)?;
+        inner.deadline_ms = self.hlc.physical_millis().saturating_add(txn.timeout_ms);
+        Ok(())
+    }
+
+    fn ensure_active(txn: &Txn, phase: &Phase) -> Result<(), EngineError> {
+        match phase {
+            Phase::Active => Ok(()),
+            Phase::Committing => Err(EngineError::TxnCommitting { txn: txn.id.clone() }),
+            Phase::Committed(v) => Err(EngineError::TxnCommitted { txn: txn.id.clone(), version: *v }),
+            Phase::Aborted(r) => Err(EngineError::TxnAborted { txn: txn.id.clone(), reason: r.clone() }),
+        }
+    }
+
+    /// All active transactions.
+    pub fn active_txns(&self) -> Vec<Arc<Txn>> {
+        self.txns.active()
+    }
+
+    pub fn active_txn_count(&self) -> usize {
+        self.txns.active_count()
+    }
+
+    /// The transaction holding `ptr`'s lock.
+    pub fn lock_holder(&self, ptr: &str) -> Option<TxnId> {
+        self.partition(ptr).holder(ptr)
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads `ptr`: inside `txn` at its snapshot (own writes first, recording the read), or
+    /// outside any transaction at version `at`.
+    pub fn read(&self, txn: Option<&Txn>, ptr: &str, at: u64) -> Result<ReadStep, EngineError> {
+        let Some(txn) = txn else {
+            return self.read_at(ptr, at, None).map(|s| match s {
+                Some(step) => step,
+                None => ReadStep::Done(None),
+            });
+        };
+        {
+            let inner = txn.inner.lock();
+            Self::ensure_active(txn, &inner.phase)?;
+            if let Some(staged) = inner.writes.get(ptr) {
+                // Read your own write: it has no version yet, so report the snapshot's.
+                let rec = staged.as_ref().map(|value| {
+                    Arc::new(VersionRec {
+                        version: txn.read_version,
+                        txn: txn.id.clone(),
+                        trace_id: txn.trace_id.clone(),
+                        value: Some(value.clone()),
+                    })
+                });
+                return Ok(ReadStep::Done(rec));
+            }
+        }
+        let step = self.read_at(ptr, txn.read_version, Some(&txn.id))?.unwrap_or(ReadStep::Done(None));
+        if let ReadStep::Done(found) = &step
+            && !txn.read_only
+        {
+            let mut inner = txn.inner.lock();
+            Self::ensure_active(txn, &inner.phase)?;
+            inner.reads.entry(ptr.into()).or_insert(found.as_ref().map(|v| v.version));
+        }
+        Ok(step)
+    }
+
+    /// The version of `ptr` visible at `at`; `None` inside means absent. A tombstone is
+    /// returned as found with no value, so callers can tell "deleted" from "never written".
+    fn read_at(&self, ptr: &str, at: u64, reader: Option<&TxnId>) -> Result<Option<ReadStep>, EngineError> {
+        match self.partition(ptr).read(ptr, at, reader) {
+            PartitionRead::Found(v) => Ok(Some(ReadStep::Done(Some(v)))),
+            PartitionRead::Absent => Ok(None),
+            PartitionRead::Wait(l) => Ok(Some(ReadStep::Wait(l))),
+            PartitionRead::Cold => {
+                let rec = self.cold.version_at(ptr, at).map_err(EngineError::Storage)?;
+                Ok(Some(ReadStep::Done(rec.map(Arc::new))))
+            }
+        }
+    }
+
+    /// Up to `limit` pointers whose id starts with `prefix`, after `after`, that have a live
+    /// value at version `at`, in id order. A pointer needing a wait is reported as `Err`.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        at: u64,
+        limit: usize,
+    ) -> Result<ListStep, EngineError> {
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut iters: Vec<_> =
+            self.partitions.iter().map(|p| p.ids_from(start, prefix).peekable()).collect();
+        let mut out = Vec::new();
+        loop {
+            // k-way merge: the smallest head among the partitions.
+            let mut best: Option<(usize, PtrId)> = None;
+            for (i, it) in iters.iter_mut().enumerate() {
+                if let Some(k) = it.peek()
+                    && best.as_ref().is_none_or(|(_, b)| k < b)
+                {
+                    best = Some((i, k.clone()));
+                }
+            }
+            let Some((i, _)) = best else { return Ok(Ok((out, false))) };
+            let Some(ptr) = iters[i].next() else { return Ok(Ok((out, false))) };
+            match self.read_at(&ptr, at, None)? {
+                Some(ReadStep::Wait(l)) => return Ok(Err(l)),
+                Some(ReadStep::Done(Some(v))) if v.value.is_some() => {
+                    if out.len() == limit {
+                        return Ok(Ok((out, true)));
+                    }
+                    out.push((ptr, v));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Stages a write (`None` deletes) inside `txn`, taking the pointer's lock.
+    pub fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<WriteStep, EngineError> {
+        if txn.read_only {
+            return Err(EngineError::ReadOnly(txn.id.clone()));
+        }
+        self.touch(txn)?;
+        let ptr: PtrId = ptr.into();
+        let partition = self.partition(&ptr);
+        loop {
+            match partition.lock(&txn.id, &ptr) {
+                LockOutcome::Acquired | LockOutcome::AlreadyHeld => {
+                    let mut inner = txn.inner.lock();
+                    if let Err(e) = Self::ensure_active(txn, &inner.phase) {
+                        // The txn ended while we took the lock: give back a lock it did not
+                        // already own (those are released by whoever ended it).
+                        let owned = inner.locks.contains(&ptr);
+                        drop(inner);
+                        if !owned {
+                            partition.unlock(&txn.id, &ptr);
+                        }
+                        return Err(e);
+                    }
+                    inner.locks.insert(ptr.clone());
+                    inner.writes.insert(ptr, value);
+                    return Ok(WriteStep::Staged);
+                }
+                LockOutcome::Held { holder, listener } => {
+                    // A holder whose lease ran out is aborted on the spot instead of waited for.
+                    if let Some(h) = self.txns.get(&holder)
+                        && self.lease_expired(&h)
+                    {
+                        self.abort(&h, AbortReason::LeaseExpired);
+                        continue;
+                    }
+                    return Ok(WriteStep::Wait { holder, listener });
+                }
+            }
+        }
+    }
+
+    fn lease_expired(&self, txn: &Txn) -> bool {
+        let inner = txn.inner.lock();
+        inner.phase == Phase::Active && inner.deadline_ms < self.hlc.physical_millis()
+    }
+
+    // ---------------------------------------------------------------- commit and abort
+
+    /// Prepares `txn` on every partition it touched, takes its commit version and validates
+    /// its reads. On a conflict the transaction is aborted and the conflict returned.
+    pub fn prepare_commit(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
+        let (writes, reads) = {
+            let mut inner = txn.inner.lock();
+            Self::ensure_active(txn, &inner.phase)?;
+            if txn.read_only || inner.writes.is_empty() {
+                // A snapshot is serializable at its read version: nothing to validate or persist.
+                inner.phase = Phase::Committed(txn.read_version);
+                drop(inner);
+                self.finish(txn);
+                return Ok(CommitStep::Done(txn.read_version));
+            }
+            inner.phase = Phase::Committing;
+            let writes: Vec<(PtrId, Option<Bytes>)> =
+                inner.writes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let reads: Vec<(PtrId, Option<u64>)> = inner.reads.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (writes, reads)
+        };
+        // 1. Freeze the writes. Every read that starts after this sees the prepared mark.
+        let prepared_above = self.hlc.last();
+        for (pidx, ptrs) in self.group(writes.iter().map(|(p, _)| p.clone())) {
+            if let Err(ptr) = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above) {
+                let conflict = Conflict::Locked {
+                    ptr: ptr.clone(),
+                    holder: self.lock_holder(&ptr).unwrap_or_else(|| "none".into()),
+                };
+                self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
+            }
+        }
+        // 2. The commit version: above every version issued so far, so above every version
+        //    on the written pointers and above the prepared marks.
+        let commit_version = self.hlc.tick();
+        // 3. Validate the reads against what is committed or locked now.
+        for (pidx, group) in self.group_pairs(reads) {
+            if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
+                self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
+            }
+        }
+        Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes }))
+    }
+
+    /// Installs a durable commit and releases its locks.
+    pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
+        let PreparedCommit { txn, commit_version, writes } = prepared;
+        let max_hot = self.cfg.hot_versions;
+        for (pidx, group) in self.group_pairs(writes) {
+            self.partitions[pidx].commit(&txn.id, commit_version, &txn.trace_id, &group, max_hot);
+        }
+        {
+            let mut inner = txn.inner.lock();
+            inner.phase = Phase::Committed(commit_version);
+            inner.locks.clear();
+        }
+        self.finish(&txn);
+        commit_version
+    }
+
+    /// Undoes a prepared commit that could not be made durable.
+    pub fn fail_commit(&self, prepared: PreparedCommit, error: String) {
+        self.abort_committing(&prepared.txn, AbortReason::Storage(error));
+    }
+
+    /// Aborts an active transaction, releasing its locks. Returns false if it was not active.
+    pub fn abort(&self, txn: &Arc<Txn>, reason: AbortReason) -> bool {
+        let locks = {
+            let mut inner = txn.inner.lock();
+            if inner.phase != Phase::Active {
+                return false;
+            }
+            inner.phase = Phase::Aborted(reason);
+            inner.writes.clear();
+            std::mem::take(&mut inner.locks)
+        };
+        self.release(txn, locks);
+        true
+    }
+
+    fn abort_committing(&self, txn: &Arc<Txn>, reason: AbortReason) {
+        let locks = {
+            let mut inner = txn.inner.lock();
+            inner.phase = Phase::Aborted(reason);
+            inner.writes.clear();
+            std::mem::take(&mut inner.locks)
+        };
+        self.release(txn, locks);
+    }
+
+    fn release(&self, txn: &Arc<Txn>, locks: impl IntoIterator<Item = PtrId>) {
+        for ptr in locks {
+            self.partition(&ptr).unlock(&txn.id, &ptr);
+        }
+        self.finish(txn);
+    }
+
+    fn finish(&self, txn: &Arc<Txn>) {
+        let now = self.hlc.physical_millis();
+        txn.inner.lock().finished_ms = Some(now);
+        self.txns.finish(txn, now);
+    }
+
+    /// Aborts every active transaction whose lease ran out, and forgets old finished ones.
+    /// Returns the ids aborted.
+    pub fn reap_expired(&self) -> Vec<TxnId> {
+        let mut reaped = Vec::new();
+        for txn in self.txns.active() {
+            if self.lease_expired(&txn) && self.abort(&txn, AbortReason::LeaseExpired) {
+                reaped.push(txn.id.clone());
+            }
+        }
+        self.txns.forget_finished(
+            self.hlc.physical_millis(),
+            self.cfg.finished_keep_ms,
+            self.cfg.finished_max,
+        );
+        reaped
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn group(&self, ptrs: impl IntoIterator<Item = PtrId>) -> BTreeMap<usize, Vec<PtrId>> {
+        let n = self.partitions.len() as u32;
+        let mut out: BTreeMap<usize, Vec<PtrId>> = BTreeMap::new();
+        for p in ptrs {
+            out.entry(partition_of(&p, n) as usize).or_default().push(p);
+        }
+        out
+    }
+
+    fn group_pairs<T>(
+        &self,
+        pairs: impl IntoIterator<Item = (PtrId, T)>,
+    ) -> BTreeMap<usize, Vec<(PtrId, T)>> {
+        let n = self.partitions.len() as u32;
+        let mut out: BTreeMap<usize, Vec<(PtrId, T)>> = BTreeMap::new();
+        for (p, t) in pairs {
+            out.entry(partition_of(&p, n) as usize).or_default().push((p, t));
+        }
+        out
+    }
+
+    /// Pointers and hot versions held in memory.
+    pub fn memory_stats(&self) -> (usize, usize) {
+        self.partitions.iter().map(Partition::stats).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+}

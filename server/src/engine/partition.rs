@@ -1,0 +1,275 @@
+//! A partition: the pointers whose id hashes to it, changed only through a small set of
+//! commands (`lock`, `unlock`, `prepare`, `validate`, `commit`).
+//!
+//! A partition is the unit that a later cluster places on a node and replicates, so every
+//! command is deterministic: it reads no clock and draws no random number; times and ids
+//! arrive as arguments. A transaction spanning partitions is driven by the coordinator in
+//! [`super::Engine`], which sends each touched partition its share of every step.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_skiplist::SkipMap;
+use event_listener::EventListener;
+
+use super::error::Conflict;
+use super::pointer::{ChainLookup, LockEntry, PointerCell, VersionChain, VersionRec};
+use super::{PtrId, TxnId};
+
+/// The partition of a pointer: a stable hash (xxh3, fixed seed) of its id modulo the
+/// partition count. It ends up on disk and on the wire, so it must never change.
+pub fn partition_of(ptr: &str, partitions: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(ptr.as_bytes()) % u64::from(partitions.max(1))) as u32
+}
+
+/// Result of the `lock` command.
+#[derive(Debug)]
+pub enum LockOutcome {
+    /// The lock is now held by the caller.
+    Acquired,
+    /// The caller already held it.
+    AlreadyHeld,
+    /// Another transaction holds it; the listener fires when it is released.
+    Held { holder: TxnId, listener: EventListener },
+}
+
+/// Result of a read.
+#[derive(Debug)]
+pub enum PartitionRead {
+    Found(Arc<VersionRec>),
+    Absent,
+    /// Older than every hot version; ask cold storage.
+    Cold,
+    /// A prepared transaction may commit a version visible at this read version: wait.
+    Wait(EventListener),
+}
+
+/// The pointers of one partition, ordered by id.
+#[derive(Debug, Default)]
+pub struct Partition {
+    pub id: u32,
+    pointers: SkipMap<PtrId, Arc<PointerCell>>,
+}
+
+impl Partition {
+    pub fn new(id: u32) -> Self {
+        Self { id, pointers: SkipMap::new() }
+    }
+
+    /// Installs a recovered pointer.
+    pub fn install_recovered(&self, ptr: PtrId, chain: VersionChain) {
+        self.pointers.insert(ptr, Arc::new(PointerCell::with_chain(chain)));
+    }
+
+    fn cell(&self, ptr: &str) -> Option<Arc<PointerCell>> {
+        self.pointers.get(ptr).map(|e| e.value().clone())
+    }
+
+    /// Number of pointers, hot versions and locks held; for introspection.
+    pub fn stats(&self) -> (usize, usize) {
+        let mut versions = 0;
+        for e in self.pointers.iter() {
+            versions += e.value().state.lock().chain.hot_len();
+        }
+        (self.pointers.len(), versions)
+    }
+
+    /// `Lock { txn, ptr }`: takes the pointer's write lock, or says who holds it.
+    pub fn lock(&self, txn: &TxnId, ptr: &PtrId) -> LockOutcome {
+        loop {
+            let cell = self.pointers.get_or_insert_with(ptr.clone(), Default::default).value().clone();
+            let mut st = cell.state.lock();
+            if st.dead {
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            }
+            return match &st.lock {
+                None => {
+                    st.lock = Some(LockEntry { txn: txn.clone(), prepared_above: None });
+                    LockOutcome::Acquired
+                }
+                Some(l) if l.txn == *txn => LockOutcome::AlreadyHeld,
+                Some(l) => LockOutcome::Held { holder: l.txn.clone(), listener: cell.listen() },
+            };
+        }
+    }
+
+    /// Releases `ptr`'s lock if `txn` holds it, and unlinks the cell if nothing is left in it.
+    pub fn unlock(&self, txn: &TxnId, ptr: &PtrId) {
+        let Some(cell) = self.cell(ptr) else { return };
+        let mut st = cell.state.lock();
+        if st.lock.as_ref().is_some_and(|l| l.txn == *txn) {
+            st.lock = None;
+            if st.chain.is_empty() {
+                st.dead = true;
+                self.pointers.remove(ptr);
+            }
+            drop(st);
+            cell.notify_released();
+        }
+    }
+
+    /// The transaction holding `ptr`'s lock, if any.
+    pub fn holder(&self, ptr: &str) -> Option<TxnId> {
+        self.cell(ptr).and_then(|c| c.state.lock().lock.as_ref().map(|l| l.txn.clone()))
+    }
+
+    /// `Prepare { txn, ptrs }`: freezes the txn's staged writes. Its commit version will be
+    /// above `prepared_above`. Returns the pointers whose lock the txn does not hold.
+    pub fn prepare(&self, txn: &TxnId, ptrs: &[PtrId], prepared_above: u64) -> Result<(), PtrId> {
+        for ptr in ptrs {
+            let cell = self.cell(ptr).ok_or_else(|| ptr.clone())?;
+            let mut st = cell.state.lock();
+            match st.lock.as_mut() {
+                Some(l) if l.txn == *txn => l.prepared_above = Some(prepared_above),
+                _ => return Err(ptr.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `Validate { txn, reads }`: every pointer read must still have the version the txn saw
+    /// and must not be locked by another transaction.
+    pub fn validate(&self, txn: &TxnId, reads: &[(PtrId, Option<u64>)]) -> Result<(), Conflict> {
+        for (ptr, seen) in reads {
+            let Some(cell) = self.cell(ptr) else {
+                if seen.is_none() {
+                    continue;
+                }
+                // The pointer vanished entirely; only garbage collection of a tombstone does that.
+                return Err(Conflict::Stale { ptr: ptr.clone(), winner_txn: "gc".into(), winner_version: 0 });
+            };
+            let st = cell.state.lock();
+            if let Some(l) = &st.lock
+                && l.txn != *txn
+            {
+                return Err(Conflict::Locked { ptr: ptr.clone(), holder: l.txn.clone() });
+            }
+            let latest = st.chain.latest();
+            if latest.map(|v| v.version) != *seen {
+                // A newer version replaced the one read. (A pointer whose chain is empty here
+                // but was seen with a version cannot happen: the latest is always hot.)
+                if let Some(v) = latest {
+                    return Err(Conflict::Stale {
+                        ptr: ptr.clone(),
+                        winner_txn: v.txn.clone(),
+                        winner_version: v.version,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Commit { txn, commit_version }`: installs the staged writes and releases the locks.
+    pub fn commit(
+        &self,
+        txn: &TxnId,
+        commit_version: u64,
+        trace_id: &Arc<str>,
+        writes: &[(PtrId, Option<Bytes>)],
+        max_hot: usize,
+    ) {
+        for (ptr, value) in writes {
+            let Some(cell) = self.cell(ptr) else { continue };
+            let mut st = cell.state.lock();
+            if st.lock.as_ref().is_none_or(|l| l.txn != *txn) {
+                continue;
+            }
+            st.chain.push(
+                VersionRec {
+                    version: commit_version,
+                    txn: txn.clone(),
+                    trace_id: trace_id.clone(),
+                    value: value.clone(),
+                },
+                max_hot,
+            );
+            st.lock = None;
+            drop(st);
+            cell.notify_released();
+        }
+    }
+
+    /// Reads the version of `ptr` visible at `at` for `reader` (which may be `None`).
+    pub fn read(&self, ptr: &str, at: u64, reader: Option<&TxnId>) -> PartitionRead {
+        let Some(cell) = self.cell(ptr) else { return PartitionRead::Absent };
+        let st = cell.state.lock();
+        if let Some(l) = &st.lock
+            && let Some(above) = l.prepared_above
+            && at > above
+            && Some(&l.txn) != reader
+        {
+            return PartitionRead::Wait(cell.listen());
+        }
+        match st.chain.at(at) {
+            ChainLookup::Found(v) => PartitionRead::Found(v),
+            ChainLookup::Absent => PartitionRead::Absent,
+            ChainLookup::Cold => PartitionRead::Cold,
+        }
+    }
+
+    /// Pointer ids in order, starting after `after` (or at `start`), all starting with `prefix`.
+    pub fn ids_from<'a>(
+        &'a self,
+        start: Bound<&'a str>,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = PtrId> + 'a {
+        let start: Bound<&str> = start;
+        self.pointers
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|e| e.key().clone())
+            .take_while(move |k| k.starts_with(prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_hash_is_stable() {
+        // These values are on disk and on the wire: they must never change.
+        assert_eq!(partition_of("a", 64), partition_of("a", 64));
+        assert_eq!(partition_of("account/1", 64), (xxhash_rust::xxh3::xxh3_64(b"account/1") % 64) as u32);
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06800538d394c2);
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_reentrant() {
+        let p = Partition::new(0);
+        let (a, b): (TxnId, TxnId) = ("a".into(), "b".into());
+        let x: PtrId = "x".into();
+        assert!(matches!(p.lock(&a, &x), LockOutcome::Acquired));
+        assert!(matches!(p.lock(&a, &x), LockOutcome::AlreadyHeld));
+        assert!(matches!(p.lock(&b, &x), LockOutcome::Held { holder, .. } if holder == a));
+        p.unlock(&a, &x);
+        assert!(matches!(p.lock(&b, &x), LockOutcome::Acquired));
+    }
+
+    #[test]
+    fn empty_cells_are_unlinked_on_unlock() {
+        let p = Partition::new(0);
+        let a: TxnId = "a".into();
+        let x: PtrId = "x".into();
+        p.lock(&a, &x);
+        p.unlock(&a, &x);
+        assert_eq!(p.stats().0, 0);
+    }
+
+    #[test]
+    fn prepared_writes_block_only_reads_that_could_see_them() {
+        let p = Partition::new(0);
+        let a: TxnId = "a".into();
+        let x: PtrId = "x".into();
+        p.lock(&a, &x);
+        p.prepare(&a, std::slice::from_ref(&x), 100).unwrap();
+        assert!(matches!(p.read("x", 100, None), PartitionRead::Absent));
+        assert!(matches!(p.read("x", 101, None), PartitionRead::Wait(_)));
+        assert!(matches!(p.read("x", 101, Some(&a)), PartitionRead::Absent));
+        p.commit(&a, 105, &"t".into(), &[(x.clone(), Some(Bytes::from_static(b"1")))], 4);
+        assert!(matches!(p.read("x", 105, None), PartitionRead::Found(v) if v.version == 105));
+    }
+}

@@ -1,0 +1,32 @@
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use restm_shared as wire;
+
+/// The OpenAPI document of the node.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "reSTM", description = "Distributed software transactional memory over HTTP. \
+        Every 4xx/5xx body is application/problem+json with a documented `code`."),
+    paths(
+        super::health, document,
+        super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
+        super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list,
+    ),
+    components(schemas(
+        wire::BeginRequest, wire::BeginResponse, wire::WriteResponse, wire::StagedResponse,
+        wire::CommitResponse, wire::AbortResponse, wire::TxnState, wire::TxnStatus, wire::ReadEntry,
+        wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
+        wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem,
+    )),
+    tags((name = "pointers"), (name = "transactions"), (name = "node"))
+)]
+pub struct ApiDoc;
+
+/// Serves the document.
+#[utoipa::path(get, path = "/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3 document")))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

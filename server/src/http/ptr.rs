@@ -1,0 +1,312 @@
+//! Pointer routes: `GET/PUT/DELETE /ptr/{id}`, `GET /ptr/{id}/history` and `GET /ptr`.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use restm_shared::{
+    HEADER_VERSION, HistoryEntry, HistoryPage, ListPage, PointerEntry, Problem, StagedResponse, WriteResponse,
+};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{
+    at_header, check_ptr, if_match, json_value, raw_json, trace_id, txn_header, version_time,
+};
+use crate::engine::{EngineError, PtrId};
+use crate::node::Precondition;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+fn version_header(resp: &mut Response, version: u64) {
+    if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+        resp.headers_mut().insert(HEADER_VERSION, v);
+    }
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIMIT}, not {n}"))),
+    }
+}
+
+/// Reads a pointer: inside `X-reSTM-Txn` at its snapshot, as of `X-reSTM-At`, or the latest.
+#[utoipa::path(get, path = "/ptr/{id}", tag = "pointers",
+    params(("id" = String, Path, description = "pointer id, percent-encoded, 1..=512 bytes"),
+        ("X-reSTM-Txn" = Option<String>, Header, description = "read inside this transaction"),
+        ("X-reSTM-At" = Option<String>, Header, description = "read as of a version, RFC 3339 instant or -10s")),
+    responses((status = 200, description = "the stored JSON value; X-reSTM-Version names its version", body = Object),
+        (status = 404, description = "absent at that snapshot", body = Problem),
+        (status = 400, description = "bad id or header", body = Problem),
+        (status = 410, description = "older than the GC horizon", body = Problem)))]
+pub async fn get_ptr(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(ptr) = path?;
+    check_ptr(&ptr)?;
+    let engine = &state.node.engine;
+    let txn = txn_header(engine, &headers)?;
+    let at = at_header(engine, &headers)?;
+    let found = match (&txn, at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "X-reSTM-At cannot be combined with X-reSTM-Txn: a transaction reads at its own snapshot",
+            ));
+        }
+        (Some(txn), None) => state.node.read(Some(txn), &ptr, txn.read_version).await?,
+        (None, at) => {
+            let at = at.unwrap_or_else(|| engine.now_version());
+            state.node.read(None, &ptr, at).await?
+        }
+    };
+    let Some(rec) = found else { return Err(ApiError::PointerNotFound { ptr }) };
+    let Some(value) = rec.value.clone() else { return Err(ApiError::PointerNotFound { ptr }) };
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], value).into_response();
+    // A transaction's own staged write has no version yet.
+    if txn.as_ref().is_none_or(|t| t.id != rec.txn) {
+        version_header(&mut resp, rec.version);
+    }
+    Ok(resp)
+}
+
+/// Writes a pointer: staged under its lock inside `X-reSTM-Txn`, or committed on its own.
+#[utoipa::path(put, path = "/ptr/{id}", tag = "pointers",
+    params(("id" = String, Path, description = "pointer id"),
+        ("X-reSTM-Txn" = Option<String>, Header, description = "stage the write in this transaction"),
+        ("If-Match" = Option<String>, Header, description = "only if the pointer is at this version (or * for: exists)")),
+    request_body(content = Object, description = "any JSON value", content_type = "application/json"),
+    responses((status = 200, description = "committed (outside a txn)", body = WriteResponse),
+        (status = 409, description = "conflict or lock timeout; the txn is aborted", body = Problem),
+        (status = 412, description = "If-Match did not hold", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 400, description = "malformed JSON, id or header", body = Problem)))]
+pub async fn put_ptr(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(ptr) = path?;
+    check_ptr(&ptr)?;
+    let value = json_value(&body?)?;
+    write(&state, ptr, Some(value), &headers).await
+}
+
+/// Deletes a pointer; reads then give 404 and history shows a deleted version.
+#[utoipa::path(delete, path = "/ptr/{id}", tag = "pointers",
+    params(("id" = String, Path, description = "pointer id"),
+        ("X-reSTM-Txn" = Option<String>, Header, description = "stage the delete in this transaction"),
+        ("If-Match" = Option<String>, Header, description = "only if the pointer is at this version")),
+    responses((status = 200, description = "committed (outside a txn)", body = WriteResponse),
+        (status = 404, description = "the pointer has no live value", body = Problem),
+        (status = 409, description = "conflict or lock timeout", body = Problem),
+        (status = 412, description = "If-Match did not hold", body = Problem)))]
+pub async fn delete_ptr(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(ptr) = path?;
+    check_ptr(&ptr)?;
+    write(&state, ptr, None, &headers).await
+}
+
+/// PUT and DELETE share this: a delete also requires the pointer to exist.
+async fn write(
+    state: &AppState,
+    ptr: String,
+    value: Option<Bytes>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let engine = &state.node.engine;
+    let pre = if_match(headers)?;
+    let is_delete = value.is_none();
+    if let Some(txn) = txn_header(engine, headers)? {
+        if pre.is_some() || is_delete {
+            let seen = state.node.read(Some(&txn), &ptr, txn.read_version).await?;
+            let live = seen.as_ref().filter(|v| v.value.is_some());
+            if is_delete && live.is_none() {
+                return Err(ApiError::PointerNotFound { ptr });
+            }
+            // A version staged by this txn itself has no version yet: it matches nothing.
+            let live_version = live.filter(|v| v.txn != txn.id).map(|v| v.version);
+            if let Some(p) = &pre {
+                check_precondition(&ptr, p, live.is_some(), live_version)?;
+            }
+        }
+        state.node.write(&txn, &ptr, value).await?;
+        let body = StagedResponse { txn: txn.id.to_string(), ptr, staged: true };
+        return Ok(Json(body).into_response());
+    }
+    let mut checks: Vec<(PtrId, Precondition)> = Vec::new();
+    if let Some(p) = pre.clone() {
+        checks.push((ptr.as_str().into(), p));
+    } else if is_delete {
+        checks.push((ptr.as_str().into(), Precondition::Exists));
+    }
+    let writes = vec![(PtrId::from(ptr.as_str()), value)];
+    let result = state.node.one_shot(&checks, writes, trace_id(headers)).await;
+    let (_, version) = match result {
+        Err(EngineError::CheckFailed { actual, .. }) => {
+            let expected = match pre {
+                Some(Precondition::Version(Some(v))) => v.to_string(),
+                _ => "*".into(),
+            };
+            return Err(ApiError::PreconditionFailed { ptr, expected, actual });
+        }
+        Err(EngineError::NotFound { .. }) if pre == Some(Precondition::Exists) && !is_delete => {
+            return Err(ApiError::PreconditionFailed { ptr, expected: "*".into(), actual: None });
+        }
+        other => other?,
+    };
+    let mut resp = Json(WriteResponse { version }).into_response();
+    version_header(&mut resp, version);
+    Ok(resp)
+}
+
+fn check_precondition(
+    ptr: &str,
+    pre: &Precondition,
+    exists: bool,
+    version: Option<u64>,
+) -> Result<(), ApiError> {
+    let (ok, expected) = match pre {
+        Precondition::Exists => (exists, "*".to_string()),
+        Precondition::Version(want) => {
+            (version == *want, want.map(|v| v.to_string()).unwrap_or_else(|| "absent".into()))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::PreconditionFailed { ptr: ptr.to_string(), expected, actual: version })
+    }
+}
+
+/// Query of `GET /ptr/{id}/history`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<usize>,
+    /// Cursor: the `next` of the previous page (a version).
+    pub after: Option<u64>,
+}
+
+/// Every version of a pointer, ascending, paginated; with `X-reSTM-At`, only those up to it.
+#[utoipa::path(get, path = "/ptr/{id}/history", tag = "pointers",
+    params(("id" = String, Path, description = "pointer id"), HistoryQuery,
+        ("X-reSTM-At" = Option<String>, Header, description = "only versions up to this moment")),
+    responses((status = 200, body = HistoryPage),
+        (status = 404, description = "never written", body = Problem),
+        (status = 400, body = Problem)))]
+pub async fn history(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Path(ptr) = path?;
+    check_ptr(&ptr)?;
+    let Query(q) = query?;
+    let limit = page_limit(q.limit)?;
+    if headers.contains_key(restm_shared::HEADER_TXN) {
+        return Err(ApiError::bad_request("history is not read inside a transaction; use X-reSTM-At"));
+    }
+    let upto = at_header(&state.node.engine, &headers)?.unwrap_or(u64::MAX);
+    let store = state.node.store.clone();
+    let p = ptr.clone();
+    let (versions, more, written) = tokio::task::spawn_blocking(move || {
+        let (versions, more) = store.history(&p, q.after, upto, limit)?;
+        let written = !versions.is_empty() || store.ever_written(&p)?;
+        Ok::<_, crate::storage::StorageError>((versions, more, written))
+    })
+    .await
+    .map_err(|e| EngineError::Storage(e.to_string()))?
+    .map_err(|e| EngineError::Storage(e.to_string()))?;
+    if !written {
+        return Err(ApiError::PointerNotFound { ptr });
+    }
+    let next = if more { versions.last().map(|v| v.version.to_string()) } else { None };
+    let versions = versions
+        .into_iter()
+        .map(|v| HistoryEntry {
+            version: v.version,
+            time: version_time(v.version),
+            txn: v.txn.to_string(),
+            deleted: v.value.is_none(),
+            value: v.value.as_ref().map(raw_json),
+            trace_id: v.trace_id.to_string(),
+        })
+        .collect();
+    Ok(Json(HistoryPage { versions, next }).into_response())
+}
+
+/// Query of `GET /ptr`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only pointers whose id starts with this.
+    pub prefix: Option<String>,
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<usize>,
+    /// Cursor: the `next` of the previous page (a pointer id).
+    pub after: Option<String>,
+}
+
+/// Live pointers under a prefix, ordered by id, at the latest snapshot, as of `X-reSTM-At`,
+/// or at the snapshot of a read-only `X-reSTM-Txn`.
+#[utoipa::path(get, path = "/ptr", tag = "pointers",
+    params(ListQuery,
+        ("X-reSTM-At" = Option<String>, Header, description = "list as of this moment"),
+        ("X-reSTM-Txn" = Option<String>, Header, description = "a read-only transaction to list at")),
+    responses((status = 200, body = ListPage), (status = 400, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let limit = page_limit(q.limit)?;
+    let prefix = q.prefix.unwrap_or_default();
+    if prefix.len() > super::request::MAX_PTR_LEN {
+        return Err(ApiError::bad_request("prefix is longer than the longest pointer id"));
+    }
+    let engine = &state.node.engine;
+    let txn = txn_header(engine, &headers)?;
+    let at = at_header(engine, &headers)?;
+    let at = match (txn, at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
+        }
+        (Some(t), None) if !t.read_only => {
+            return Err(ApiError::bad_request(
+                "listing inside a read-write transaction would not be serializable (phantoms); \
+                 list in a read-only transaction or with X-reSTM-At",
+            ));
+        }
+        (Some(t), None) => t.read_version,
+        (None, at) => at.unwrap_or_else(|| engine.now_version()),
+    };
+    let (page, more) = state.node.list(&prefix, q.after.as_deref(), at, limit).await?;
+    let next = if more { page.last().map(|(p, _)| p.to_string()) } else { None };
+    let pointers = page
+        .into_iter()
+        .filter_map(|(ptr, v)| {
+            v.value.as_ref().map(|val| PointerEntry {
+                ptr: ptr.to_string(),
+                version: v.version,
+                value: raw_json(val),
+            })
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(ListPage { pointers, next })).into_response())
+}

@@ -1,0 +1,246 @@
+//! A node: the engine, its fjall store and the group committer, driven asynchronously.
+//!
+//! The engine never blocks: where it would wait (for a lock, or for a prepared commit a read
+//! must see) it hands back a listener. This module does the waiting, with the lock timeout,
+//! makes prepared commits durable before they are installed, and runs the lease reaper.
+//! HTTP handlers call only this.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::engine::clock::SystemClock;
+use crate::engine::{
+    AbortReason, BeginOptions, CommitStep, Engine, EngineConfig, EngineError, ListPage, PtrId, ReadStep, Txn,
+    VersionRec, WriteStep,
+};
+use crate::storage::group_commit::GroupCommitter;
+use crate::storage::{CommitRecord, Durability, StorageError, Store};
+
+/// Longest a read waits for a prepared commit to land before giving up.
+const PREPARED_WAIT: Duration = Duration::from_secs(10);
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// Partition count for a new data directory (`None`: 64, or what the directory has).
+    pub partitions: Option<u32>,
+    pub engine: EngineConfig,
+    /// Longest a write waits for another transaction's lock.
+    pub lock_timeout: Duration,
+    pub durability: Durability,
+    /// How often expired leases are looked for.
+    pub reap_every: Duration,
+}
+
+/// A precondition of a one-shot transaction, checked at its snapshot and validated at commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// The pointer's live version must be this one; `None`: the pointer must be absent.
+    Version(Option<u64>),
+    /// The pointer must have a live value.
+    Exists,
+}
+
+/// A running node.
+pub struct Node {
+    pub engine: Arc<Engine>,
+    pub store: Arc<Store>,
+    committer: GroupCommitter,
+    pub config: NodeConfig,
+}
+
+impl Node {
+    /// Opens the data directory, recovers, and starts the committer.
+    pub fn open(mut config: NodeConfig) -> Result<Arc<Node>, StorageError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Fjall(e.into()))?;
+        let started = std::time::Instant::now();
+        let (store, recovered) =
+            Store::open(&config.data_dir, config.partitions, config.engine.hot_versions)?;
+        tracing::info!(
+            pointers = recovered.pointers.len(),
+            versions = recovered.versions,
+            partitions = recovered.partitions,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered data directory"
+        );
+        config.engine.partitions = recovered.partitions;
+        let store = Arc::new(store);
+        let engine = Arc::new(Engine::new(
+            config.engine.clone(),
+            Arc::new(SystemClock),
+            store.clone(),
+            recovered.pointers,
+            recovered.max_version,
+        ));
+        let committer = GroupCommitter::start(store.clone(), config.durability)
+            .map_err(|e| StorageError::Fjall(e.into()))?;
+        Ok(Arc::new(Node { engine, store, committer, config }))
+    }
+
+    /// Starts the background task that aborts transactions whose lease ran out.
+    pub fn spawn_reaper(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let every = self.config.reap_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                for id in node.engine.reap_expired() {
+                    tracing::info!(txn = %id, "aborted: lease expired");
+                }
+            }
+        });
+    }
+
+    /// Begins a transaction.
+    pub fn begin(&self, opts: BeginOptions) -> Result<Arc<Txn>, EngineError> {
+        self.engine.begin(opts)
+    }
+
+    /// Reads `ptr` in `txn` (at its snapshot), or outside any txn at version `at`.
+    pub async fn read(
+        &self,
+        txn: Option<&Txn>,
+        ptr: &str,
+        at: u64,
+    ) -> Result<Option<Arc<VersionRec>>, EngineError> {
+        loop {
+            match self.engine.read(txn, ptr, at)? {
+                ReadStep::Done(v) => return Ok(v),
+                ReadStep::Wait(listener) => wait_prepared(listener).await?,
+            }
+        }
+    }
+
+    /// Stages a write in `txn`, waiting up to the lock timeout for another holder. A timeout
+    /// aborts the transaction.
+    pub async fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<(), EngineError> {
+        let deadline = Instant::now() + self.config.lock_timeout;
+        loop {
+            match self.engine.write(txn, ptr, value.clone())? {
+                WriteStep::Staged => return Ok(()),
+                WriteStep::Wait { holder, listener } => {
+                    if timeout_at(deadline, listener).await.is_err() {
+                        let ptr: PtrId = ptr.into();
+                        self.engine.abort(
+                            txn,
+                            AbortReason::LockTimeout { ptr: ptr.clone(), holder: holder.clone() },
+                        );
+                        return Err(EngineError::LockTimeout { txn: txn.id.clone(), ptr, holder });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `txn`: prepare and validate, make it durable, install it. The durable part
+    /// runs in its own task, so a client that goes away mid-commit cannot leave it half done.
+    pub async fn commit(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
+        let prepared = match self.engine.prepare_commit(txn)? {
+            CommitStep::Done(v) => return Ok(v),
+            CommitStep::Prepared(p) => p,
+        };
+        let record = CommitRecord {
+            txn: prepared.txn.id.clone(),
+            trace_id: prepared.txn.trace_id.clone(),
+            commit_version: prepared.commit_version,
+            writes: prepared.writes.clone(),
+        };
+        let engine = self.engine.clone();
+        let committer = self.committer.clone();
+        let task = tokio::spawn(async move {
+            match committer.commit(record).await {
+                Ok(()) => Ok(engine.finish_commit(prepared)),
+                Err(e) => {
+                    engine.fail_commit(prepared, e.clone());
+                    Err(EngineError::Storage(e))
+                }
+            }
+        });
+        task.await.map_err(|e| EngineError::Storage(format!("commit task failed: {e}")))?
+    }
+
+    /// A one-shot transaction: check every precondition at one snapshot, stage every write,
+    /// commit. All or nothing.
+    pub async fn one_shot(
+        &self,
+        checks: &[(PtrId, Precondition)],
+        writes: Vec<(PtrId, Option<Bytes>)>,
+        trace_id: Option<Arc<str>>,
+    ) -> Result<(Arc<Txn>, u64), EngineError> {
+        let txn = self.engine.begin(BeginOptions { trace_id, ..Default::default() })?;
+        let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
+        for (ptr, pre) in checks {
+            let seen = self.read(Some(&txn), ptr, txn.read_version).await?;
+            let live = seen.as_ref().filter(|v| v.value.is_some());
+            let ok = match pre {
+                Precondition::Exists => live.is_some(),
+                Precondition::Version(want) => live.map(|v| v.version) == *want,
+            };
+            if !ok {
+                self.engine.abort(&txn, AbortReason::CheckFailed { ptr: ptr.clone() });
+                if *pre == Precondition::Exists {
+                    return Err(EngineError::NotFound { ptr: ptr.clone() });
+                }
+                let expected = match pre {
+                    Precondition::Version(v) => *v,
+                    Precondition::Exists => None,
+                };
+                return Err(EngineError::CheckFailed {
+                    txn: txn.id.clone(),
+                    ptr: ptr.clone(),
+                    expected,
+                    actual: live.map(|v| v.version),
+                    actual_txn: live.map(|v| v.txn.clone()),
+                });
+            }
+        }
+        for (ptr, value) in writes {
+            self.write(&txn, &ptr, value).await?;
+        }
+        let version = self.commit(&txn).await?;
+        std::mem::forget(guard);
+        Ok((txn, version))
+    }
+
+    /// A page of live pointers under `prefix` at version `at`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        at: u64,
+        limit: usize,
+    ) -> Result<ListPage, EngineError> {
+        loop {
+            match self.engine.list(prefix, after, at, limit)? {
+                Ok(page) => return Ok(page),
+                Err(listener) => wait_prepared(listener).await?,
+            }
+        }
+    }
+}
+
+async fn wait_prepared(listener: event_listener::EventListener) -> Result<(), EngineError> {
+    timeout(PREPARED_WAIT, listener)
+        .await
+        .map_err(|_| EngineError::Storage("a prepared commit did not land in time".into()))
+}
+
+/// Aborts a one-shot transaction whose request went away before it finished.
+struct AbortOnDrop<'a> {
+    engine: &'a Engine,
+    txn: &'a Arc<Txn>,
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        self.engine.abort(self.txn, AbortReason::Cancelled);
+    }
+}

@@ -1,0 +1,241 @@
+//! Durable storage of committed versions on fjall.
+//!
+//! The public surface is narrow: [`Store::open`] (which also recovers), [`Store::write_group`]
+//! (a group of commits as one atomic batch, then one fsync), the cold reads the engine needs
+//! ([`crate::engine::cold::ColdStore`]) and [`Store::history`]. Every committed version is
+//! written here before it becomes visible in memory, so fjall always holds the full history
+//! and memory is a cache of the newest versions.
+//!
+//! Layout: keyspace `versions` (see [`codec`]) and keyspace `meta`, which holds the partition
+//! count of the data directory and one transaction record per committed transaction
+//! (`txn/<id>` → commit version), the record that decides a transaction's fate on recovery.
+
+pub mod codec;
+pub mod group_commit;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::engine::cold::ColdStore;
+use crate::engine::{PtrId, RecoveredPointer, TxnId, VersionRec};
+
+const META_PARTITIONS: &[u8] = b"partition_count";
+
+/// When a commit is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// After the commit is fsynced (concurrent commits share one fsync).
+    Sync,
+    /// As soon as the commit is in the OS page cache; fsynced in the background every 100 ms.
+    /// A process crash loses nothing acknowledged; a power loss may lose the last 100 ms.
+    Async,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error(
+        "the data directory was created with {stored} partitions, but {requested} were asked for; \
+         the partition count of a data directory cannot change"
+    )]
+    PartitionMismatch { stored: u32, requested: u32 },
+    #[error("corrupt record in the data directory: {0}")]
+    Corrupt(String),
+}
+
+/// One transaction's commit, as written to disk.
+#[derive(Debug, Clone)]
+pub struct CommitRecord {
+    pub txn: TxnId,
+    pub trace_id: Arc<str>,
+    pub commit_version: u64,
+    pub writes: Vec<(PtrId, Option<Bytes>)>,
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovered {
+    pub partitions: u32,
+    pub pointers: Vec<RecoveredPointer>,
+    pub max_version: u64,
+    pub versions: u64,
+}
+
+/// The fjall store.
+pub struct Store {
+    db: Database,
+    versions: Keyspace,
+    meta: Keyspace,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and recovers the newest `hot` versions of every
+    /// pointer. `partitions` is the count asked for; a new directory stores it, an existing
+    /// one must match it (`None`: take what is stored, or 64 for a new directory).
+    pub fn open(dir: &Path, partitions: Option<u32>, hot: usize) -> Result<(Store, Recovered), StorageError> {
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let versions = db.keyspace("versions", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let stored = match meta.get(META_PARTITIONS)? {
+            Some(v) => Some(u32::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StorageError::Corrupt("partition count".into()))?,
+            )),
+            None => None,
+        };
+        let partitions = match (stored, partitions) {
+            (Some(s), Some(r)) if s != r => {
+                return Err(StorageError::PartitionMismatch { stored: s, requested: r });
+            }
+            (Some(s), _) => s,
+            (None, r) => {
+                let n = r.unwrap_or(64);
+                meta.insert(META_PARTITIONS, n.to_be_bytes())?;
+                db.persist(PersistMode::SyncAll)?;
+                n
+            }
+        };
+        let store = Store { db, versions, meta };
+        let recovered = store.recover(partitions, hot)?;
+        Ok((store, recovered))
+    }
+
+    /// Scans every version once, keeping the newest `hot` of each pointer.
+    fn recover(&self, partitions: u32, hot: usize) -> Result<Recovered, StorageError> {
+        let mut pointers = Vec::new();
+        let mut max_version = 0;
+        let mut count = 0u64;
+        let mut current: Option<(String, VecDeque<VersionRec>, bool)> = None;
+        for item in self.versions.iter() {
+            let (k, v) = item.into_inner()?;
+            let (ptr, version) =
+                codec::decode_key(&k).ok_or_else(|| StorageError::Corrupt(format!("key {k:?}")))?;
+            let rec = codec::decode_value(version, &v)
+                .ok_or_else(|| StorageError::Corrupt(format!("value of {ptr:?}@{version}")))?;
+            max_version = max_version.max(version);
+            count += 1;
+            match &mut current {
+                Some((p, chain, cold)) if *p == ptr => {
+                    chain.push_back(rec);
+                    if chain.len() > hot.max(1) {
+                        chain.pop_front();
+                        *cold = true;
+                    }
+                }
+                _ => {
+                    if let Some((p, chain, cold)) = current.take() {
+                        pointers.push(RecoveredPointer {
+                            ptr: p.into(),
+                            hot: chain.into(),
+                            cold_below: cold,
+                        });
+                    }
+                    current = Some((ptr, VecDeque::from([rec]), false));
+                }
+            }
+        }
+        if let Some((p, chain, cold)) = current {
+            pointers.push(RecoveredPointer { ptr: p.into(), hot: chain.into(), cold_below: cold });
+        }
+        Ok(Recovered { partitions, pointers, max_version, versions: count })
+    }
+
+    /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
+    pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for rec in group {
+            for (ptr, value) in &rec.writes {
+                batch.insert(
+                    &self.versions,
+                    codec::version_key(ptr, rec.commit_version),
+                    codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref()),
+                );
+            }
+            let mut key = b"txn/".to_vec();
+            key.extend_from_slice(rec.txn.as_bytes());
+            batch.insert(&self.meta, key, rec.commit_version.to_be_bytes().to_vec());
+        }
+        batch.commit()?;
+        self.db.persist(if sync { PersistMode::SyncData } else { PersistMode::Buffer })?;
+        Ok(())
+    }
+
+    /// Fsyncs whatever was written without it.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
+    /// `limit`; the flag says whether more follow.
+    pub fn history(
+        &self,
+        ptr: &str,
+        after: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<VersionRec>, bool), StorageError> {
+        let start = match after {
+            Some(a) if a == u64::MAX => return Ok((Vec::new(), false)),
+            Some(a) => a + 1,
+            None => 0,
+        };
+        if start > upto {
+            return Ok((Vec::new(), false));
+        }
+        let mut out = Vec::new();
+        for item in self.versions.range(codec::version_key(ptr, start)..=codec::version_key(ptr, upto)) {
+            let (k, v) = item.into_inner()?;
+            let (_, version) =
+                codec::decode_key(&k).ok_or_else(|| StorageError::Corrupt(format!("key {k:?}")))?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(
+                codec::decode_value(version, &v)
+                    .ok_or_else(|| StorageError::Corrupt(format!("value of {ptr:?}@{version}")))?,
+            );
+        }
+        Ok((out, false))
+    }
+
+    /// Whether `ptr` was ever written (any version at all).
+    pub fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
+        Ok(self.versions.prefix(codec::pointer_prefix(ptr)).next().is_some())
+    }
+
+    /// The commit version recorded for a transaction, if it committed.
+    pub fn txn_record(&self, txn: &str) -> Result<Option<u64>, StorageError> {
+        let mut key = b"txn/".to_vec();
+        key.extend_from_slice(txn.as_bytes());
+        Ok(self.meta.get(key)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Bytes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+impl ColdStore for Store {
+    fn version_at(&self, ptr: &str, at: u64) -> Result<Option<VersionRec>, String> {
+        let lo = codec::version_key(ptr, 0);
+        let hi = codec::version_key(ptr, at);
+        match self.versions.range(lo..=hi).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+                let (_, version) = codec::decode_key(&k).ok_or("corrupt key")?;
+                codec::decode_value(version, &v).map(Some).ok_or_else(|| "corrupt value".to_string())
+            }
+        }
+    }
+}
+
+/// Keeps the store alive behind an `Arc` for both the engine and the committer.
+pub type SharedStore = Arc<Store>;
