@@ -35,6 +35,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub port: u16,
     extra: Vec<String>,
+    /// Remove the data directory on drop (only for directories the node made itself).
+    owns_dir: bool,
 }
 
 impl Node {
@@ -45,16 +47,17 @@ impl Node {
 
     /// Starts a node on a fresh data directory with extra `serve` arguments.
     pub fn start_with(extra: &[&str]) -> Node {
-        let data_dir = temp_dir("node");
-        Self::start_in(data_dir, extra)
+        let mut node = Self::start_in(temp_dir("node"), extra);
+        node.owns_dir = true;
+        node
     }
 
-    /// Starts a node on the given data directory.
+    /// Starts a node on the given data directory, which it leaves in place when dropped.
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Node {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&data_dir, port, &extra);
-        let node = Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra };
+        let node = Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: false };
         node.wait_ready();
         node
     }
@@ -92,7 +95,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -123,4 +128,129 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A small HTTP client for the contract, used by every test.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// Percent-encodes a pointer id as one path segment.
+pub fn enc(ptr: &str) -> String {
+    let mut out = String::new();
+    for b in ptr.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Api {
+    pub fn new(node: &Node) -> Api {
+        Api { http: reqwest::Client::new(), base: node.base.clone() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn ptr_url(&self, ptr: &str) -> String {
+        self.url(&format!("/ptr/{}", enc(ptr)))
+    }
+
+    /// `PUT /ptr/{id}` outside a transaction.
+    pub async fn put(&self, ptr: &str, value: &serde_json::Value) -> reqwest::Response {
+        self.http.put(self.ptr_url(ptr)).json(value).send().await.unwrap()
+    }
+
+    /// `PUT` and expect 200; returns the committed version.
+    pub async fn put_ok(&self, ptr: &str, value: &serde_json::Value) -> u64 {
+        let r = self.put(ptr, value).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        r.json::<restm_shared::WriteResponse>().await.unwrap().version
+    }
+
+    /// `GET /ptr/{id}` with optional txn and at headers.
+    pub async fn get(&self, ptr: &str, txn: Option<&str>, at: Option<&str>) -> reqwest::Response {
+        let mut rb = self.http.get(self.ptr_url(ptr));
+        if let Some(t) = txn {
+            rb = rb.header("X-reSTM-Txn", t);
+        }
+        if let Some(a) = at {
+            rb = rb.header("X-reSTM-At", a);
+        }
+        rb.send().await.unwrap()
+    }
+
+    /// The value of a pointer (latest), or None on 404.
+    pub async fn value(&self, ptr: &str) -> Option<serde_json::Value> {
+        let r = self.get(ptr, None, None).await;
+        match r.status().as_u16() {
+            200 => Some(r.json().await.unwrap()),
+            404 => None,
+            s => panic!("GET {ptr}: {s} {}", r.text().await.unwrap()),
+        }
+    }
+
+    /// `POST /txn/begin` with a JSON body; returns (txn, read_version).
+    pub async fn begin_with(&self, body: serde_json::Value, at: Option<&str>) -> reqwest::Response {
+        let mut rb = self.http.post(self.url("/txn/begin")).json(&body);
+        if let Some(a) = at {
+            rb = rb.header("X-reSTM-At", a);
+        }
+        rb.send().await.unwrap()
+    }
+
+    pub async fn begin(&self) -> String {
+        let r = self.begin_with(serde_json::json!({}), None).await;
+        assert_eq!(r.status(), 201);
+        r.json::<restm_shared::BeginResponse>().await.unwrap().txn
+    }
+
+    pub async fn begin_read_only(&self) -> String {
+        let r = self.begin_with(serde_json::json!({"read_only": true}), None).await;
+        assert_eq!(r.status(), 201);
+        r.json::<restm_shared::BeginResponse>().await.unwrap().txn
+    }
+
+    /// `PUT` inside a transaction.
+    pub async fn tput(&self, txn: &str, ptr: &str, value: &serde_json::Value) -> reqwest::Response {
+        self.http.put(self.ptr_url(ptr)).header("X-reSTM-Txn", txn).json(value).send().await.unwrap()
+    }
+
+    /// `DELETE` inside a transaction.
+    pub async fn tdel(&self, txn: &str, ptr: &str) -> reqwest::Response {
+        self.http.delete(self.ptr_url(ptr)).header("X-reSTM-Txn", txn).send().await.unwrap()
+    }
+
+    pub async fn commit(&self, txn: &str) -> reqwest::Response {
+        self.http.post(self.url(&format!("/txn/{txn}/commit"))).send().await.unwrap()
+    }
+
+    pub async fn abort(&self, txn: &str) -> reqwest::Response {
+        self.http.post(self.url(&format!("/txn/{txn}/abort"))).send().await.unwrap()
+    }
+
+    /// The one-shot `POST /txn`.
+    pub async fn one_shot(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http.post(self.url("/txn")).json(body).send().await.unwrap()
+    }
+}
+
+/// Reads a problem+json body, checking the content type and status.
+pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> restm_shared::Problem {
+    let got = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "body: {text}");
+    assert_eq!(ct, restm_shared::PROBLEM_JSON, "body: {text}");
+    let p: restm_shared::Problem = serde_json::from_str(&text).unwrap();
+    assert_eq!(p.code, code, "body: {text}");
+    assert_eq!(p.status, status);
+    p
 }

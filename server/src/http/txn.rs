@@ -161,7 +161,11 @@ pub async fn one_shot(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: OneShotRequest = json_body(&body?, "one-shot transaction")?;
+    let body = body?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the one-shot body must be a JSON object with checks and writes"));
+    }
+    let req: OneShotRequest = json_body(&body, "one-shot transaction")?;
     if req.checks.is_empty() && req.writes.is_empty() {
         return Err(ApiError::bad_request("a one-shot transaction needs at least one check or write"));
     }
