@@ -57,7 +57,8 @@ impl Node {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&data_dir, port, &extra);
-        let node = Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: false };
+        let node =
+            Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: false };
         node.wait_ready();
         node
     }

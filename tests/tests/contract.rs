@@ -51,7 +51,8 @@ async fn pointer_ids_are_any_utf8_up_to_512_bytes() {
     // Invalid UTF-8 in the path.
     let r = api.http.get(api.url("/ptr/%FF%FE")).send().await.unwrap();
     problem(r, 400, "bad-request").await;
-    let listed: ListPage = api.http.get(api.url("/ptr?prefix=with")).send().await.unwrap().json().await.unwrap();
+    let listed: ListPage =
+        api.http.get(api.url("/ptr?prefix=with")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed.pointers.len(), 1);
     assert_eq!(listed.pointers[0].ptr, "with/slash");
 }
@@ -71,7 +72,8 @@ async fn bad_bodies_are_refused_and_store_nothing() {
     let r = api.one_shot(&json!({"writes": [{"ptr": "keep", "value": "z".repeat((1 << 20) + 10)}]})).await;
     problem(r, 413, "too-large").await;
     assert_eq!(api.value("keep").await, Some(json!("original")));
-    let h: HistoryPage = api.http.get(api.url("/ptr/keep/history")).send().await.unwrap().json().await.unwrap();
+    let h: HistoryPage =
+        api.http.get(api.url("/ptr/keep/history")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h.versions.len(), 1);
     // Just under the limit is fine.
     let fits = format!("\"{}\"", "z".repeat((1 << 20) - 100));
@@ -98,7 +100,8 @@ async fn interactive_txn_lifecycle_and_its_errors() {
     let r = api.get("acct", Some(&t), None).await;
     assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!(11));
     assert_eq!(api.value("acct").await, Some(json!(10)));
-    let st: TxnStatus = api.http.get(api.url(&format!("/txn/{t}"))).send().await.unwrap().json().await.unwrap();
+    let st: TxnStatus =
+        api.http.get(api.url(&format!("/txn/{t}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(st.state, TxnState::Active);
     assert_eq!(st.locks, vec!["acct".to_string()]);
     assert_eq!(st.writes.len(), 1);
@@ -124,7 +127,8 @@ async fn interactive_txn_lifecycle_and_its_errors() {
     problem(api.tput(&t2, "acct", &json!(1)).await, 409, "txn-aborted").await;
     problem(api.get("acct", Some(&t2), None).await, 409, "txn-aborted").await;
     assert_eq!(api.value("acct").await, Some(json!(11)));
-    let st: TxnStatus = api.http.get(api.url(&format!("/txn/{t2}"))).send().await.unwrap().json().await.unwrap();
+    let st: TxnStatus =
+        api.http.get(api.url(&format!("/txn/{t2}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(st.state, TxnState::Aborted);
     assert!(st.locks.is_empty());
     // Unknown transactions.
@@ -157,7 +161,16 @@ async fn begin_rejects_bad_options() {
 async fn bad_at_headers_are_named() {
     let (_n, api) = node();
     api.put_ok("p", &json!(1)).await;
-    for at in ["yesterday", "-", "-10parsecs", "+10s", "2099-01-01T00:00:00Z", "18446744073709551615", "99999999999999999999", "2026-13-45T00:00:00Z"] {
+    for at in [
+        "yesterday",
+        "-",
+        "-10parsecs",
+        "+10s",
+        "2099-01-01T00:00:00Z",
+        "18446744073709551615",
+        "99999999999999999999",
+        "2026-13-45T00:00:00Z",
+    ] {
         let p = problem(api.get("p", None, Some(at)).await, 400, "bad-request").await;
         assert!(!p.detail.is_empty());
     }
@@ -169,10 +182,24 @@ async fn bad_at_headers_are_named() {
 async fn if_match_guards_writes() {
     let (_n, api) = node();
     let v1 = api.put_ok("g", &json!(1)).await;
-    let r = api.http.put(api.ptr_url("g")).header("If-Match", (v1 + 1).to_string()).json(&json!(2)).send().await.unwrap();
+    let r = api
+        .http
+        .put(api.ptr_url("g"))
+        .header("If-Match", (v1 + 1).to_string())
+        .json(&json!(2))
+        .send()
+        .await
+        .unwrap();
     let p = problem(r, 412, "precondition-failed").await;
     assert_eq!(p.pointer.as_deref(), Some("g"));
-    let r = api.http.put(api.ptr_url("g")).header("If-Match", format!("\"{v1}\"")).json(&json!(2)).send().await.unwrap();
+    let r = api
+        .http
+        .put(api.ptr_url("g"))
+        .header("If-Match", format!("\"{v1}\""))
+        .json(&json!(2))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = api.http.put(api.ptr_url("new")).header("If-Match", "*").json(&json!(2)).send().await.unwrap();
     problem(r, 412, "precondition-failed").await;
@@ -183,7 +210,15 @@ async fn if_match_guards_writes() {
     assert_eq!(api.value("g").await, Some(json!(2)));
     // Inside a transaction.
     let t = api.begin().await;
-    let r = api.http.put(api.ptr_url("g")).header("X-reSTM-Txn", &t).header("If-Match", v1.to_string()).json(&json!(3)).send().await.unwrap();
+    let r = api
+        .http
+        .put(api.ptr_url("g"))
+        .header("X-reSTM-Txn", &t)
+        .header("If-Match", v1.to_string())
+        .json(&json!(3))
+        .send()
+        .await
+        .unwrap();
     problem(r, 412, "precondition-failed").await;
     assert_eq!(api.commit(&t).await.status(), 200);
     assert_eq!(api.value("g").await, Some(json!(2)));
@@ -202,12 +237,16 @@ async fn one_shot_checks_and_writes_atomically() {
     assert_eq!(api.value("b").await, Some(json!({"k": "v"})));
     assert_eq!(api.value("n").await, Some(json!(null)));
     // A failed check names the pointer and who wrote what is there; nothing is written.
-    let r = api.one_shot(&json!({"checks": [{"ptr": "a", "version": va}], "writes": [{"ptr": "c", "value": 1}]})).await;
+    let r = api
+        .one_shot(&json!({"checks": [{"ptr": "a", "version": va}], "writes": [{"ptr": "c", "value": 1}]}))
+        .await;
     let p = problem(r, 409, "conflict").await;
     assert_eq!(p.pointer.as_deref(), Some("a"));
     assert!(p.winner_version.is_some() && p.winner_txn.is_some());
     assert_eq!(api.value("c").await, None);
-    let r = api.one_shot(&json!({"checks": [{"ptr": "b", "version": null}], "writes": [{"ptr": "c", "value": 1}]})).await;
+    let r = api
+        .one_shot(&json!({"checks": [{"ptr": "b", "version": null}], "writes": [{"ptr": "c", "value": 1}]}))
+        .await;
     problem(r, 409, "conflict").await;
     // Deletes.
     let r = api.one_shot(&json!({"writes": [{"ptr": "b", "delete": true}]})).await;
@@ -260,7 +299,13 @@ async fn history_is_ascending_and_paginated() {
     assert_eq!(seen[2].value.as_ref().unwrap().get(), "2");
     assert!(seen[0].time.ends_with('Z') && seen[0].txn.len() == 16 && seen[0].trace_id.len() == 32);
     // As of a past version: only versions up to it.
-    let r = api.http.get(api.url("/ptr/h/history")).header("X-reSTM-At", versions[1].to_string()).send().await.unwrap();
+    let r = api
+        .http
+        .get(api.url("/ptr/h/history"))
+        .header("X-reSTM-At", versions[1].to_string())
+        .send()
+        .await
+        .unwrap();
     let page: HistoryPage = r.json().await.unwrap();
     assert_eq!(page.versions.len(), 2);
     problem(api.http.get(api.url("/ptr/never/history")).send().await.unwrap(), 404, "not-found").await;
@@ -298,7 +343,13 @@ async fn listing_by_prefix_with_pagination_and_as_of() {
     want.push("job/zz".into());
     assert_eq!(ids, want);
     // As of before the delete, job/00 is there.
-    let r = api.http.get(api.url("/ptr?prefix=job/0&limit=1000")).header("X-reSTM-At", before.to_string()).send().await.unwrap();
+    let r = api
+        .http
+        .get(api.url("/ptr?prefix=job/0&limit=1000"))
+        .header("X-reSTM-At", before.to_string())
+        .send()
+        .await
+        .unwrap();
     let page: ListPage = r.json().await.unwrap();
     assert_eq!(page.pointers[0].ptr, "job/00");
     // Inside a read-write txn listing is refused (phantoms); a read-only txn may list.
@@ -306,7 +357,8 @@ async fn listing_by_prefix_with_pagination_and_as_of() {
     let r = api.http.get(api.url("/ptr?prefix=job/")).header("X-reSTM-Txn", &t).send().await.unwrap();
     problem(r, 400, "bad-request").await;
     let ro = api.begin_read_only().await;
-    let r = api.http.get(api.url("/ptr?prefix=job/&limit=1000")).header("X-reSTM-Txn", &ro).send().await.unwrap();
+    let r =
+        api.http.get(api.url("/ptr?prefix=job/&limit=1000")).header("X-reSTM-Txn", &ro).send().await.unwrap();
     assert_eq!(r.json::<ListPage>().await.unwrap().pointers.len(), 25);
     problem(api.http.get(api.url("/ptr?limit=abc")).send().await.unwrap(), 400, "bad-request").await;
 }
@@ -367,7 +419,8 @@ async fn stale_reads_lose_and_name_the_winner() {
 #[tokio::test]
 async fn openapi_describes_every_route() {
     let (_n, api) = node();
-    let doc: serde_json::Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value =
+        api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
@@ -404,7 +457,12 @@ async fn bearer_token_is_required_when_set() {
     let r = http.put(node.url("/ptr/a")).body("1").send().await.unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     problem(r, 401, "unauthorized").await;
-    problem(http.put(node.url("/ptr/a")).bearer_auth("wrong").body("1").send().await.unwrap(), 403, "forbidden").await;
+    problem(
+        http.put(node.url("/ptr/a")).bearer_auth("wrong").body("1").send().await.unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
     let r = http.put(node.url("/ptr/a")).bearer_auth("s3cret").body("1").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = http.get(node.url("/ptr/a")).bearer_auth("s3cret").send().await.unwrap();
