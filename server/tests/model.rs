@@ -98,9 +98,9 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Begin(s) => {
-                if !m.slots.contains_key(&s) {
+                if let std::collections::btree_map::Entry::Vacant(e) = m.slots.entry(s) {
                     let txn = engine.begin(BeginOptions::default()).unwrap();
-                    m.slots.insert(s, MTxn { txn, reads: BTreeMap::new(), writes: BTreeMap::new() });
+                    e.insert(MTxn { txn, reads: BTreeMap::new(), writes: BTreeMap::new() });
                 }
             }
             Op::Read(s, p) => {
