@@ -31,10 +31,10 @@ pub async fn begin(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let req: BeginRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        BeginRequest::default()
-    } else {
-        json_body(&body, "begin")?
+    let req: BeginRequest = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => BeginRequest::default(),
+        Some(b'{') => json_body(&body, "begin")?,
+        Some(_) => return Err(ApiError::bad_request("the begin body must be a JSON object (or empty)")),
     };
     let engine = &state.node.engine;
     let at = at_header(engine, &headers)?;
