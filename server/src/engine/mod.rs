@@ -467,9 +467,19 @@ impl Engine {
 
     /// Aborts an active transaction, releasing its locks. Returns false if it was not active.
     pub fn abort(&self, txn: &Arc<Txn>, reason: AbortReason) -> bool {
+        self.end_aborted(txn, reason, false)
+    }
+
+    fn abort_committing(&self, txn: &Arc<Txn>, reason: AbortReason) {
+        self.end_aborted(txn, reason, true);
+    }
+
+    /// Marks `txn` aborted and releases its locks; unless `committing` (the coordinator
+    /// undoing its own prepare), only an active transaction can be aborted.
+    fn end_aborted(&self, txn: &Arc<Txn>, reason: AbortReason, committing: bool) -> bool {
         let locks = {
             let mut inner = txn.inner.lock();
-            if inner.phase != Phase::Active {
+            if !committing && inner.phase != Phase::Active {
                 return false;
             }
             inner.phase = Phase::Aborted(reason);
@@ -478,16 +488,6 @@ impl Engine {
         };
         self.release(txn, locks);
         true
-    }
-
-    fn abort_committing(&self, txn: &Arc<Txn>, reason: AbortReason) {
-        let locks = {
-            let mut inner = txn.inner.lock();
-            inner.phase = Phase::Aborted(reason);
-            inner.writes.clear();
-            std::mem::take(&mut inner.locks)
-        };
-        self.release(txn, locks);
     }
 
     fn release(&self, txn: &Arc<Txn>, locks: impl IntoIterator<Item = PtrId>) {
