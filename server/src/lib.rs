@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod node;
 pub mod storage;

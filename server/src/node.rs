@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::engine::clock::SystemClock;
+use crate::engine::events::EventSink;
 use crate::engine::{
     AbortReason, BeginOptions, CommitStep, Engine, EngineConfig, EngineError, ListPage, PtrId, ReadStep, Txn,
     VersionRec, WriteStep,
@@ -56,7 +57,7 @@ pub struct Node {
 
 impl Node {
     /// Opens the data directory, recovers, and starts the committer.
-    pub fn open(mut config: NodeConfig) -> Result<Arc<Node>, StorageError> {
+    pub fn open(mut config: NodeConfig, events: Arc<dyn EventSink>) -> Result<Arc<Node>, StorageError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Fjall(e.into()))?;
         let started = std::time::Instant::now();
         let (store, recovered) =
@@ -70,13 +71,16 @@ impl Node {
         );
         config.engine.partitions = recovered.partitions;
         let store = Arc::new(store);
-        let engine = Arc::new(Engine::new(
-            config.engine.clone(),
-            Arc::new(SystemClock),
-            store.clone(),
-            recovered.pointers,
-            recovered.max_version,
-        ));
+        let engine = Arc::new(
+            Engine::new(
+                config.engine.clone(),
+                Arc::new(SystemClock),
+                store.clone(),
+                recovered.pointers,
+                recovered.max_version,
+            )
+            .with_events(events),
+        );
         let committer = GroupCommitter::start(store.clone(), config.durability)
             .map_err(|e| StorageError::Fjall(e.into()))?;
         Ok(Arc::new(Node { engine, store, committer, config }))

@@ -270,3 +270,38 @@ pub mod codes {
 pub fn version_millis(version: u64) -> u64 {
     version >> 16
 }
+
+/// One message of the `/events` stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    /// Increases by one per event; pass it as `since` to resume after it.
+    pub seq: u64,
+    /// `begin`, `read`, `write`, `lock_acquired`, `lock_wait`, `lock_released`, `conflict`,
+    /// `commit`, `abort`, `gc` or `lagged`.
+    pub kind: String,
+    /// RFC 3339 instant.
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// On `conflict` and `lock_wait`: the transaction holding the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_txn: Option<String>,
+    /// On `conflict`: the transaction whose commit invalidated a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_txn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_version: Option<u64>,
+    /// On `abort`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// On `lagged`: how many events this subscriber missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+}

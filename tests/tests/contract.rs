@@ -436,6 +436,7 @@ async fn openapi_describes_every_route() {
         ("/ptr/{id}", "put"),
         ("/ptr/{id}", "delete"),
         ("/ptr/{id}/history", "get"),
+        ("/events", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
     }

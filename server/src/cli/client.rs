@@ -145,3 +145,55 @@ pub async fn history(a: HistoryArgs) -> Result<(), String> {
     }
     finish(rb.send().await).await
 }
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events about pointers under this prefix.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Comma-separated kinds, e.g. conflict,lock_wait.
+    #[arg(long)]
+    pub kinds: Option<String>,
+    /// Resume after this sequence number.
+    #[arg(long)]
+    pub since: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Prints one JSON event per line until the node closes the stream.
+pub async fn events(a: EventsArgs) -> Result<(), String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut query = Vec::new();
+    if let Some(p) = &a.prefix {
+        query.push(format!("prefix={}", utf8_percent_encode(p, SEGMENT)));
+    }
+    if let Some(k) = &a.kinds {
+        query.push(format!("kinds={}", utf8_percent_encode(k, SEGMENT)));
+    }
+    if let Some(s) = a.since {
+        query.push(format!("since={s}"));
+    }
+    let base = a.target.target.trim_end_matches('/').replacen("http", "ws", 1);
+    let url = format!("{base}/events?{}", query.join("&"));
+    let mut request = url.as_str().into_client_request().map_err(|e| e.to_string())?;
+    if let Some(tok) = &a.target.token {
+        let v = format!("Bearer {tok}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        request.headers_mut().insert("authorization", v);
+    }
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(request).await.map_err(|e| format!("cannot subscribe: {e}"))?;
+    while let Some(msg) = ws.next().await {
+        match msg.map_err(|e| e.to_string())? {
+            Message::Text(t) => println!("{t}"),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}

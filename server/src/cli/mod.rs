@@ -32,6 +32,8 @@ pub enum Command {
     Del(client::DelArgs),
     /// List a pointer's versions.
     History(client::HistoryArgs),
+    /// Tail the live event stream.
+    Events(client::EventsArgs),
 }
 
 /// Options of `restm serve`.
@@ -64,6 +66,12 @@ pub struct ServeArgs {
     /// Versions of each pointer kept in memory; older ones are read from disk.
     #[arg(long, env = "RESTM_HOT_VERSIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub hot_versions: u64,
+    /// Events kept for subscribers resuming with `since`.
+    #[arg(long, env = "RESTM_EVENT_BUFFER", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub event_buffer: u64,
+    /// Events queued per subscriber before it is told it lagged.
+    #[arg(long, env = "RESTM_EVENT_SUBSCRIBER_BUFFER", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub event_subscriber_buffer: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "RESTM_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
@@ -92,6 +100,7 @@ pub fn main() -> ExitCode {
             Command::Put(args) => client::put(args).await,
             Command::Del(args) => client::del(args).await,
             Command::History(args) => client::history(args).await,
+            Command::Events(args) => client::events(args).await,
         }
     });
     match result {

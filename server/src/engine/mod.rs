@@ -17,6 +17,7 @@
 pub mod clock;
 pub mod cold;
 pub mod error;
+pub mod events;
 pub mod hlc;
 pub mod partition;
 pub mod pointer;
@@ -35,6 +36,7 @@ pub use txn::{Phase, Txn};
 
 use clock::Clock;
 use cold::ColdStore;
+use events::{DiscardEvents, EngineEvent, EventKind, EventSink};
 use hlc::Hlc;
 use partition::{LockOutcome, Partition, PartitionRead, partition_of};
 use pointer::VersionChain;
@@ -147,6 +149,7 @@ pub struct Engine {
     partitions: Vec<Partition>,
     txns: TxnTable,
     cold: Arc<dyn ColdStore>,
+    events: Arc<dyn EventSink>,
 }
 
 impl Engine {
@@ -164,7 +167,41 @@ impl Engine {
             let idx = partition_of(&p.ptr, n) as usize;
             partitions[idx].install_recovered(p.ptr, VersionChain::recovered(p.hot, p.cold_below));
         }
-        Self { hlc: Hlc::new(clock, max_version), cfg, partitions, txns: TxnTable::default(), cold }
+        Self {
+            hlc: Hlc::new(clock, max_version),
+            cfg,
+            partitions,
+            txns: TxnTable::default(),
+            cold,
+            events: Arc::new(DiscardEvents),
+        }
+    }
+
+    /// Reports every event to `sink` from now on.
+    pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.events = sink;
+        self
+    }
+
+    /// Emits an event of `kind` about `txn` and `ptr`, if anyone listens; `fill` adds the rest.
+    fn emit(
+        &self,
+        kind: EventKind,
+        txn: Option<&Txn>,
+        ptr: Option<&str>,
+        fill: impl FnOnce(&mut EngineEvent),
+    ) {
+        if !self.events.enabled() {
+            return;
+        }
+        let mut e = EngineEvent::new(kind, self.hlc.physical_millis());
+        if let Some(t) = txn {
+            e.txn = Some(t.id.clone());
+            e.trace_id = Some(t.trace_id.clone());
+        }
+        e.ptr = ptr.map(PtrId::from);
+        fill(&mut e);
+        self.events.emit(e);
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -219,6 +256,7 @@ impl Engine {
             timeout_ms,
         ));
         self.txns.insert(txn.clone());
+        self.emit(EventKind::Begin, Some(&txn), None, |e| e.version = Some(read_version));
         Ok(txn)
     }
 
@@ -264,10 +302,12 @@ impl Engine {
     /// outside any transaction at version `at`.
     pub fn read(&self, txn: Option<&Txn>, ptr: &str, at: u64) -> Result<ReadStep, EngineError> {
         let Some(txn) = txn else {
-            return self.read_at(ptr, at, None).map(|s| match s {
-                Some(step) => step,
-                None => ReadStep::Done(None),
-            });
+            let step = self.read_at(ptr, at, None)?.unwrap_or(ReadStep::Done(None));
+            if let ReadStep::Done(found) = &step {
+                let version = found.as_ref().map(|v| v.version);
+                self.emit(EventKind::Read, None, Some(ptr), |e| e.version = version);
+            }
+            return Ok(step);
         };
         {
             let inner = txn.inner.lock();
@@ -292,6 +332,10 @@ impl Engine {
             let mut inner = txn.inner.lock();
             Self::ensure_active(txn, &inner.phase)?;
             inner.reads.entry(ptr.into()).or_insert(found.as_ref().map(|v| v.version));
+        }
+        if let ReadStep::Done(found) = &step {
+            let version = found.as_ref().map(|v| v.version);
+            self.emit(EventKind::Read, Some(txn), Some(ptr), |e| e.version = version);
         }
         Ok(step)
     }
@@ -363,7 +407,7 @@ impl Engine {
         let partition = self.partition(&ptr);
         loop {
             match partition.lock(&txn.id, &ptr) {
-                LockOutcome::Acquired | LockOutcome::AlreadyHeld => {
+                outcome @ (LockOutcome::Acquired | LockOutcome::AlreadyHeld) => {
                     let mut inner = txn.inner.lock();
                     if let Err(e) = Self::ensure_active(txn, &inner.phase) {
                         // The txn ended while we took the lock: give back a lock it did not
@@ -376,7 +420,17 @@ impl Engine {
                         return Err(e);
                     }
                     inner.locks.insert(ptr.clone());
-                    inner.writes.insert(ptr, value);
+                    let delete = value.is_none();
+                    inner.writes.insert(ptr.clone(), value);
+                    drop(inner);
+                    if matches!(outcome, LockOutcome::Acquired) {
+                        self.emit(EventKind::LockAcquired, Some(txn), Some(&ptr), |_| {});
+                    }
+                    self.emit(EventKind::Write, Some(txn), Some(&ptr), |e| {
+                        if delete {
+                            e.reason = Some("delete".into());
+                        }
+                    });
                     return Ok(WriteStep::Staged);
                 }
                 LockOutcome::Held { holder, listener } => {
@@ -387,6 +441,9 @@ impl Engine {
                         self.abort(&h, AbortReason::LeaseExpired);
                         continue;
                     }
+                    self.emit(EventKind::LockWait, Some(txn), Some(&ptr), |e| {
+                        e.holder_txn = Some(holder.clone())
+                    });
                     return Ok(WriteStep::Wait { holder, listener });
                 }
             }
@@ -448,8 +505,13 @@ impl Engine {
     pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
         let PreparedCommit { txn, commit_version, writes } = prepared;
         let max_hot = self.cfg.hot_versions;
+        let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
         for (pidx, group) in self.group_pairs(writes) {
             self.partitions[pidx].commit(&txn.id, commit_version, &txn.trace_id, &group, max_hot);
+        }
+        self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
+        for ptr in &released {
+            self.emit(EventKind::LockReleased, Some(&txn), Some(ptr), |e| e.version = Some(commit_version));
         }
         {
             let mut inner = txn.inner.lock();
@@ -482,10 +544,17 @@ impl Engine {
             if !committing && inner.phase != Phase::Active {
                 return false;
             }
-            inner.phase = Phase::Aborted(reason);
+            inner.phase = Phase::Aborted(reason.clone());
             inner.writes.clear();
             std::mem::take(&mut inner.locks)
         };
+        if self.events.enabled() {
+            let now = self.hlc.physical_millis();
+            if let Some(c) = EngineEvent::from_abort(now, &txn.id, &txn.trace_id, &reason) {
+                self.events.emit(c);
+            }
+            self.emit(EventKind::Abort, Some(txn), None, |e| e.reason = Some(reason.to_string()));
+        }
         self.release(txn, locks);
         true
     }
@@ -493,6 +562,7 @@ impl Engine {
     fn release(&self, txn: &Arc<Txn>, locks: impl IntoIterator<Item = PtrId>) {
         for ptr in locks {
             self.partition(&ptr).unlock(&txn.id, &ptr);
+            self.emit(EventKind::LockReleased, Some(txn), Some(&ptr), |_| {});
         }
         self.finish(txn);
     }

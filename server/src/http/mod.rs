@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod openapi;
 pub mod ptr;
 pub mod request;
@@ -29,6 +30,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
+    pub events: Arc<crate::events::EventHub>,
     pub auth_token: Option<Arc<str>>,
 }
 
@@ -36,6 +38,7 @@ pub struct AppState {
 pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/events", get(events::events))
         .route("/openapi.json", get(openapi::document))
         .route("/txn/begin", post(txn::begin))
         .route("/txn", post(txn::one_shot))
@@ -83,9 +86,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         durability: args.durability,
         reap_every: Duration::from_millis(50),
     };
-    let node = Node::open(config).map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
+    let events = Arc::new(crate::events::EventHub::new(
+        args.event_buffer as usize,
+        args.event_subscriber_buffer as usize,
+    ));
+    let node = Node::open(config, events.clone())
+        .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
     node.spawn_reaper();
-    let state = AppState { node, auth_token: args.auth_token.map(Arc::from) };
+    let state = AppState { node, events, auth_token: args.auth_token.map(Arc::from) };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -141,7 +141,12 @@ pub fn raw_json(value: &Bytes) -> Box<RawValue> {
 
 /// RFC 3339 text of a version's wall-clock instant.
 pub fn version_time(version: u64) -> String {
-    let nanos = i128::from(millis_of(version)) * 1_000_000;
+    version_time_ms(millis_of(version))
+}
+
+/// RFC 3339 text of a Unix time in milliseconds.
+pub fn version_time_ms(millis: u64) -> String {
+    let nanos = i128::from(millis) * 1_000_000;
     OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())

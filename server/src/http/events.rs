@@ -1,0 +1,166 @@
+//! `GET /events`: the live event stream over WebSocket, filtered by `prefix` and `kinds`,
+//! resumable with `since`. A subscriber that falls behind gets `lagged` with the count it
+//! missed; the engine never waits for it.
+
+use std::collections::HashSet;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use restm_shared::{Event, Problem};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::engine::events::EventKind;
+use crate::events::Numbered;
+
+/// Query of `GET /events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events about pointers whose id starts with this (events without a pointer, such
+    /// as `begin` and `commit`, are left out when a prefix is given).
+    pub prefix: Option<String>,
+    /// Comma-separated kinds to keep, e.g. `conflict,lock_wait`.
+    pub kinds: Option<String>,
+    /// Resume after this sequence number, while it is still buffered.
+    pub since: Option<u64>,
+}
+
+struct Filter {
+    prefix: Option<String>,
+    kinds: Option<HashSet<EventKind>>,
+}
+
+impl Filter {
+    fn keeps(&self, e: &Numbered) -> bool {
+        if let Some(k) = &self.kinds
+            && !k.contains(&e.event.kind)
+        {
+            return false;
+        }
+        match &self.prefix {
+            None => true,
+            Some(p) => e.event.ptr.as_ref().is_some_and(|ptr| ptr.starts_with(p.as_str())),
+        }
+    }
+}
+
+/// Streams engine events as JSON text messages.
+#[utoipa::path(get, path = "/events", tag = "observability", params(EventsQuery),
+    responses((status = 101, description = "WebSocket: one JSON Event per text message", body = Event),
+        (status = 400, description = "unknown kind or bad query", body = Problem)))]
+pub async fn events(
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query?;
+    let kinds = match &q.kinds {
+        None => None,
+        Some(list) => {
+            let mut set = HashSet::new();
+            for k in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                let kind = EventKind::parse(k).ok_or_else(|| {
+                    let all: Vec<_> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    ApiError::bad_request(format!("unknown event kind {k:?}; kinds are {}", all.join(", ")))
+                })?;
+                set.insert(kind);
+            }
+            Some(set)
+        }
+    };
+    let ws = ws.map_err(|r| {
+        ApiError::bad_request(format!(
+            "GET /events is a WebSocket; connect with a WebSocket client ({})",
+            r.body_text()
+        ))
+    })?;
+    let filter = Filter { prefix: q.prefix.filter(|p| !p.is_empty()), kinds };
+    let hub = state.events.clone();
+    Ok(ws.on_upgrade(move |socket| stream(socket, hub, filter, q.since)))
+}
+
+async fn send(socket: &mut WebSocket, event: &Event) -> bool {
+    match serde_json::to_string(event) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn lagged(seq: u64, missed: u64) -> Event {
+    Event {
+        seq,
+        kind: "lagged".into(),
+        time: super::request::version_time_ms(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        ),
+        missed: Some(missed),
+        ..Default::default()
+    }
+}
+
+async fn stream(
+    mut socket: WebSocket,
+    hub: std::sync::Arc<crate::events::EventHub>,
+    filter: Filter,
+    since: Option<u64>,
+) {
+    use std::sync::atomic::Ordering;
+    hub.subscribers.fetch_add(1, Ordering::Relaxed);
+    let sub = hub.subscribe(since);
+    let mut live = sub.live;
+    let mut ok = true;
+    if sub.missed > 0 {
+        let first = sub.backlog.first().map_or(hub.next_seq(), |e| e.seq);
+        hub.lagged.fetch_add(sub.missed, Ordering::Relaxed);
+        ok = send(&mut socket, &lagged(first - 1, sub.missed)).await;
+    }
+    let mut last = since.unwrap_or(0);
+    for e in sub.backlog {
+        if !ok {
+            break;
+        }
+        last = e.seq;
+        if filter.keeps(&e) {
+            ok = send(&mut socket, &e.to_wire()).await;
+        }
+    }
+    let mut pending_missed = 0u64;
+    while ok {
+        tokio::select! {
+            received = live.recv() => match received {
+                Ok(e) => {
+                    if e.seq <= last {
+                        continue; // already sent from the backlog
+                    }
+                    last = e.seq;
+                    if pending_missed > 0 {
+                        ok = send(&mut socket, &lagged(e.seq - 1, pending_missed)).await;
+                        pending_missed = 0;
+                    }
+                    if ok && filter.keeps(&e) {
+                        ok = send(&mut socket, &e.to_wire()).await;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    hub.lagged.fetch_add(n, Ordering::Relaxed);
+                    pending_missed += n;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+}
