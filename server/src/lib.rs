@@ -8,5 +8,6 @@ pub mod cli;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod storage;

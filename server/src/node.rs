@@ -13,11 +13,12 @@ use bytes::Bytes;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::engine::clock::SystemClock;
-use crate::engine::events::EventSink;
+use crate::engine::events::{EventSink, Tee};
 use crate::engine::{
     AbortReason, BeginOptions, CommitStep, Engine, EngineConfig, EngineError, ListPage, PtrId, ReadStep, Txn,
     VersionRec, WriteStep,
 };
+use crate::metrics::Metrics;
 use crate::storage::group_commit::GroupCommitter;
 use crate::storage::{CommitRecord, Durability, StorageError, Store};
 
@@ -53,11 +54,16 @@ pub struct Node {
     pub store: Arc<Store>,
     committer: GroupCommitter,
     pub config: NodeConfig,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Node {
     /// Opens the data directory, recovers, and starts the committer.
-    pub fn open(mut config: NodeConfig, events: Arc<dyn EventSink>) -> Result<Arc<Node>, StorageError> {
+    pub fn open(
+        mut config: NodeConfig,
+        events: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Node>, StorageError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Fjall(e.into()))?;
         let started = std::time::Instant::now();
         let (store, recovered) =
@@ -79,11 +85,11 @@ impl Node {
                 recovered.pointers,
                 recovered.max_version,
             )
-            .with_events(events),
+            .with_events(Arc::new(Tee(vec![events, metrics.clone()]))),
         );
         let committer = GroupCommitter::start(store.clone(), config.durability)
             .map_err(|e| StorageError::Fjall(e.into()))?;
-        Ok(Arc::new(Node { engine, store, committer, config }))
+        Ok(Arc::new(Node { engine, store, committer, config, metrics }))
     }
 
     /// Starts the background task that aborts transactions whose lease ran out.
@@ -126,12 +132,20 @@ impl Node {
     /// Stages a write in `txn`, waiting up to the lock timeout for another holder. A timeout
     /// aborts the transaction.
     pub async fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<(), EngineError> {
-        let deadline = Instant::now() + self.config.lock_timeout;
+        let started = Instant::now();
+        let deadline = started + self.config.lock_timeout;
+        let mut waited = false;
         loop {
-            match self.engine.write(txn, ptr, value.clone())? {
+            let step = self.engine.write(txn, ptr, value.clone());
+            if waited && !matches!(step, Ok(WriteStep::Wait { .. })) {
+                self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
+            }
+            match step? {
                 WriteStep::Staged => return Ok(()),
                 WriteStep::Wait { holder, listener } => {
+                    waited = true;
                     if timeout_at(deadline, listener).await.is_err() {
+                        self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
                         let ptr: PtrId = ptr.into();
                         self.engine.abort(
                             txn,

@@ -437,6 +437,7 @@ async fn openapi_describes_every_route() {
         ("/ptr/{id}", "delete"),
         ("/ptr/{id}/history", "get"),
         ("/events", "get"),
+        ("/metrics", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
     }

@@ -24,6 +24,21 @@ pub enum AbortReason {
     Cancelled,
 }
 
+impl AbortReason {
+    /// A short label for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AbortReason::Client => "client",
+            AbortReason::Conflict(_) => "conflict",
+            AbortReason::LockTimeout { .. } => "lock_timeout",
+            AbortReason::LeaseExpired => "lease_expired",
+            AbortReason::CheckFailed { .. } => "check_failed",
+            AbortReason::Storage(_) => "storage",
+            AbortReason::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl fmt::Display for AbortReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -71,6 +71,8 @@ pub struct EngineEvent {
     pub winner_txn: Option<TxnId>,
     pub winner_version: Option<u64>,
     pub reason: Option<String>,
+    /// On `abort`: the reason's short label.
+    pub code: Option<&'static str>,
 }
 
 impl EngineEvent {
@@ -86,6 +88,7 @@ impl EngineEvent {
             winner_txn: None,
             winner_version: None,
             reason: None,
+            code: None,
         }
     }
 
@@ -137,5 +140,24 @@ impl EventSink for DiscardEvents {
 
     fn enabled(&self) -> bool {
         false
+    }
+}
+
+/// Hands every event to several sinks.
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, event: EngineEvent) {
+        let live: Vec<_> = self.0.iter().filter(|s| s.enabled()).collect();
+        if let Some((last, rest)) = live.split_last() {
+            for s in rest {
+                s.emit(event.clone());
+            }
+            last.emit(event);
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.0.iter().any(|s| s.enabled())
     }
 }

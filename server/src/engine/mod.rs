@@ -553,7 +553,10 @@ impl Engine {
             if let Some(c) = EngineEvent::from_abort(now, &txn.id, &txn.trace_id, &reason) {
                 self.events.emit(c);
             }
-            self.emit(EventKind::Abort, Some(txn), None, |e| e.reason = Some(reason.to_string()));
+            self.emit(EventKind::Abort, Some(txn), None, |e| {
+                e.reason = Some(reason.to_string());
+                e.code = Some(reason.code());
+            });
         }
         self.release(txn, locks);
         true

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod observe;
 pub mod openapi;
 pub mod ptr;
 pub mod request;
@@ -31,6 +32,7 @@ use error::ApiError;
 pub struct AppState {
     pub node: Arc<Node>,
     pub events: Arc<crate::events::EventHub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub auth_token: Option<Arc<str>>,
 }
 
@@ -39,6 +41,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/events", get(events::events))
+        .route("/metrics", get(observe::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/txn/begin", post(txn::begin))
         .route("/txn", post(txn::one_shot))
@@ -51,6 +54,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .fallback(|| async { ApiError::RouteNotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::time_request))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -90,10 +94,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         args.event_buffer as usize,
         args.event_subscriber_buffer as usize,
     ));
-    let node = Node::open(config, events.clone())
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let node = Node::open(config, events.clone(), metrics.clone())
         .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
     node.spawn_reaper();
-    let state = AppState { node, events, auth_token: args.auth_token.map(Arc::from) };
+    let state = AppState { node, events, metrics, auth_token: args.auth_token.map(Arc::from) };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

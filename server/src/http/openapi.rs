@@ -11,7 +11,7 @@ use restm_shared as wire;
     info(title = "reSTM", description = "Distributed software transactional memory over HTTP. \
         Every 4xx/5xx body is application/problem+json with a documented `code`."),
     paths(
-        super::health, document, super::events::events,
+        super::health, document, super::events::events, super::observe::metrics,
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
         super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list,
     ),

@@ -216,6 +216,11 @@ impl Store {
         Ok(self.meta.get(key)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
+    /// Versions stored, approximately (fjall's estimate).
+    pub fn approximate_versions(&self) -> usize {
+        self.versions.approximate_len()
+    }
+
     /// Bytes on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)

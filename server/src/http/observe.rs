@@ -1,0 +1,47 @@
+//! Routes and middleware for watching a node: `GET /metrics` and request timing.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::metrics::Snapshot;
+
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "observability",
+    responses((status = 200, description = "Prometheus text exposition (OpenMetrics)", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let engine = &state.node.engine;
+    let now = engine.now_millis();
+    let active = engine.active_txns();
+    let oldest = active.iter().map(|t| t.started_ms).min().map_or(0, |s| now.saturating_sub(s));
+    let (pointers, versions) = engine.memory_stats();
+    let snap = Snapshot {
+        active_txns: active.len() as i64,
+        oldest_txn_age_seconds: oldest as f64 / 1000.0,
+        pointers_in_memory: pointers as i64,
+        versions_in_memory: versions as i64,
+        versions_on_disk: state.node.store.approximate_versions() as i64,
+        disk_bytes: state.node.store.disk_bytes() as i64,
+        event_subscribers: state.events.subscribers.load(Ordering::Relaxed) as i64,
+        events_lagged_total: state.events.lagged.load(Ordering::Relaxed),
+    };
+    let body = state.metrics.render(snap);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+/// Middleware: times every request, labelled by its route template (not its raw path, so
+/// pointer ids never become label values).
+pub async fn time_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.observe_request(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,173 @@
+//! `GET /metrics`: Prometheus (OpenMetrics text) metrics of a node, all prefixed `restm_`.
+//!
+//! Counters that follow engine activity (commits, aborts by reason, conflicts) are fed by
+//! the engine's event sink; lock waits are timed by the node; request latency by an HTTP
+//! middleware; gauges (active txns, oldest txn age, versions in memory and on disk, event
+//! subscribers) are read when scraped.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::events::{EngineEvent, EventKind, EventSink};
+
+type Labels = Vec<(String, String)>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// Gauges read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub active_txns: i64,
+    pub oldest_txn_age_seconds: f64,
+    pub pointers_in_memory: i64,
+    pub versions_in_memory: i64,
+    pub versions_on_disk: i64,
+    pub disk_bytes: i64,
+    pub event_subscribers: i64,
+    pub events_lagged_total: u64,
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    commits: Counter,
+    aborts: Family<Labels, Counter>,
+    conflicts: Counter,
+    lock_wait: Histogram,
+    requests: Family<Labels, Histogram, fn() -> Histogram>,
+    active_txns: Gauge,
+    oldest_txn_age: Gauge<f64, AtomicU64>,
+    pointers_mem: Gauge,
+    versions_mem: Gauge,
+    versions_disk: Gauge,
+    disk_bytes: Gauge,
+    subscribers: Gauge,
+    lagged: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            commits: Counter::default(),
+            aborts: Family::default(),
+            conflicts: Counter::default(),
+            lock_wait: latency_histogram(),
+            requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            active_txns: Gauge::default(),
+            oldest_txn_age: Gauge::default(),
+            pointers_mem: Gauge::default(),
+            versions_mem: Gauge::default(),
+            versions_disk: Gauge::default(),
+            disk_bytes: Gauge::default(),
+            subscribers: Gauge::default(),
+            lagged: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("restm_commits", "Transactions committed", m.commits.clone());
+        registry.register("restm_aborts", "Transactions aborted, by reason", m.aborts.clone());
+        registry.register(
+            "restm_conflicts",
+            "Serialization conflicts (a txn lost to another)",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "restm_lock_wait_seconds",
+            "Time writes waited for another txn's lock",
+            m.lock_wait.clone(),
+        );
+        registry.register(
+            "restm_http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register("restm_active_txns", "Transactions active now", m.active_txns.clone());
+        registry.register(
+            "restm_oldest_active_txn_age_seconds",
+            "Age of the oldest active transaction",
+            m.oldest_txn_age.clone(),
+        );
+        registry.register("restm_pointers_in_memory", "Pointers held in memory", m.pointers_mem.clone());
+        registry.register("restm_versions_in_memory", "Versions held in memory", m.versions_mem.clone());
+        registry.register(
+            "restm_versions_on_disk",
+            "Versions stored in fjall (approximate)",
+            m.versions_disk.clone(),
+        );
+        registry.register("restm_disk_bytes", "Bytes the data directory uses", m.disk_bytes.clone());
+        registry.register("restm_event_subscribers", "Subscribers of /events", m.subscribers.clone());
+        registry.register(
+            "restm_events_lagged",
+            "Events subscribers missed by falling behind",
+            m.lagged.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records how long a write waited for a lock.
+    pub fn observe_lock_wait(&self, seconds: f64) {
+        self.lock_wait.observe(seconds);
+    }
+
+    /// Records one HTTP request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = vec![
+            ("route".to_string(), route.to_string()),
+            ("method".to_string(), method.to_string()),
+            ("status".to_string(), status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Renders the text exposition with the gauges set from `snap`.
+    pub fn render(&self, snap: Snapshot) -> String {
+        self.active_txns.set(snap.active_txns);
+        self.oldest_txn_age.set(snap.oldest_txn_age_seconds);
+        self.pointers_mem.set(snap.pointers_in_memory);
+        self.versions_mem.set(snap.versions_in_memory);
+        self.versions_disk.set(snap.versions_on_disk);
+        self.disk_bytes.set(snap.disk_bytes);
+        self.subscribers.set(snap.event_subscribers);
+        let seen = self.lagged.get();
+        if snap.events_lagged_total > seen {
+            self.lagged.inc_by(snap.events_lagged_total - seen);
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl EventSink for Metrics {
+    fn emit(&self, event: EngineEvent) {
+        match event.kind {
+            EventKind::Commit => {
+                self.commits.inc();
+            }
+            EventKind::Abort => {
+                let reason = event.code.unwrap_or("unknown").to_string();
+                self.aborts.get_or_create(&vec![("reason".to_string(), reason)]).inc();
+            }
+            EventKind::Conflict => {
+                self.conflicts.inc();
+            }
+            _ => {}
+        }
+    }
+}
