@@ -8,8 +8,8 @@
 //! not by the engine.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use restm_shared::Event;
@@ -23,9 +23,20 @@ use crate::http::request::version_time_ms;
 pub struct Numbered {
     pub seq: u64,
     pub event: EngineEvent,
+    /// The JSON text, made once by the first subscriber that sends it and shared by the rest.
+    json: OnceLock<Arc<str>>,
 }
 
 impl Numbered {
+    pub fn new(seq: u64, event: EngineEvent) -> Self {
+        Self { seq, event, json: OnceLock::new() }
+    }
+
+    /// The JSON text of the wire form.
+    pub fn json(&self) -> Arc<str> {
+        self.json.get_or_init(|| serde_json::to_string(&self.to_wire()).unwrap_or_default().into()).clone()
+    }
+
     /// The wire form.
     pub fn to_wire(&self) -> Event {
         let e = &self.event;
@@ -112,7 +123,7 @@ impl EventSink for EventHub {
         let mut ring = self.ring.lock();
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let numbered = Arc::new(Numbered { seq, event });
+        let numbered = Arc::new(Numbered::new(seq, event));
         if ring.buf.len() == self.capacity {
             ring.buf.pop_front();
         }

@@ -9,14 +9,18 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
+use futures_util::SinkExt;
 use restm_shared::{Event, Problem};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::AppState;
 use super::error::ApiError;
 use crate::engine::events::EventKind;
 use crate::events::Numbered;
+
+/// Most events written to a subscriber before one flush.
+const SEND_BATCH: usize = 256;
 
 /// Query of `GET /events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -85,6 +89,10 @@ pub async fn events(
     Ok(ws.on_upgrade(move |socket| stream(socket, hub, filter, q.since)))
 }
 
+async fn send_numbered(socket: &mut WebSocket, event: &Numbered) -> bool {
+    socket.send(Message::Text(event.json().as_ref().into())).await.is_ok()
+}
+
 async fn send(socket: &mut WebSocket, event: &Event) -> bool {
     match serde_json::to_string(event) {
         Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
@@ -130,36 +138,59 @@ async fn stream(
         }
         last = e.seq;
         if filter.keeps(&e) {
-            ok = send(&mut socket, &e.to_wire()).await;
+            ok = send_numbered(&mut socket, &e).await;
         }
     }
+    // Live: wake on one event, then take whatever else is queued (up to a batch) and write
+    // the batch with one flush, so a busy stream costs one wake-up and one write per batch.
     let mut pending_missed = 0u64;
-    while ok {
-        tokio::select! {
-            received = live.recv() => match received {
-                Ok(e) => {
-                    if e.seq <= last {
-                        continue; // already sent from the backlog
-                    }
+    'live: while ok {
+        let first = tokio::select! {
+            received = live.recv() => received,
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let mut next = Some(first);
+        let mut queued = 0usize;
+        while let Some(received) = next.take() {
+            match received {
+                Ok(e) if e.seq > last => {
                     last = e.seq;
                     if pending_missed > 0 {
-                        ok = send(&mut socket, &lagged(e.seq - 1, pending_missed)).await;
+                        let text =
+                            serde_json::to_string(&lagged(e.seq - 1, pending_missed)).unwrap_or_default();
+                        ok = socket.feed(Message::Text(text.into())).await.is_ok();
                         pending_missed = 0;
+                        queued += 1;
                     }
                     if ok && filter.keeps(&e) {
-                        ok = send(&mut socket, &e.to_wire()).await;
+                        ok = socket.feed(Message::Text(e.json().as_ref().into())).await.is_ok();
+                        queued += 1;
                     }
                 }
+                Ok(_) => {} // already sent from the backlog
                 Err(RecvError::Lagged(n)) => {
                     hub.lagged.fetch_add(n, Ordering::Relaxed);
                     pending_missed += n;
                 }
-                Err(RecvError::Closed) => break,
-            },
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
-            },
+                Err(RecvError::Closed) => break 'live,
+            }
+            if !ok {
+                break 'live;
+            }
+            if queued < SEND_BATCH {
+                next = match live.try_recv() {
+                    Ok(e) => Some(Ok(e)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    Err(TryRecvError::Empty) => None,
+                };
+            }
+        }
+        if queued > 0 {
+            ok = socket.flush().await.is_ok();
         }
     }
     hub.subscribers.fetch_sub(1, Ordering::Relaxed);
