@@ -55,6 +55,8 @@ pub struct Node {
     committer: GroupCommitter,
     pub config: NodeConfig,
     pub metrics: Arc<Metrics>,
+    /// Transactions waiting for a lock now: txn → (pointer, since when, in ms).
+    waits: dashmap::DashMap<crate::engine::TxnId, (PtrId, u64)>,
 }
 
 impl Node {
@@ -89,7 +91,7 @@ impl Node {
         );
         let committer = GroupCommitter::start(store.clone(), config.durability)
             .map_err(|e| StorageError::Fjall(e.into()))?;
-        Ok(Arc::new(Node { engine, store, committer, config, metrics }))
+        Ok(Arc::new(Node { engine, store, committer, config, metrics, waits: Default::default() }))
     }
 
     /// Starts the background task that aborts transactions whose lease ran out.
@@ -144,6 +146,7 @@ impl Node {
                 WriteStep::Staged => return Ok(()),
                 WriteStep::Wait { holder, listener } => {
                     waited = true;
+                    let _waiting = WaitRecord::new(&self.waits, txn, ptr, self.engine.now_millis());
                     if timeout_at(deadline, listener).await.is_err() {
                         self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
                         let ptr: PtrId = ptr.into();
@@ -245,10 +248,66 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Every held lock with its holder and waiters, contended ones first.
+    pub fn locks(&self) -> Vec<restm_shared::LockView> {
+        let now = self.engine.now_millis();
+        let mut waiters: std::collections::HashMap<PtrId, Vec<restm_shared::LockWaiter>> = Default::default();
+        for w in self.waits.iter() {
+            let (ptr, since) = w.value();
+            waiters.entry(ptr.clone()).or_default().push(restm_shared::LockWaiter {
+                txn: w.key().to_string(),
+                waiting_ms: now.saturating_sub(*since),
+            });
+        }
+        let mut out = Vec::new();
+        for txn in self.engine.active_txns() {
+            let locks: Vec<PtrId> = txn.inner.lock().locks.iter().cloned().collect();
+            for ptr in locks {
+                let mut w = waiters.remove(&ptr).unwrap_or_default();
+                w.sort_by_key(|x| std::cmp::Reverse(x.waiting_ms));
+                out.push(restm_shared::LockView {
+                    ptr: ptr.to_string(),
+                    holder_txn: txn.id.to_string(),
+                    holder_trace_id: txn.trace_id.to_string(),
+                    holder_age_ms: now.saturating_sub(txn.started_ms),
+                    waiters: w,
+                });
+            }
+        }
+        out.sort_by(|a, b| b.waiters.len().cmp(&a.waiters.len()).then_with(|| a.ptr.cmp(&b.ptr)));
+        out
+    }
+}
+
 async fn wait_prepared(listener: event_listener::EventListener) -> Result<(), EngineError> {
     timeout(PREPARED_WAIT, listener)
         .await
         .map_err(|_| EngineError::Storage("a prepared commit did not land in time".into()))
+}
+
+/// Records a lock wait for as long as it lasts (also when the request is cancelled).
+struct WaitRecord<'a> {
+    waits: &'a dashmap::DashMap<crate::engine::TxnId, (PtrId, u64)>,
+    txn: crate::engine::TxnId,
+}
+
+impl<'a> WaitRecord<'a> {
+    fn new(
+        waits: &'a dashmap::DashMap<crate::engine::TxnId, (PtrId, u64)>,
+        txn: &Txn,
+        ptr: &str,
+        now_ms: u64,
+    ) -> Self {
+        waits.insert(txn.id.clone(), (ptr.into(), now_ms));
+        Self { waits, txn: txn.id.clone() }
+    }
+}
+
+impl Drop for WaitRecord<'_> {
+    fn drop(&mut self) {
+        self.waits.remove(&self.txn);
+    }
 }
 
 /// Aborts a one-shot transaction whose request went away before it finished.

@@ -305,3 +305,39 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
 }
+
+/// Answer of `GET /txns`: every active transaction, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActiveTxns {
+    pub txns: Vec<TxnStatus>,
+    /// The oldest active transaction: the one holding back garbage collection.
+    pub oldest: Option<String>,
+}
+
+/// A transaction waiting for a lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LockWaiter {
+    pub txn: String,
+    pub waiting_ms: u64,
+}
+
+/// One held lock, its holder and who waits for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LockView {
+    pub ptr: String,
+    pub holder_txn: String,
+    pub holder_trace_id: String,
+    /// Age of the holding transaction.
+    pub holder_age_ms: u64,
+    pub waiters: Vec<LockWaiter>,
+}
+
+/// Answer of `GET /locks`: every held lock, contended ones (with waiters) first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Locks {
+    pub locks: Vec<LockView>,
+}

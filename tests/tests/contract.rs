@@ -438,6 +438,8 @@ async fn openapi_describes_every_route() {
         ("/ptr/{id}/history", "get"),
         ("/events", "get"),
         ("/metrics", "get"),
+        ("/txns", "get"),
+        ("/locks", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
     }

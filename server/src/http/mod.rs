@@ -42,6 +42,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/health", get(health))
         .route("/events", get(events::events))
         .route("/metrics", get(observe::metrics))
+        .route("/txns", get(observe::txns))
+        .route("/locks", get(observe::locks))
         .route("/openapi.json", get(openapi::document))
         .route("/txn/begin", post(txn::begin))
         .route("/txn", post(txn::one_shot))

@@ -45,3 +45,23 @@ pub async fn time_request(State(state): State<AppState>, req: Request, next: Nex
     state.metrics.observe_request(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }
+
+/// The active transactions, oldest first, with their read and write sets and held locks.
+#[utoipa::path(get, path = "/txns", tag = "observability",
+    responses((status = 200, body = restm_shared::ActiveTxns)))]
+pub async fn txns(State(state): State<AppState>) -> Response {
+    let engine = &state.node.engine;
+    let now = engine.now_millis();
+    let mut active = engine.active_txns();
+    active.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.id.cmp(&b.id)));
+    let txns: Vec<_> = active.iter().map(|t| super::txn::txn_status(t, now)).collect();
+    let oldest = txns.first().map(|t| t.txn.clone());
+    axum::Json(restm_shared::ActiveTxns { txns, oldest }).into_response()
+}
+
+/// Every held lock: its holder and the transactions waiting for it, contended ones first.
+#[utoipa::path(get, path = "/locks", tag = "observability",
+    responses((status = 200, body = restm_shared::Locks)))]
+pub async fn locks(State(state): State<AppState>) -> Response {
+    axum::Json(restm_shared::Locks { locks: state.node.locks() }).into_response()
+}

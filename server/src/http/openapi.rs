@@ -11,7 +11,7 @@ use restm_shared as wire;
     info(title = "reSTM", description = "Distributed software transactional memory over HTTP. \
         Every 4xx/5xx body is application/problem+json with a documented `code`."),
     paths(
-        super::health, document, super::events::events, super::observe::metrics,
+        super::health, document, super::events::events, super::observe::metrics, super::observe::txns, super::observe::locks,
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
         super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list,
     ),
@@ -19,7 +19,8 @@ use restm_shared as wire;
         wire::BeginRequest, wire::BeginResponse, wire::WriteResponse, wire::StagedResponse,
         wire::CommitResponse, wire::AbortResponse, wire::TxnState, wire::TxnStatus, wire::ReadEntry,
         wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
-        wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event,
+        wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event, wire::ActiveTxns, wire::LockWaiter,
+        wire::LockView, wire::Locks,
     )),
     tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"))
 )]
