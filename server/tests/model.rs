@@ -226,3 +226,37 @@ proptest! {
         run(ops);
     }
 }
+
+#[test]
+fn a_finished_txn_keeps_its_write_set_but_not_its_values() {
+    let dir = std::env::temp_dir().join(format!("restm-model-values-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (store, rec) = Store::open(&dir, Some(4), 2).unwrap();
+    let store = Arc::new(store);
+    let engine = Engine::new(
+        EngineConfig { partitions: 4, ..Default::default() },
+        Arc::new(ManualClock::new(1_000)),
+        store.clone(),
+        rec.pointers,
+        rec.max_version,
+    );
+    let txn = engine.begin(BeginOptions::default()).unwrap();
+    assert!(matches!(
+        engine.write(&txn, "big", Some(Bytes::from(vec![b'1'; 4096]))).unwrap(),
+        WriteStep::Staged
+    ));
+    assert!(matches!(engine.write(&txn, "gone", None).unwrap(), WriteStep::Staged));
+    let CommitStep::Prepared(p) = engine.prepare_commit(&txn).unwrap() else {
+        panic!("expected a prepared commit")
+    };
+    engine.finish_commit(p);
+    let found = engine.txn(&txn.id).unwrap();
+    let inner = found.inner.lock();
+    assert_eq!(inner.writes.len(), 2);
+    assert_eq!(inner.writes["big"].as_ref().map(Bytes::len), Some(0));
+    assert!(inner.writes["gone"].is_none());
+    drop(inner);
+    drop(engine);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

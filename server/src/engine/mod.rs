@@ -517,6 +517,13 @@ impl Engine {
             let mut inner = txn.inner.lock();
             inner.phase = Phase::Committed(commit_version);
             inner.locks.clear();
+            // The txn stays queryable for a while: keep which pointers it wrote (and whether
+            // it deleted them), but not the values, which now live in the version chains.
+            for value in inner.writes.values_mut() {
+                if value.is_some() {
+                    *value = Some(Bytes::new());
+                }
+            }
         }
         self.finish(&txn);
         commit_version
