@@ -1,8 +1,8 @@
 //! Pointer routes: `GET/PUT/DELETE /ptr/{id}`, `GET /ptr/{id}/history` and `GET /ptr`.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use super::request::{
-    at_header, check_ptr, if_match, json_value, raw_json, trace_id, txn_header, version_time,
+    PtrPath, at_header, if_match, json_value, raw_json, trace_id, txn_header, version_time,
 };
 use crate::engine::{EngineError, PtrId};
 use crate::node::Precondition;
@@ -47,11 +47,9 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         (status = 410, description = "older than the GC horizon", body = Problem)))]
 pub async fn get_ptr(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    PtrPath(ptr): PtrPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(ptr) = path?;
-    check_ptr(&ptr)?;
     let engine = &state.node.engine;
     let txn = txn_header(engine, &headers)?;
     let at = at_header(engine, &headers)?;
@@ -90,12 +88,10 @@ pub async fn get_ptr(
         (status = 400, description = "malformed JSON, id or header", body = Problem)))]
 pub async fn put_ptr(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    PtrPath(ptr): PtrPath,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(ptr) = path?;
-    check_ptr(&ptr)?;
     let value = json_value(&body?)?;
     write(&state, ptr, Some(value), &headers).await
 }
@@ -111,11 +107,9 @@ pub async fn put_ptr(
         (status = 412, description = "If-Match did not hold", body = Problem)))]
 pub async fn delete_ptr(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    PtrPath(ptr): PtrPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(ptr) = path?;
-    check_ptr(&ptr)?;
     write(&state, ptr, None, &headers).await
 }
 
@@ -210,12 +204,10 @@ pub struct HistoryQuery {
         (status = 400, body = Problem)))]
 pub async fn history(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
+    PtrPath(ptr): PtrPath,
     query: Result<Query<HistoryQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Path(ptr) = path?;
-    check_ptr(&ptr)?;
     let Query(q) = query?;
     let limit = page_limit(q.limit)?;
     if headers.contains_key(restm_shared::HEADER_TXN) {

@@ -43,6 +43,20 @@ pub fn check_ptr(ptr: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The `{id}` of a pointer route, decoded and checked with [`check_ptr`].
+pub struct PtrPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PtrPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(ptr) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        check_ptr(&ptr)?;
+        Ok(PtrPath(ptr))
+    }
+}
+
 /// The transaction named by `X-reSTM-Txn`, if any; its lease is renewed.
 pub fn txn_header(engine: &Engine, headers: &HeaderMap) -> Result<Option<Arc<Txn>>, ApiError> {
     let Some(id) = header_str(headers, HEADER_TXN)? else { return Ok(None) };
