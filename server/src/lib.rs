@@ -11,3 +11,4 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod storage;
+pub mod telemetry;

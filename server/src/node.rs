@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::{Instant, timeout, timeout_at};
+use tracing::Instrument;
 
 use crate::engine::clock::SystemClock;
 use crate::engine::events::{EventSink, Tee};
@@ -147,7 +148,9 @@ impl Node {
                 WriteStep::Wait { holder, listener } => {
                     waited = true;
                     let _waiting = WaitRecord::new(&self.waits, txn, ptr, self.engine.now_millis());
-                    if timeout_at(deadline, listener).await.is_err() {
+                    let span = tracing::info_span!("lock_wait", restm.txn = %txn.id, restm.ptr = %ptr, restm.holder_txn = %holder);
+                    if timeout_at(deadline, listener).instrument(span).await.is_err() {
+                        conflict_span(&txn.id, ptr, Some(&holder), None);
                         self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
                         let ptr: PtrId = ptr.into();
                         self.engine.abort(
@@ -164,9 +167,33 @@ impl Node {
     /// Commits `txn`: prepare and validate, make it durable, install it. The durable part
     /// runs in its own task, so a client that goes away mid-commit cannot leave it half done.
     pub async fn commit(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
-        let prepared = match self.engine.prepare_commit(txn)? {
-            CommitStep::Done(v) => return Ok(v),
-            CommitStep::Prepared(p) => p,
+        let span = tracing::info_span!("commit", restm.txn = %txn.id, restm.version = tracing::field::Empty);
+        let result = self.commit_inner(txn).instrument(span.clone()).await;
+        if let Ok(v) = &result {
+            span.record("restm.version", v);
+            tracing::Span::current().record("restm.version", v);
+        }
+        result
+    }
+
+    async fn commit_inner(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
+        let step = tracing::info_span!("prepare_validate").in_scope(|| self.engine.prepare_commit(txn));
+        let prepared = match step {
+            Ok(CommitStep::Done(v)) => return Ok(v),
+            Ok(CommitStep::Prepared(p)) => p,
+            Err(e) => {
+                if let EngineError::Conflict { txn, conflict } = &e {
+                    match conflict {
+                        crate::engine::Conflict::Locked { ptr, holder } => {
+                            conflict_span(txn, ptr, Some(holder), None)
+                        }
+                        crate::engine::Conflict::Stale { ptr, winner_txn, winner_version } => {
+                            conflict_span(txn, ptr, None, Some((winner_txn, *winner_version)))
+                        }
+                    }
+                }
+                return Err(e);
+            }
         };
         let record = CommitRecord {
             txn: prepared.txn.id.clone(),
@@ -176,8 +203,13 @@ impl Node {
         };
         let engine = self.engine.clone();
         let committer = self.committer.clone();
+        let persist = tracing::info_span!(
+            "persist",
+            restm.version = prepared.commit_version,
+            restm.writes = prepared.writes.len()
+        );
         let task = tokio::spawn(async move {
-            match committer.commit(record).await {
+            match committer.commit(record).instrument(persist).await {
                 Ok(()) => Ok(engine.finish_commit(prepared)),
                 Err(e) => {
                     engine.fail_commit(prepared, e.clone());
@@ -197,6 +229,7 @@ impl Node {
         trace_id: Option<Arc<str>>,
     ) -> Result<(Arc<Txn>, u64), EngineError> {
         let txn = self.engine.begin(BeginOptions { trace_id, ..Default::default() })?;
+        tracing::Span::current().record("restm.txn", &*txn.id);
         let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
         for (ptr, pre) in checks {
             let seen = self.read(Some(&txn), ptr, txn.read_version).await?;
@@ -278,6 +311,19 @@ impl Node {
         out.sort_by(|a, b| b.waiters.len().cmp(&a.waiters.len()).then_with(|| a.ptr.cmp(&b.ptr)));
         out
     }
+}
+
+/// Records a conflict as a span of its own, naming the pointer and the winner.
+fn conflict_span(txn: &str, ptr: &str, holder: Option<&str>, winner: Option<(&str, u64)>) {
+    let span = tracing::info_span!(
+        "conflict",
+        restm.txn = %txn,
+        restm.ptr = %ptr,
+        restm.holder_txn = holder.unwrap_or(""),
+        restm.winner_txn = winner.map_or("", |w| w.0),
+        restm.winner_version = winner.map_or(0, |w| w.1),
+    );
+    span.in_scope(|| tracing::debug!("conflict"));
 }
 
 async fn wait_prepared(listener: event_listener::EventListener) -> Result<(), EngineError> {

@@ -52,6 +52,22 @@ impl Node {
         node
     }
 
+    /// Starts a node on a fresh data directory with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let data_dir = temp_dir("node");
+        let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut cmd = command(&data_dir, port, &extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn restm");
+        let node =
+            Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: true };
+        node.wait_ready();
+        node
+    }
+
     /// Starts a node on the given data directory, which it leaves in place when dropped.
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Node {
         let port = free_port();
@@ -103,18 +119,23 @@ impl Drop for Node {
 }
 
 fn spawn(data_dir: &Path, port: u16, extra: &[String]) -> Child {
-    Command::new(restm_bin())
-        .arg("serve")
+    command(data_dir, port, extra).spawn().expect("spawn restm")
+}
+
+fn command(data_dir: &Path, port: u16, extra: &[String]) -> Command {
+    let mut cmd = Command::new(restm_bin());
+    cmd.arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn restm")
+        .stderr(Stdio::inherit());
+    cmd
 }
 
 /// A fresh, empty directory under the system temp dir.

@@ -87,6 +87,8 @@ pub struct BeginOptions {
     pub at: Option<u64>,
     /// Trace the transaction belongs to (32 hex digits).
     pub trace_id: Option<Arc<str>>,
+    /// Span id of its root span (16 hex digits), when traced.
+    pub root_span: Option<Arc<str>>,
 }
 
 /// A pointer recovered from storage.
@@ -247,14 +249,16 @@ impl Engine {
             opts.timeout_ms.unwrap_or(self.cfg.default_timeout_ms).clamp(1, self.cfg.max_timeout_ms);
         let trace_id = opts.trace_id.unwrap_or_else(|| format!("{:032x}", u128::from(start)).into());
         let id: TxnId = format!("{start:016x}").into();
-        let txn = Arc::new(Txn::new(
+        let mut txn = Txn::new(
             id,
             read_version,
             opts.read_only || opts.at.is_some(),
             trace_id,
             self.hlc.physical_millis(),
             timeout_ms,
-        ));
+        );
+        txn.root_span = opts.root_span;
+        let txn = Arc::new(txn);
         self.txns.insert(txn.clone());
         self.emit(EventKind::Begin, Some(&txn), None, |e| e.version = Some(read_version));
         Ok(txn)

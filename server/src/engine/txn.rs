@@ -48,6 +48,8 @@ pub struct Txn {
     pub read_version: u64,
     pub read_only: bool,
     pub trace_id: Arc<str>,
+    /// Span id of the transaction's root span (its `begin` request), when traced.
+    pub root_span: Option<Arc<str>>,
     pub started_ms: u64,
     pub timeout_ms: u64,
     pub inner: Mutex<TxnInner>,
@@ -67,6 +69,7 @@ impl Txn {
             read_version,
             read_only,
             trace_id,
+            root_span: None,
             started_ms: now_ms,
             timeout_ms,
             inner: Mutex::new(TxnInner {

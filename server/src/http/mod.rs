@@ -57,8 +57,12 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::time_request))
+        .layer(axum::middleware::from_fn(observe::trace_response))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with({
+            let state = state.clone();
+            move |req: &axum::http::Request<axum::body::Body>| observe::request_span(&state, req)
+        }))
         .with_state(state)
 }
 

@@ -65,3 +65,54 @@ pub async fn txns(State(state): State<AppState>) -> Response {
 pub async fn locks(State(state): State<AppState>) -> Response {
     axum::Json(restm_shared::Locks { locks: state.node.locks() }).into_response()
 }
+
+/// The span of one request: named `METHOD /route`, parented on the transaction's root span
+/// when the request names a transaction (so a transaction is one trace), else on an incoming
+/// W3C `traceparent`.
+pub fn request_span(state: &AppState, req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str());
+    let method = req.method().as_str();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        restm.txn = tracing::field::Empty,
+        restm.ptr = tracing::field::Empty,
+        restm.version = tracing::field::Empty,
+    );
+    let headers = req.headers();
+    let txn = headers
+        .get(restm_shared::HEADER_TXN)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| route.starts_with("/txn/{id}").then(|| req.uri().path().split('/').nth(2)).flatten())
+        .and_then(|id| state.node.engine.txn(id.trim()).ok());
+    if let Some(txn) = txn {
+        span.record("restm.txn", &*txn.id);
+        if let Some(root) = &txn.root_span {
+            crate::telemetry::set_parent(&span, &txn.trace_id, root);
+            return span;
+        }
+    }
+    if let Some((t, s)) =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::telemetry::parse_traceparent)
+    {
+        crate::telemetry::set_parent(&span, &t, &s);
+    }
+    span
+}
+
+/// Middleware: returns the request's trace as a W3C `traceresponse` header, and records
+/// the status on the span.
+pub async fn trace_response(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    tracing::Span::current().record("http.response.status_code", resp.status().as_u16());
+    if let Some((t, s)) = crate::telemetry::current()
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("00-{t}-{s}-01"))
+    {
+        resp.headers_mut().insert("traceresponse", v);
+    }
+    resp
+}

@@ -50,6 +50,7 @@ pub async fn get_ptr(
     PtrPath(ptr): PtrPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    tracing::Span::current().record("restm.ptr", ptr.as_str());
     let engine = &state.node.engine;
     let txn = txn_header(engine, &headers)?;
     let at = at_header(engine, &headers)?;
@@ -120,6 +121,7 @@ async fn write(
     value: Option<Bytes>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    tracing::Span::current().record("restm.ptr", ptr.as_str());
     let engine = &state.node.engine;
     let pre = if_match(headers)?;
     let is_delete = value.is_none();

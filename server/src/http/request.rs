@@ -122,17 +122,29 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("If-Match {raw:?} is neither * nor a version")))
 }
 
-/// The trace id of a W3C `traceparent` header when it is well formed, else a fresh one.
+/// The trace a new transaction belongs to, and its root span: the current request's span
+/// when traces are exported; else the trace id of a well-formed `traceparent`; else a fresh
+/// random one.
+pub fn trace_of_request(headers: &HeaderMap) -> (Arc<str>, Option<Arc<str>>) {
+    if let Some((t, s)) = crate::telemetry::current() {
+        return (t.into(), Some(s.into()));
+    }
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::telemetry::parse_traceparent)
+        .map(|(t, _)| t)
+        .filter(|t| {
+            t.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && t.bytes().any(|b| b != b'0')
+        });
+    let trace = incoming.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>().max(1)));
+    (trace.into(), None)
+}
+
+/// The trace id for a one-shot transaction (see [`trace_of_request`]).
 pub fn trace_id(headers: &HeaderMap) -> Option<Arc<str>> {
-    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|raw| {
-        let mut parts = raw.split('-');
-        let (_version, trace) = (parts.next()?, parts.next()?);
-        let ok = trace.len() == 32
-            && trace.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            && trace.bytes().any(|b| b != b'0');
-        ok.then(|| Arc::<str>::from(trace))
-    });
-    Some(incoming.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>().max(1)).into()))
+    Some(trace_of_request(headers).0)
 }
 
 /// Validates a JSON value and returns its exact text, without surrounding whitespace.

@@ -16,6 +16,7 @@ use restm_shared::{
 use super::AppState;
 use super::error::ApiError;
 use super::request::{at_header, check_ptr, json_body, json_value, trace_id};
+
 use crate::engine::{AbortReason, BeginOptions, EngineError, Phase, PtrId, Txn};
 use crate::node::Precondition;
 
@@ -49,12 +50,15 @@ pub async fn begin(
     {
         return Err(ApiError::bad_request(format!("timeout_ms must be between 1 and {max}, not {t}")));
     }
+    let (trace, root_span) = super::request::trace_of_request(&headers);
     let txn = state.node.begin(BeginOptions {
         read_only: req.read_only.unwrap_or(false),
         timeout_ms: req.timeout_ms,
         at,
-        trace_id: trace_id(&headers),
+        trace_id: Some(trace.clone()),
+        root_span,
     })?;
+    tracing::Span::current().record("restm.txn", &*txn.id);
     let body = BeginResponse { txn: txn.id.to_string(), read_version: txn.read_version };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -1,0 +1,92 @@
+//! Logging and OpenTelemetry trace export.
+//!
+//! Logs always go to stderr (`RUST_LOG`). Trace export turns on only when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: spans go
+//! over OTLP/HTTP (protobuf) with a batch exporter, named by `OTEL_SERVICE_NAME` and sampled
+//! by `OTEL_TRACES_SAMPLER`, which the SDK reads itself. With no endpoint nothing is exported
+//! and the OpenTelemetry layer is not installed at all.
+//!
+//! A transaction is one trace: its `begin` request's span is the root, and every later
+//! request naming the transaction is parented on it ([`txn_parent`]).
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the exporter alive; flushes it when dropped.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn export_wanted() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+/// Installs the global subscriber: stderr logs, plus OTLP export when configured.
+pub fn init() -> Telemetry {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if !export_wanted() {
+        tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+        return Telemetry { provider: None };
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("restm: trace export disabled, cannot build the OTLP exporter: {e}");
+            tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+            return Telemetry { provider: None };
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder().build();
+    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let tracer = provider.tracer("restm");
+    // Spans reach the exporter at every level; the env filter governs only the log output.
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    Telemetry { provider: Some(provider) }
+}
+
+/// The trace id and span id of the current span, when it is exported.
+pub fn current() -> Option<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+/// Parents `span` on a W3C `traceparent` value (`00-<trace>-<span>-<flags>`).
+pub fn set_parent(span: &tracing::Span, trace_id: &str, span_id: &str) {
+    let (Ok(t), Ok(s)) = (TraceId::from_hex(trace_id), SpanId::from_hex(span_id)) else { return };
+    let sc = SpanContext::new(t, s, TraceFlags::SAMPLED, true, TraceState::default());
+    if sc.is_valid() {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// Parses a `traceparent` header into (trace id, span id).
+pub fn parse_traceparent(raw: &str) -> Option<(String, String)> {
+    let mut parts = raw.trim().split('-');
+    let (_v, t, s) = (parts.next()?, parts.next()?, parts.next()?);
+    (t.len() == 32 && s.len() == 16).then(|| (t.to_string(), s.to_string()))
+}
