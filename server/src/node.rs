@@ -148,7 +148,7 @@ impl Node {
                 WriteStep::Wait { holder, listener } => {
                     waited = true;
                     let _waiting = WaitRecord::new(&self.waits, txn, ptr, self.engine.now_millis());
-                    let span = tracing::info_span!("lock_wait", restm.txn = %txn.id, restm.ptr = %ptr, restm.holder_txn = %holder);
+                    let span = tracing::debug_span!("lock_wait", restm.txn = %txn.id, restm.ptr = %ptr, restm.holder_txn = %holder);
                     if timeout_at(deadline, listener).instrument(span).await.is_err() {
                         conflict_span(&txn.id, ptr, Some(&holder), None);
                         self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
@@ -167,7 +167,7 @@ impl Node {
     /// Commits `txn`: prepare and validate, make it durable, install it. The durable part
     /// runs in its own task, so a client that goes away mid-commit cannot leave it half done.
     pub async fn commit(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
-        let span = tracing::info_span!("commit", restm.txn = %txn.id, restm.version = tracing::field::Empty);
+        let span = tracing::debug_span!("commit", restm.txn = %txn.id, restm.version = tracing::field::Empty);
         let result = self.commit_inner(txn).instrument(span.clone()).await;
         if let Ok(v) = &result {
             span.record("restm.version", v);
@@ -177,7 +177,7 @@ impl Node {
     }
 
     async fn commit_inner(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
-        let step = tracing::info_span!("prepare_validate").in_scope(|| self.engine.prepare_commit(txn));
+        let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_commit(txn));
         let prepared = match step {
             Ok(CommitStep::Done(v)) => return Ok(v),
             Ok(CommitStep::Prepared(p)) => p,
@@ -203,20 +203,23 @@ impl Node {
         };
         let engine = self.engine.clone();
         let committer = self.committer.clone();
-        let persist = tracing::info_span!(
+        let persist = tracing::debug_span!(
             "persist",
             restm.version = prepared.commit_version,
             restm.writes = prepared.writes.len()
         );
-        let task = tokio::spawn(async move {
-            match committer.commit(record).instrument(persist).await {
-                Ok(()) => Ok(engine.finish_commit(prepared)),
-                Err(e) => {
-                    engine.fail_commit(prepared, e.clone());
-                    Err(EngineError::Storage(e))
+        let task = tokio::spawn(
+            async move {
+                match committer.commit(record).instrument(persist).await {
+                    Ok(()) => Ok(engine.finish_commit(prepared)),
+                    Err(e) => {
+                        engine.fail_commit(prepared, e.clone());
+                        Err(EngineError::Storage(e))
+                    }
                 }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         task.await.map_err(|e| EngineError::Storage(format!("commit task failed: {e}")))?
     }
 
@@ -315,7 +318,7 @@ impl Node {
 
 /// Records a conflict as a span of its own, naming the pointer and the winner.
 fn conflict_span(txn: &str, ptr: &str, holder: Option<&str>, winner: Option<(&str, u64)>) {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "conflict",
         restm.txn = %txn,
         restm.ptr = %ptr,

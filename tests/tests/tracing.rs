@@ -120,7 +120,7 @@ async fn a_transaction_is_one_trace_and_conflicts_name_the_winner() {
     let got = wait_for(&spans, |s| {
         s.iter().filter(|x| hex(&x.trace_id) == trace && x.name.starts_with("POST /txn/{id}/commit")).count()
             > 0
-            && s.iter().any(|x| hex(&x.trace_id) == trace && x.name == "persist")
+            && s.iter().any(|x| hex(&x.trace_id) == trace && x.name == "partition.commit")
     });
     let in_trace: Vec<&Span> = got.iter().filter(|s| hex(&s.trace_id) == trace).collect();
     let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_str()).collect();

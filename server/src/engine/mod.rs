@@ -483,6 +483,9 @@ impl Engine {
         // 1. Freeze the writes. Every read that starts after this sees the prepared mark.
         let prepared_above = self.hlc.last();
         for (pidx, ptrs) in self.group(writes.iter().map(|(p, _)| p.clone())) {
+            let _span =
+                tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = ptrs.len())
+                    .entered();
             if let Err(ptr) = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above) {
                 let conflict = Conflict::Locked {
                     ptr: ptr.clone(),
@@ -497,6 +500,9 @@ impl Engine {
         let commit_version = self.hlc.tick();
         // 3. Validate the reads against what is committed or locked now.
         for (pidx, group) in self.group_pairs(reads) {
+            let _span =
+                tracing::debug_span!("partition.validate", restm.partition = pidx, restm.reads = group.len())
+                    .entered();
             if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
@@ -511,6 +517,12 @@ impl Engine {
         let max_hot = self.cfg.hot_versions;
         let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
         for (pidx, group) in self.group_pairs(writes) {
+            let _span = tracing::debug_span!(
+                "partition.commit",
+                restm.partition = pidx,
+                restm.version = commit_version
+            )
+            .entered();
             self.partitions[pidx].commit(&txn.id, commit_version, &txn.trace_id, &group, max_hot);
         }
         self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
