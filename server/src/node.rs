@@ -16,8 +16,8 @@ use tracing::Instrument;
 use crate::engine::clock::SystemClock;
 use crate::engine::events::{EventSink, Tee};
 use crate::engine::{
-    AbortReason, BeginOptions, CommitStep, Engine, EngineConfig, EngineError, ListPage, PtrId, ReadStep, Txn,
-    VersionRec, WriteStep,
+    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineConfig, EngineError, ListPage, PtrId,
+    ReadStep, Txn, VersionRec, WriteStep,
 };
 use crate::metrics::Metrics;
 use crate::storage::group_commit::GroupCommitter;
@@ -150,7 +150,7 @@ impl Node {
                     let _waiting = WaitRecord::new(&self.waits, txn, ptr, self.engine.now_millis());
                     let span = tracing::debug_span!("lock_wait", restm.txn = %txn.id, restm.ptr = %ptr, restm.holder_txn = %holder);
                     if timeout_at(deadline, listener).instrument(span).await.is_err() {
-                        conflict_span(&txn.id, ptr, Some(&holder), None);
+                        conflict_span(&txn.id, &Conflict::Locked { ptr: ptr.into(), holder: holder.clone() });
                         self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
                         let ptr: PtrId = ptr.into();
                         self.engine.abort(
@@ -183,14 +183,7 @@ impl Node {
             Ok(CommitStep::Prepared(p)) => p,
             Err(e) => {
                 if let EngineError::Conflict { txn, conflict } = &e {
-                    match conflict {
-                        crate::engine::Conflict::Locked { ptr, holder } => {
-                            conflict_span(txn, ptr, Some(holder), None)
-                        }
-                        crate::engine::Conflict::Stale { ptr, winner_txn, winner_version } => {
-                            conflict_span(txn, ptr, None, Some((winner_txn, *winner_version)))
-                        }
-                    }
+                    conflict_span(txn, conflict);
                 }
                 return Err(e);
             }
@@ -317,12 +310,13 @@ impl Node {
 }
 
 /// Records a conflict as a span of its own, naming the pointer and the winner.
-fn conflict_span(txn: &str, ptr: &str, holder: Option<&str>, winner: Option<(&str, u64)>) {
+fn conflict_span(txn: &str, conflict: &Conflict) {
+    let winner = conflict.winner();
     let span = tracing::debug_span!(
         "conflict",
         restm.txn = %txn,
-        restm.ptr = %ptr,
-        restm.holder_txn = holder.unwrap_or(""),
+        restm.ptr = %conflict.ptr(),
+        restm.holder_txn = conflict.holder().map_or("", |h| h),
         restm.winner_txn = winner.map_or("", |w| w.0),
         restm.winner_version = winner.map_or(0, |w| w.1),
     );

@@ -70,6 +70,22 @@ impl Conflict {
             Conflict::Locked { ptr, .. } | Conflict::Stale { ptr, .. } => ptr,
         }
     }
+
+    /// The transaction that held the lock, for [`Conflict::Locked`].
+    pub fn holder(&self) -> Option<&TxnId> {
+        match self {
+            Conflict::Locked { holder, .. } => Some(holder),
+            Conflict::Stale { .. } => None,
+        }
+    }
+
+    /// The transaction whose commit made a read stale, and its version, for [`Conflict::Stale`].
+    pub fn winner(&self) -> Option<(&TxnId, u64)> {
+        match self {
+            Conflict::Stale { winner_txn, winner_version, .. } => Some((winner_txn, *winner_version)),
+            Conflict::Locked { .. } => None,
+        }
+    }
 }
 
 impl fmt::Display for Conflict {

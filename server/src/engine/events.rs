@@ -98,13 +98,9 @@ impl EngineEvent {
         e.txn = Some(txn.clone());
         e.trace_id = Some(trace_id.clone());
         e.ptr = Some(conflict.ptr().clone());
-        match conflict {
-            Conflict::Locked { holder, .. } => e.holder_txn = Some(holder.clone()),
-            Conflict::Stale { winner_txn, winner_version, .. } => {
-                e.winner_txn = Some(winner_txn.clone());
-                e.winner_version = Some(*winner_version);
-            }
-        }
+        e.holder_txn = conflict.holder().cloned();
+        e.winner_txn = conflict.winner().map(|(w, _)| w.clone());
+        e.winner_version = conflict.winner().map(|(_, v)| v);
         e
     }
 
@@ -148,12 +144,14 @@ pub struct Tee(pub Vec<Arc<dyn EventSink>>);
 
 impl EventSink for Tee {
     fn emit(&self, event: EngineEvent) {
-        let live: Vec<_> = self.0.iter().filter(|s| s.enabled()).collect();
-        if let Some((last, rest)) = live.split_last() {
-            for s in rest {
-                s.emit(event.clone());
+        let mut live = self.0.iter().filter(|s| s.enabled()).peekable();
+        while let Some(sink) = live.next() {
+            if live.peek().is_none() {
+                // The last sink takes the event itself: one clone fewer, no allocation.
+                sink.emit(event);
+                return;
             }
-            last.emit(event);
+            sink.emit(event.clone());
         }
     }
 

@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use restm_shared::{HEADER_HORIZON, PROBLEM_JSON, Problem, codes};
 
-use crate::engine::{Conflict, EngineError};
+use crate::engine::EngineError;
 
 /// Every error a handler can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +53,9 @@ impl ApiError {
                 EngineError::Conflict { txn, conflict } => {
                     p.txn = Some(txn.to_string());
                     p.pointer = Some(conflict.ptr().to_string());
-                    match conflict {
-                        Conflict::Locked { holder, .. } => p.holder_txn = Some(holder.to_string()),
-                        Conflict::Stale { winner_txn, winner_version, .. } => {
-                            p.winner_txn = Some(winner_txn.to_string());
-                            p.winner_version = Some(*winner_version);
-                        }
-                    }
+                    p.holder_txn = conflict.holder().map(|h| h.to_string());
+                    p.winner_txn = conflict.winner().map(|(w, _)| w.to_string());
+                    p.winner_version = conflict.winner().map(|(_, v)| v);
                 }
                 EngineError::LockTimeout { txn, ptr, holder } => {
                     p.txn = Some(txn.to_string());
