@@ -51,6 +51,7 @@ impl Numbered {
             holder_txn: e.holder_txn.as_ref().map(|t| t.to_string()),
             winner_txn: e.winner_txn.as_ref().map(|t| t.to_string()),
             winner_version: e.winner_version,
+            other_trace_id: e.other_trace_id.as_ref().map(|t| t.to_string()),
             reason: e.reason.clone(),
             missed: None,
         }
@@ -79,6 +80,9 @@ pub struct Subscription {
     pub backlog: Vec<Arc<Numbered>>,
     /// Events after `since` that are no longer buffered.
     pub missed: u64,
+    /// `since` was at or past this node's next number: numbering restarted (the node
+    /// restarted), so the stream starts over from the oldest buffered event.
+    pub reset: bool,
     pub live: broadcast::Receiver<Arc<Numbered>>,
 }
 
@@ -101,6 +105,8 @@ impl EventHub {
         let ring = self.ring.lock();
         // Subscribing under the ring lock: no event falls between the backlog and the live feed.
         let live = self.tx.subscribe();
+        let reset = since.is_some_and(|s| s >= ring.next_seq);
+        let since = if reset { Some(0) } else { since };
         let (backlog, missed) = match since {
             None => (Vec::new(), 0),
             Some(since) => {
@@ -109,7 +115,7 @@ impl EventHub {
                 (ring.buf.iter().filter(|e| e.seq > since).cloned().collect(), missed)
             }
         };
-        Subscription { backlog, missed, live }
+        Subscription { backlog, missed, reset, live }
     }
 
     /// The sequence number the next event will get.
@@ -140,6 +146,18 @@ mod tests {
 
     fn ev() -> EngineEvent {
         EngineEvent::new(EventKind::Begin, 0)
+    }
+
+    #[test]
+    fn since_from_a_previous_life_starts_over() {
+        let hub = EventHub::new(8, 8);
+        for _ in 0..3 {
+            hub.emit(ev());
+        }
+        let sub = hub.subscribe(Some(40));
+        assert!(sub.reset);
+        assert_eq!(sub.backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(!hub.subscribe(Some(2)).reset);
     }
 
     #[test]

@@ -298,6 +298,10 @@ pub struct Event {
     pub winner_txn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub winner_version: Option<u64>,
+    /// On `conflict` and `lock_wait`: the trace id of the holder or winner, so both sides
+    /// of a conflict can be opened in a trace viewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_trace_id: Option<String>,
     /// On `abort`: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

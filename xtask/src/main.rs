@@ -1,21 +1,33 @@
 //! Project automation behind the README's two commands.
 //!
-//! - `cargo xtask serve [ARGS..]`: builds the node in release mode and starts it with
-//!   `restm serve ARGS..` (defaults: `127.0.0.1:7070`, data in `./restm-data`).
-//! - `cargo xtask test`: formatting, clippy, then every test of the workspace, including the
-//!   black-box tests that spawn the real binary.
+//! - `cargo xtask serve [ARGS..]`: builds the explorer ([`ui`]) and the node in release
+//!   mode, and starts `restm serve --ui-dir target/ui ARGS..` (defaults: `127.0.0.1:7070`,
+//!   data in `./restm-data`).
+//! - `cargo xtask test`: formatting, clippy (host and wasm32), every test of the workspace
+//!   including the black-box tests that spawn the real binary, then the browser tests in
+//!   `e2e/` (headless Debian Chromium driven by playwright-core).
+//! - `cargo xtask ui`: only builds the explorer into `target/ui`.
 //!
-//! Each step installs what it needs, so both commands work on a fresh machine.
+//! Each step installs what it needs (the wasm32 target, the `wasm-bindgen-cli` of exactly
+//! the version in Cargo.lock, Chromium from Debian, the npm packages of `e2e/`), so both
+//! commands work on a fresh machine. Tools go under `target/tools`, inside the repo.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// Where the built explorer goes; the node serves it with `--ui-dir`.
+const UI_OUT: &str = "target/ui";
+const TOOLS: &str = "target/tools";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("test") => test(),
+        Some("ui") => ui(),
         _ => {
-            eprintln!("usage: cargo xtask serve [restm serve args..] | cargo xtask test");
+            eprintln!("usage: cargo xtask serve [restm serve args..] | cargo xtask test | cargo xtask ui");
             return ExitCode::from(2);
         }
     };
@@ -38,15 +50,147 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed with {status}")) }
 }
 
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn serve(extra: &[String]) -> Result<(), String> {
+    ui()?;
     run(cargo().args(["build", "--release", "-p", "restm-server", "--bin", "restm"]))?;
-    run(Command::new("target/release/restm").arg("serve").args(extra))
+    let mut cmd = Command::new("target/release/restm");
+    cmd.arg("serve");
+    if !extra.iter().any(|a| a.starts_with("--ui-dir")) {
+        cmd.args(["--ui-dir", UI_OUT]);
+    }
+    run(cmd.args(extra))
 }
 
 fn test() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    ensure_wasm_target()?;
+    run(cargo().args(["clippy", "-p", "restm-ui", "--target", WASM_TARGET, "--", "-D", "warnings"]))?;
     // The black-box tests spawn target/debug/restm, so build it before they run.
     run(cargo().args(["build", "-p", "restm-server", "--bin", "restm"]))?;
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace"]))?;
+    e2e()
+}
+
+/// The browser tests: a real node (target/debug/restm) serving the release explorer.
+fn e2e() -> Result<(), String> {
+    ui()?;
+    ensure_chromium()?;
+    let npm_ready = Path::new("e2e/node_modules/playwright-core/package.json").is_file();
+    if !npm_ready {
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir("e2e"))?;
+    }
+    run(Command::new("node")
+        .args(["--test", "--test-concurrency=1", "tests/"])
+        .current_dir("e2e")
+        .env("RESTM_BIN", absolute("target/debug/restm")?)
+        .env("RESTM_UI_DIR", absolute(UI_OUT)?))
+}
+
+fn absolute(p: &str) -> Result<PathBuf, String> {
+    std::fs::canonicalize(p).map_err(|e| format!("{p}: {e}"))
+}
+
+fn ensure_chromium() -> Result<(), String> {
+    if Path::new("/usr/bin/chromium").is_file() {
+        return Ok(());
+    }
+    let root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut c = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    apt(&["update"])?;
+    apt(&["install", "-y", "--no-install-recommends", "chromium"])
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// The `wasm-bindgen` version Cargo.lock resolved: the CLI must match it exactly.
+fn locked_wasm_bindgen() -> Result<String, String> {
+    let lock = std::fs::read_to_string("Cargo.lock").map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == "name = \"wasm-bindgen\""
+            && let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \""))
+        {
+            return Ok(v.trim_end_matches('"').to_string());
+        }
+    }
+    Err("Cargo.lock has no wasm-bindgen".into())
+}
+
+/// A `wasm-bindgen` of exactly `version`: on PATH, in target/tools, or installed there.
+fn wasm_bindgen(version: &str) -> Result<PathBuf, String> {
+    let wanted = format!("wasm-bindgen {version}");
+    let local = PathBuf::from(TOOLS).join("bin/wasm-bindgen");
+    for candidate in [PathBuf::from("wasm-bindgen"), local.clone()] {
+        if output(Command::new(&candidate).arg("--version")).is_some_and(|v| v.trim() == wanted) {
+            return Ok(candidate);
+        }
+    }
+    // Not `--locked`: the CLI's own lock file names crate versions the registry mirror lacks.
+    run(cargo().args(["install", "wasm-bindgen-cli", "--version", version, "--root", TOOLS, "--force"]))?;
+    Ok(local)
+}
+
+/// Builds the explorer into target/ui: release WASM optimised for size, its JS glue, the
+/// page and its stylesheet, and gzip copies the node serves to browsers that accept them.
+fn ui() -> Result<(), String> {
+    ensure_wasm_target()?;
+    let bindgen = wasm_bindgen(&locked_wasm_bindgen()?)?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "restm-ui",
+        "--lib",
+        "--target",
+        WASM_TARGET,
+        "--profile",
+        "wasm-release",
+    ]))?;
+    let out = PathBuf::from(UI_OUT);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("pkg")).map_err(|e| format!("{UI_OUT}: {e}"))?;
+    run(Command::new(&bindgen).args([
+        "--target",
+        "web",
+        "--no-typescript",
+        "--out-dir",
+        &format!("{UI_OUT}/pkg"),
+        &format!("target/{WASM_TARGET}/wasm-release/restm_ui.wasm"),
+    ]))?;
+    for f in ["index.html", "style.css"] {
+        std::fs::copy(Path::new("ui").join(f), out.join(f)).map_err(|e| format!("copy ui/{f}: {e}"))?;
+    }
+    let wasm = out.join("pkg/restm_ui_bg.wasm");
+    let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+    let gz =
+        Command::new("gzip").args(["-9", "-k", "-f"]).arg(&wasm).arg(out.join("pkg/restm_ui.js")).status();
+    let gz_size = match gz {
+        Ok(s) if s.success() => std::fs::metadata(out.join("pkg/restm_ui_bg.wasm.gz")).map(|m| m.len()).ok(),
+        _ => None,
+    };
+    eprintln!(
+        "xtask: explorer built in {UI_OUT}: restm_ui_bg.wasm {} KiB{}",
+        size / 1024,
+        gz_size.map(|g| format!(" ({} KiB gzipped)", g / 1024)).unwrap_or_default()
+    );
+    Ok(())
 }

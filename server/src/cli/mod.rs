@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "RESTM_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Directory of the built explorer (index.html and pkg/), served at /ui/.
+    /// `cargo xtask serve` builds it into target/ui and passes it here.
+    #[arg(long, env = "RESTM_UI_DIR")]
+    pub ui_dir: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {

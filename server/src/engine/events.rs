@@ -70,6 +70,8 @@ pub struct EngineEvent {
     pub holder_txn: Option<TxnId>,
     pub winner_txn: Option<TxnId>,
     pub winner_version: Option<u64>,
+    /// On `conflict` and `lock_wait`: the trace of the holder or winner, while it is known.
+    pub other_trace_id: Option<Arc<str>>,
     pub reason: Option<String>,
     /// On `abort`: the reason's short label.
     pub code: Option<&'static str>,
@@ -87,6 +89,7 @@ impl EngineEvent {
             holder_txn: None,
             winner_txn: None,
             winner_version: None,
+            other_trace_id: None,
             reason: None,
             code: None,
         }

@@ -445,8 +445,10 @@ impl Engine {
                         self.abort(&h, AbortReason::LeaseExpired);
                         continue;
                     }
+                    let other = self.trace_of(&holder);
                     self.emit(EventKind::LockWait, Some(txn), Some(&ptr), |e| {
-                        e.holder_txn = Some(holder.clone())
+                        e.holder_txn = Some(holder.clone());
+                        e.other_trace_id = other;
                     });
                     return Ok(WriteStep::Wait { holder, listener });
                 }
@@ -573,7 +575,9 @@ impl Engine {
         };
         if self.events.enabled() {
             let now = self.hlc.physical_millis();
-            if let Some(c) = EngineEvent::from_abort(now, &txn.id, &txn.trace_id, &reason) {
+            if let Some(mut c) = EngineEvent::from_abort(now, &txn.id, &txn.trace_id, &reason) {
+                c.other_trace_id =
+                    c.winner_txn.as_ref().or(c.holder_txn.as_ref()).and_then(|o| self.trace_of(o));
                 self.events.emit(c);
             }
             self.emit(EventKind::Abort, Some(txn), None, |e| {
@@ -591,6 +595,11 @@ impl Engine {
             self.emit(EventKind::LockReleased, Some(txn), Some(&ptr), |_| {});
         }
         self.finish(txn);
+    }
+
+    /// The trace id of a transaction the table still knows.
+    fn trace_of(&self, txn: &str) -> Option<Arc<str>> {
+        self.txns.get(txn).map(|t| t.trace_id.clone())
     }
 
     fn finish(&self, txn: &Arc<Txn>) {

@@ -1,5 +1,7 @@
-//! Bearer-token authentication. When the node has a token, every route but `/health`
-//! requires `Authorization: Bearer <token>`; the comparison takes constant time.
+//! Bearer-token authentication. When the node has a token, every route but `/health` and
+//! the explorer's static files (`/ui/`) requires `Authorization: Bearer <token>`; the
+//! comparison takes constant time. Browsers cannot set headers on a WebSocket, so
+//! `/events` also takes the token as the subprotocol `restm.bearer.<token>`.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -13,17 +15,38 @@ use super::error::ApiError;
 /// Middleware: refuses requests without the node's token.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = state.auth_token.as_deref() else { return next.run(req).await };
-    if req.uri().path() == "/health" {
+    let path = req.uri().path();
+    if path == "/health" || path == "/ui" || path.starts_with("/ui/") {
         return next.run(req).await;
     }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| if path == "/events" { websocket_token(&req) } else { None });
     match given {
         None => ApiError::Unauthorized.into_response(),
         Some(g) if bool::from(g.trim().as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
         Some(_) => ApiError::Forbidden.into_response(),
     }
+}
+
+/// The subprotocol that carries a token on a browser's WebSocket.
+pub const WS_TOKEN_PROTOCOL: &str = "restm.bearer.";
+
+/// The token offered as a `restm.bearer.<token>` WebSocket subprotocol, if any.
+pub fn websocket_token(req: &Request) -> Option<&str> {
+    websocket_token_protocol(req.headers()).map(|p| &p[WS_TOKEN_PROTOCOL.len()..])
+}
+
+/// The whole `restm.bearer.<token>` subprotocol offered, if any.
+pub fn websocket_token_protocol(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| p.starts_with(WS_TOKEN_PROTOCOL))
 }

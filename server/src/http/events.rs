@@ -60,6 +60,7 @@ impl Filter {
         (status = 400, description = "unknown kind or bad query", body = Problem)))]
 pub async fn events(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -84,6 +85,11 @@ pub async fn events(
             r.body_text()
         ))
     })?;
+    // A browser that sent its token as a subprotocol must see it chosen, or it drops the socket.
+    let ws = match super::auth::websocket_token_protocol(&headers) {
+        Some(p) => ws.protocols([p.to_string()]),
+        None => ws,
+    };
     let filter = Filter { prefix: q.prefix.filter(|p| !p.is_empty()), kinds };
     let hub = state.events.clone();
     Ok(ws.on_upgrade(move |socket| stream(socket, hub, filter, q.since)))
@@ -126,12 +132,21 @@ async fn stream(
     let sub = hub.subscribe(since);
     let mut live = sub.live;
     let mut ok = true;
-    if sub.missed > 0 {
+    if sub.reset {
+        // The subscriber resumes from a previous life of the node: whatever happened
+        // between its last event and the restart is unknown, so say so, then start over.
+        let mut e = lagged(0, sub.missed);
+        e.reason = Some(format!(
+            "since={} is ahead of this node's events: it restarted and numbering began again at 1",
+            since.unwrap_or(0)
+        ));
+        ok = send(&mut socket, &e).await;
+    } else if sub.missed > 0 {
         let first = sub.backlog.first().map_or(hub.next_seq(), |e| e.seq);
         hub.lagged.fetch_add(sub.missed, Ordering::Relaxed);
         ok = send(&mut socket, &lagged(first - 1, sub.missed)).await;
     }
-    let mut last = since.unwrap_or(0);
+    let mut last = if sub.reset { 0 } else { since.unwrap_or(0) };
     for e in sub.backlog {
         if !ok {
             break;

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod ptr;
 pub mod request;
 pub mod txn;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub struct AppState {
 }
 
 /// Builds the router of the contract over a node.
-pub fn router(state: AppState, max_body: usize) -> Router {
+pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/events", get(events::events))
@@ -53,6 +54,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/ptr", get(ptr::list))
         .route("/ptr/{id}", get(ptr::get_ptr).put(ptr::put_ptr).delete(ptr::delete_ptr))
         .route("/ptr/{id}/history", get(ptr::history))
+        .merge(ui::routes(ui_dir))
         .fallback(|| async { ApiError::RouteNotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
@@ -111,7 +113,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, durability = ?args.durability, "restm listening");
     println!("restm listening on http://{local}");
-    axum::serve(listener, router(state, args.max_body))
+    match &args.ui_dir {
+        Some(dir) if dir.join("index.html").is_file() => println!("explorer at http://{local}/ui/"),
+        Some(dir) => tracing::warn!(dir = %dir.display(), "no index.html in --ui-dir; /ui/ will answer 404"),
+        None => {}
+    }
+    axum::serve(listener, router(state, args.max_body, args.ui_dir.as_deref()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
