@@ -440,6 +440,7 @@ async fn openapi_describes_every_route() {
         ("/metrics", "get"),
         ("/txns", "get"),
         ("/locks", "get"),
+        ("/ui/", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
     }

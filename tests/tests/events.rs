@@ -67,6 +67,15 @@ async fn a_scripted_conflict_gives_the_exact_event_sequence() {
     assert_eq!(conflict.winner_version, Some(winner));
     assert_eq!(conflict.winner_txn.as_deref(), got[1].txn.as_deref());
     assert_eq!(conflict.trace_id.as_ref().map(String::len), Some(32));
+    // The winner's trace rides along, so a viewer can open both sides.
+    let winner_status: serde_json::Value =
+        reqwest::get(node.url(&format!("/txn/{}", got[1].txn.as_deref().unwrap())))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(conflict.other_trace_id.as_deref(), winner_status["trace_id"].as_str());
     // The unfiltered stream has every event, numbered one by one, including begin, commit,
     // abort and lock releases.
     let mut kinds = Vec::new();
@@ -153,4 +162,56 @@ async fn a_subscriber_that_never_reads_lags_and_commits_go_on() {
     assert!(first.missed.unwrap() > 1000);
     let metrics_like = reqwest::get(node.url("/health")).await.unwrap();
     assert_eq!(metrics_like.status(), 200);
+}
+
+#[tokio::test]
+async fn a_since_from_before_a_restart_starts_over_and_says_so() {
+    let mut node = Node::start();
+    let api = Api::new(&node);
+    for i in 0..5 {
+        api.put_ok(&format!("r/{i}"), &json!(i)).await;
+    }
+    node.restart();
+    let api = Api::new(&node);
+    api.put_ok("r/after", &json!(1)).await;
+    // The old life numbered far past what this one has: resuming there must not drop the
+    // new life's events while waiting for the numbers to catch up.
+    let mut ws = subscribe(&node, "kinds=write&since=1000").await;
+    let first = next_event(&mut ws).await;
+    assert_eq!((first.kind.as_str(), first.seq), ("lagged", 0));
+    assert!(first.reason.as_deref().unwrap_or("").contains("restarted"), "{first:?}");
+    let write = next_event(&mut ws).await;
+    assert_eq!((write.kind.as_str(), write.ptr.as_deref()), ("write", Some("r/after")));
+}
+
+#[tokio::test]
+async fn a_browser_can_send_the_token_as_a_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let node = Node::start_with(&["--auth-token", "s3cret"]);
+    let url = format!("ws://127.0.0.1:{}/events?kinds=write", node.port);
+    let with = |proto: Option<&str>| {
+        let mut req = url.clone().into_client_request().unwrap();
+        if let Some(p) = proto {
+            req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        req
+    };
+    let status_of = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(status_of(tokio_tungstenite::connect_async(with(None)).await.map(|_| ())), 401);
+    assert_eq!(
+        status_of(tokio_tungstenite::connect_async(with(Some("restm.bearer.nope"))).await.map(|_| ())),
+        403
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(with(Some("restm.bearer.s3cret"))).await.unwrap();
+    // The browser drops a socket whose chosen subprotocol is not one it offered.
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "restm.bearer.s3cret");
+    let http = reqwest::Client::new();
+    let r = http.put(node.url("/ptr/w")).bearer_auth("s3cret").body("1").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let e = next_event(&mut ws).await;
+    assert_eq!(e.ptr.as_deref(), Some("w"));
 }

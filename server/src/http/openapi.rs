@@ -13,7 +13,7 @@ use restm_shared as wire;
     paths(
         super::health, document, super::events::events, super::observe::metrics, super::observe::txns, super::observe::locks,
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
-        super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list,
+        super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list, super::ui::page,
     ),
     components(schemas(
         wire::BeginRequest, wire::BeginResponse, wire::WriteResponse, wire::StagedResponse,

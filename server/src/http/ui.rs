@@ -27,6 +27,13 @@ pub fn routes(dir: Option<&Path>) -> Router<AppState> {
     }
 }
 
+/// The explorer's page; its scripts and WASM live under `/ui/pkg/`.
+#[utoipa::path(get, path = "/ui/", tag = "node",
+    responses((status = 200, description = "the explorer's HTML page (open without a token)", content_type = "text/html"),
+        (status = 404, description = "the node was started without --ui-dir", body = restm_shared::Problem)))]
+#[allow(dead_code)] // Documents the route; ServeDir serves it.
+pub async fn page() {}
+
 async fn not_built() -> ApiError {
     ApiError::RouteNotFound(
         "the explorer is not here: build it with `cargo xtask serve` (or `cargo xtask ui`) and start \
