@@ -30,8 +30,27 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
     let prefix = RwSignal::new(String::new());
     // The filter in force: changes when "Apply" is pressed.
     let applied = RwSignal::new((String::new(), String::new()));
-    let events: RwSignal<Vec<Event>> = RwSignal::new(Vec::new());
     let paused = RwSignal::new(false);
+    let events: RwSignal<Vec<Event>> = RwSignal::new(Vec::new());
+    // Events land here and are drawn four times a second, so a busy node does not redraw
+    // the table once per event.
+    let pending: StoredValue<Vec<Event>> = StoredValue::new(Vec::new());
+    let _ = set_interval_with_handle(
+        move || {
+            let batch = pending.try_update_value(std::mem::take).unwrap_or_default();
+            if batch.is_empty() || paused.get_untracked() {
+                return;
+            }
+            events.update(|v| {
+                v.extend(batch);
+                if v.len() > SHOWN {
+                    let cut = v.len() - SHOWN;
+                    v.drain(..cut);
+                }
+            });
+        },
+        std::time::Duration::from_millis(250),
+    );
     let link = RwSignal::new(Link::Connecting);
     let missed = RwSignal::new(0u64);
     let stream: StoredValue<Option<Stream>, LocalStorage> = StoredValue::new_local(None);
@@ -56,6 +75,7 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
             q.push(format!("prefix={}", enc(&p)));
         }
         events.set(Vec::new());
+        pending.set_value(Vec::new());
         stream.update_value(|st| {
             if let Some(old) = st.take() {
                 old.close();
@@ -64,10 +84,10 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
                 if paused.get_untracked() {
                     return;
                 }
-                events.update(|v| {
-                    v.push(e);
-                    if v.len() > SHOWN {
-                        v.remove(0);
+                pending.update_value(|p| {
+                    p.push(e);
+                    if p.len() >= 2 * SHOWN {
+                        p.drain(..SHOWN);
                     }
                 });
             }));
