@@ -23,7 +23,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Gauges read at scrape time.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub active_txns: i64,
     pub oldest_txn_age_seconds: f64,
@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub disk_bytes: i64,
     pub event_subscribers: i64,
     pub events_lagged_total: u64,
+    pub gc_horizon: i64,
+    pub gc_watermark_lag_seconds: f64,
+    /// What holds the watermark: kind (`retention`, `latest`, `txn`, `pin`, `horizon`) and id.
+    pub gc_held_by: (&'static str, String),
 }
 
 /// The node's metrics.
@@ -51,6 +55,12 @@ pub struct Metrics {
     disk_bytes: Gauge,
     subscribers: Gauge,
     lagged: Counter,
+    gc_versions: Family<Labels, Counter>,
+    gc_bytes: Family<Labels, Counter>,
+    gc_removed: Counter,
+    gc_horizon: Gauge,
+    gc_lag: Gauge<f64, AtomicU64>,
+    gc_holder: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -76,6 +86,12 @@ impl Metrics {
             disk_bytes: Gauge::default(),
             subscribers: Gauge::default(),
             lagged: Counter::default(),
+            gc_versions: Family::default(),
+            gc_bytes: Family::default(),
+            gc_removed: Counter::default(),
+            gc_horizon: Gauge::default(),
+            gc_lag: Gauge::default(),
+            gc_holder: Family::default(),
             registry: Registry::default(),
         };
         registry.register("restm_commits", "Transactions committed", m.commits.clone());
@@ -115,12 +131,55 @@ impl Metrics {
             "Events subscribers missed by falling behind",
             m.lagged.clone(),
         );
+        registry.register(
+            "restm_gc_versions_pruned",
+            "Versions garbage-collected, from memory and from disk",
+            m.gc_versions.clone(),
+        );
+        registry.register(
+            "restm_gc_bytes_reclaimed",
+            "Bytes garbage-collected: values in memory, keys and values on disk",
+            m.gc_bytes.clone(),
+        );
+        registry.register(
+            "restm_gc_pointers_removed",
+            "Deleted pointers removed entirely once their tombstone fell below the watermark",
+            m.gc_removed.clone(),
+        );
+        registry.register("restm_gc_horizon", "Oldest version a read may ask for", m.gc_horizon.clone());
+        registry.register(
+            "restm_gc_watermark_lag_seconds",
+            "How far the GC watermark is behind now",
+            m.gc_lag.clone(),
+        );
+        registry.register(
+            "restm_gc_watermark_holder",
+            "What holds the watermark back (1 for the current holder): retention, latest, txn, pin or horizon",
+            m.gc_holder.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Records how long a write waited for a lock.
     pub fn observe_lock_wait(&self, seconds: f64) {
         self.lock_wait.observe(seconds);
+    }
+
+    /// Records a garbage-collection pass.
+    pub fn observe_gc(
+        &self,
+        versions_mem: u64,
+        bytes_mem: u64,
+        versions_disk: u64,
+        bytes_disk: u64,
+        removed: u64,
+    ) {
+        let at = |w: &str| vec![("where".to_string(), w.to_string())];
+        self.gc_versions.get_or_create(&at("memory")).inc_by(versions_mem);
+        self.gc_versions.get_or_create(&at("disk")).inc_by(versions_disk);
+        self.gc_bytes.get_or_create(&at("memory")).inc_by(bytes_mem);
+        self.gc_bytes.get_or_create(&at("disk")).inc_by(bytes_disk);
+        self.gc_removed.inc_by(removed);
     }
 
     /// Records one HTTP request.
@@ -142,6 +201,13 @@ impl Metrics {
         self.versions_disk.set(snap.versions_on_disk);
         self.disk_bytes.set(snap.disk_bytes);
         self.subscribers.set(snap.event_subscribers);
+        self.gc_horizon.set(snap.gc_horizon);
+        self.gc_lag.set(snap.gc_watermark_lag_seconds);
+        self.gc_holder.clear();
+        let (kind, id) = &snap.gc_held_by;
+        self.gc_holder
+            .get_or_create(&vec![("kind".into(), kind.to_string()), ("id".into(), id.clone())])
+            .set(1);
         let seen = self.lagged.get();
         if snap.events_lagged_total > seen {
             self.lagged.inc_by(snap.events_lagged_total - seen);

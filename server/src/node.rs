@@ -38,6 +38,23 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// How often expired leases are looked for.
     pub reap_every: Duration,
+    /// How often garbage collection looks for history below the watermark.
+    pub gc_every: Duration,
+}
+
+/// What garbage collection has done since the node started.
+#[derive(Debug, Clone, Default)]
+pub struct GcTotals {
+    pub passes: u64,
+    pub versions_memory: u64,
+    pub bytes_memory: u64,
+    pub versions_disk: u64,
+    pub bytes_disk: u64,
+    pub pointers_removed: u64,
+    /// The last pass that pruned anything: when (ms), to which watermark, and how long it took.
+    pub last_pass_ms: Option<u64>,
+    pub last_watermark: u64,
+    pub last_elapsed_ms: u64,
 }
 
 /// A precondition of a one-shot transaction, checked at its snapshot and validated at commit.
@@ -58,6 +75,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Transactions waiting for a lock now: txn → (pointer, since when, in ms).
     waits: dashmap::DashMap<crate::engine::TxnId, (PtrId, u64)>,
+    gc: parking_lot::Mutex<GcTotals>,
+    /// The horizon the last completed pass pruned to; a pass with nothing new skips the walk.
+    pruned_to: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -79,6 +99,7 @@ impl Node {
             "recovered data directory"
         );
         config.engine.partitions = recovered.partitions;
+        let (horizon, pins) = store.gc_state()?;
         let store = Arc::new(store);
         let engine = Arc::new(
             Engine::new(
@@ -88,11 +109,122 @@ impl Node {
                 recovered.pointers,
                 recovered.max_version,
             )
-            .with_events(Arc::new(Tee(vec![events, metrics.clone()]))),
+            .with_events(Arc::new(Tee(vec![events, metrics.clone()])))
+            .with_gc_state(horizon, pins),
         );
         let committer = GroupCommitter::start(store.clone(), config.durability)
             .map_err(|e| StorageError::Fjall(e.into()))?;
-        Ok(Arc::new(Node { engine, store, committer, config, metrics, waits: Default::default() }))
+        Ok(Arc::new(Node {
+            engine,
+            store,
+            committer,
+            config,
+            metrics,
+            waits: Default::default(),
+            gc: Default::default(),
+            pruned_to: Default::default(),
+        }))
+    }
+
+    /// Starts the background task that garbage-collects history below the watermark.
+    pub fn spawn_gc(self: &Arc<Self>) {
+        let node = Arc::downgrade(self);
+        let every = self.config.gc_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || node.gc_pass()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "garbage collection pass failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "garbage collection pass panicked"),
+                }
+            }
+        });
+    }
+
+    /// One garbage-collection pass: drop expired pins, raise the horizon to the watermark
+    /// (durably, before anything goes), then prune each partition in memory and on disk, one
+    /// partition and one pointer at a time, so commits never stop.
+    pub fn gc_pass(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        for pin in self.engine.expire_pins() {
+            self.store.delete_pin(&pin.id)?;
+            tracing::info!(pin = %pin.id, version = pin.version, "pin expired");
+        }
+        let saved = self.engine.horizon();
+        let watermark = self.engine.raise_horizon();
+        let horizon = self.engine.horizon();
+        if horizon > saved {
+            self.store.save_horizon(horizon)?;
+        }
+        if horizon <= self.pruned_to.load(Ordering::Relaxed) && self.gc.lock().passes > 0 {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let (mut vm, mut bm, mut vd, mut bd, mut removed) = (0, 0, 0, 0, 0);
+        for idx in 0..self.engine.partition_count() {
+            let pass = self.engine.gc_partition(idx);
+            let (v, b) = self.store.prune(&pass.disk)?;
+            vm += pass.versions;
+            bm += pass.bytes;
+            removed += pass.removed;
+            vd += v;
+            bd += b;
+        }
+        self.pruned_to.store(horizon, Ordering::Relaxed);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let mut totals = self.gc.lock();
+        totals.passes += 1;
+        if vm + vd + removed > 0 {
+            totals.versions_memory += vm;
+            totals.bytes_memory += bm;
+            totals.versions_disk += vd;
+            totals.bytes_disk += bd;
+            totals.pointers_removed += removed;
+            totals.last_pass_ms = Some(self.engine.now_millis());
+            totals.last_watermark = watermark.version;
+            totals.last_elapsed_ms = elapsed_ms;
+            drop(totals);
+            self.metrics.observe_gc(vm, bm, vd, bd, removed);
+            self.engine.report_gc(&watermark, vm.max(vd), removed, bd);
+            tracing::info!(
+                watermark = watermark.version,
+                held_by = ?watermark.held_by,
+                versions_memory = vm,
+                versions_disk = vd,
+                bytes_disk = bd,
+                pointers_removed = removed,
+                elapsed_ms,
+                "garbage collected"
+            );
+        }
+        Ok(())
+    }
+
+    /// What garbage collection has done so far.
+    pub fn gc_totals(&self) -> GcTotals {
+        self.gc.lock().clone()
+    }
+
+    /// Pins history at `at` for `ttl_ms`, durably.
+    pub fn pin(&self, at: u64, ttl_ms: u64, note: String) -> Result<crate::engine::gc::Pin, EngineError> {
+        let id = format!("{:016x}", self.engine.now_version());
+        let pin = self.engine.pin(id, at, ttl_ms, note)?;
+        if let Err(e) = self.store.save_pin(&pin) {
+            let _ = self.engine.unpin(&pin.id);
+            return Err(EngineError::Storage(e.to_string()));
+        }
+        Ok(pin)
+    }
+
+    /// Removes a pin.
+    pub fn unpin(&self, id: &str) -> Result<crate::engine::gc::Pin, EngineError> {
+        let pin = self.engine.unpin(id)?;
+        self.store.delete_pin(id).map_err(|e| EngineError::Storage(e.to_string()))?;
+        Ok(pin)
     }
 
     /// Starts the background task that aborts transactions whose lease ran out.

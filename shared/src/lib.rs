@@ -247,6 +247,86 @@ pub struct Problem {
 }
 
 /// The documented set of problem codes.
+/// What holds the GC watermark where it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WatermarkHolder {
+    /// `retention` (now − retention), `latest` (nothing newer exists), `txn` (an active
+    /// transaction's snapshot), `pin`, or `horizon` (it cannot move back).
+    pub kind: String,
+    /// The transaction or pin, for `txn` and `pin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// Answer of `GET /gc`: where garbage collection stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GcStatus {
+    /// Versions below this may be pruned (the newest at or below it is kept).
+    pub watermark: u64,
+    pub watermark_time: String,
+    /// How far the watermark is behind now, in milliseconds.
+    pub watermark_lag_ms: u64,
+    pub held_by: WatermarkHolder,
+    /// The oldest version a read may ask for; older ones get `410 gone`.
+    pub horizon: u64,
+    pub horizon_time: String,
+    pub retention_ms: u64,
+    pub pins: usize,
+    pub passes: u64,
+    pub versions_pruned_memory: u64,
+    pub versions_pruned_disk: u64,
+    pub bytes_reclaimed_memory: u64,
+    pub bytes_reclaimed_disk: u64,
+    pub pointers_removed: u64,
+    /// When the last pass that pruned anything ran (RFC 3339), and how long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<String>,
+    pub last_pass_ms: u64,
+}
+
+/// Body of `POST /pins`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// The moment to keep, as `X-reSTM-At` takes it (a version, an RFC 3339 instant or
+    /// `-10m`); default now.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// How long the pin lasts, e.g. `30m`, `2h` (at most 30 days).
+    pub ttl: String,
+    /// Why, for whoever lists pins later.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A pin: history at `version` is kept until `expires`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PinView {
+    pub id: String,
+    pub version: u64,
+    pub time: String,
+    pub expires: String,
+    pub expires_in_ms: u64,
+    /// How far behind now the pinned moment is.
+    pub holds_back_ms: u64,
+    /// How much history it keeps beyond the retention period (0: retention keeps it anyway).
+    pub beyond_retention_ms: u64,
+    /// Whether this pin is what holds the watermark now.
+    pub holds_watermark: bool,
+    pub note: String,
+}
+
+/// Answer of `GET /pins`, oldest version first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Pins {
+    pub pins: Vec<PinView>,
+}
+
 pub mod codes {
     pub const CONFLICT: &str = "conflict";
     pub const LOCK_TIMEOUT: &str = "lock-timeout";

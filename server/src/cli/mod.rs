@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// Default lease of a transaction, renewed by each request on it.
     #[arg(long, env = "RESTM_TXN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub txn_timeout: Duration,
+    /// History kept behind now; older versions are garbage-collected unless an active
+    /// transaction or a pin (`POST /pins`) still needs them. `0s` keeps only what those need.
+    #[arg(long, env = "RESTM_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How often garbage collection runs.
+    #[arg(long, env = "RESTM_GC_INTERVAL", default_value = "1s", value_parser = parse_gc_interval)]
+    pub gc_interval: Duration,
     /// Versions of each pointer kept in memory; older ones are read from disk.
     #[arg(long, env = "RESTM_HOT_VERSIONS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub hot_versions: u64,
@@ -79,6 +86,11 @@ pub struct ServeArgs {
     /// `cargo xtask serve` builds it into target/ui and passes it here.
     #[arg(long, env = "RESTM_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+}
+
+fn parse_gc_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(10) { Err("must be at least 10ms".into()) } else { Ok(d) }
 }
 
 pub fn main() -> ExitCode {

@@ -133,6 +133,13 @@ pub enum EngineError {
     FutureVersion { requested: u64, now: u64 },
     #[error("storage failure: {0}")]
     Storage(String),
+    #[error(
+        "version {requested} is older than the GC horizon {horizon}: history before it was garbage-collected \
+         (keep more with --retention, or pin it with POST /pins)"
+    )]
+    Gone { requested: u64, horizon: u64 },
+    #[error("no pin {0:?} (it never existed, expired or was removed)")]
+    PinNotFound(String),
 }
 
 fn show(v: &Option<u64>) -> String {

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod cold;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod hlc;
 pub mod partition;
 pub mod pointer;
@@ -26,6 +27,7 @@ pub mod txn;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use event_listener::EventListener;
@@ -37,6 +39,7 @@ pub use txn::{Phase, Txn};
 use clock::Clock;
 use cold::ColdStore;
 use events::{DiscardEvents, EngineEvent, EventKind, EventSink};
+use gc::{HeldBy, PartitionGc, Pin, PinTable, Watermark};
 use hlc::Hlc;
 use partition::{LockOutcome, Partition, PartitionRead, partition_of};
 use pointer::VersionChain;
@@ -62,6 +65,8 @@ pub struct EngineConfig {
     pub finished_keep_ms: u64,
     /// How many finished transactions stay queryable at most.
     pub finished_max: usize,
+    /// History kept behind now, in milliseconds, unless a transaction or pin holds more.
+    pub retention_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +78,7 @@ impl Default for EngineConfig {
             max_timeout_ms: 3_600_000,
             finished_keep_ms: 600_000,
             finished_max: 100_000,
+            retention_ms: 24 * 3_600_000,
         }
     }
 }
@@ -152,6 +158,9 @@ pub struct Engine {
     txns: TxnTable,
     cold: Arc<dyn ColdStore>,
     events: Arc<dyn EventSink>,
+    /// The oldest version a read may ask for; raised by garbage collection before it prunes.
+    horizon: AtomicU64,
+    pins: PinTable,
 }
 
 impl Engine {
@@ -176,7 +185,18 @@ impl Engine {
             txns: TxnTable::default(),
             cold,
             events: Arc::new(DiscardEvents),
+            horizon: AtomicU64::new(0),
+            pins: PinTable::default(),
         }
+    }
+
+    /// Starts from a horizon (and pins) recovered from storage.
+    pub fn with_gc_state(self, horizon: u64, pins: impl IntoIterator<Item = Pin>) -> Self {
+        self.horizon.store(horizon, Ordering::SeqCst);
+        for p in pins {
+            self.pins.insert(p);
+        }
+        self
     }
 
     /// Reports every event to `sink` from now on.
@@ -260,6 +280,13 @@ impl Engine {
         txn.root_span = opts.root_span;
         let txn = Arc::new(txn);
         self.txns.insert(txn.clone());
+        // Registered first, then checked: either garbage collection sees this snapshot and
+        // holds the watermark at it, or this sees the raised horizon (see `raise_horizon`).
+        let horizon = self.horizon.load(Ordering::SeqCst);
+        if read_version < horizon {
+            self.txns.discard(&txn.id);
+            return Err(EngineError::Gone { requested: read_version, horizon });
+        }
         self.emit(EventKind::Begin, Some(&txn), None, |e| e.version = Some(read_version));
         Ok(txn)
     }
@@ -306,7 +333,11 @@ impl Engine {
     /// outside any transaction at version `at`.
     pub fn read(&self, txn: Option<&Txn>, ptr: &str, at: u64) -> Result<ReadStep, EngineError> {
         let Some(txn) = txn else {
+            self.check_horizon(at)?;
             let step = self.read_at(ptr, at, None)?.unwrap_or(ReadStep::Done(None));
+            // Pruning starts only after the horizon is raised: if this read overlapped it,
+            // the horizon says so now.
+            self.check_horizon(at)?;
             if let ReadStep::Done(found) = &step {
                 let version = found.as_ref().map(|v| v.version);
                 self.emit(EventKind::Read, None, Some(ptr), |e| e.version = version);
@@ -371,6 +402,7 @@ impl Engine {
             Some(a) if a >= prefix => Bound::Excluded(a),
             _ => Bound::Included(prefix),
         };
+        self.check_horizon(at)?;
         let mut iters: Vec<_> =
             self.partitions.iter().map(|p| p.ids_from(start, prefix).peekable()).collect();
         let mut out = Vec::new();
@@ -384,13 +416,13 @@ impl Engine {
                     best = Some((i, k.clone()));
                 }
             }
-            let Some((i, _)) = best else { return Ok(Ok((out, false))) };
-            let Some(ptr) = iters[i].next() else { return Ok(Ok((out, false))) };
+            let Some((i, _)) = best else { return self.check_horizon(at).map(|()| Ok((out, false))) };
+            let Some(ptr) = iters[i].next() else { return self.check_horizon(at).map(|()| Ok((out, false))) };
             match self.read_at(&ptr, at, None)? {
                 Some(ReadStep::Wait(l)) => return Ok(Err(l)),
                 Some(ReadStep::Done(Some(v))) if v.value.is_some() => {
                     if out.len() == limit {
-                        return Ok(Ok((out, true)));
+                        return self.check_horizon(at).map(|()| Ok((out, true)));
                     }
                     out.push((ptr, v));
                 }
@@ -623,6 +655,117 @@ impl Engine {
             self.cfg.finished_max,
         );
         reaped
+    }
+
+    // ---------------------------------------------------------------- garbage collection
+
+    /// The oldest version a read may ask for.
+    pub fn horizon(&self) -> u64 {
+        self.horizon.load(Ordering::SeqCst)
+    }
+
+    /// Refuses a read at `at` below the horizon.
+    pub fn check_horizon(&self, at: u64) -> Result<(), EngineError> {
+        let horizon = self.horizon();
+        if at < horizon { Err(EngineError::Gone { requested: at, horizon }) } else { Ok(()) }
+    }
+
+    /// Where the watermark is now, and what holds it there.
+    pub fn watermark(&self) -> Watermark {
+        let now = self.hlc.physical_millis();
+        let by_time = hlc::version_at_millis(now.saturating_sub(self.cfg.retention_ms));
+        let latest = self.hlc.last();
+        let mut w = if latest < by_time {
+            Watermark { version: latest, held_by: HeldBy::Latest }
+        } else {
+            Watermark { version: by_time, held_by: HeldBy::Retention }
+        };
+        for txn in self.txns.active() {
+            if txn.read_version < w.version {
+                w = Watermark { version: txn.read_version, held_by: HeldBy::Txn(txn.id.clone()) };
+            }
+        }
+        if let Some(pin) = self.pins.oldest(now)
+            && pin.version < w.version
+        {
+            w = Watermark { version: pin.version, held_by: HeldBy::Pin(pin.id) };
+        }
+        let horizon = self.horizon();
+        if w.version <= horizon {
+            // Never back; and whatever holds it, it cannot hold it below what is already gone.
+            w.version = horizon;
+            if w.held_by == HeldBy::Retention || w.held_by == HeldBy::Latest {
+                w.held_by = HeldBy::Horizon;
+            }
+        }
+        w
+    }
+
+    /// Raises the horizon to the current watermark before anything is pruned, and returns
+    /// the watermark a pass may prune to. A transaction that begins concurrently either is
+    /// seen here (the watermark stays at its snapshot) or sees the raised horizon in
+    /// [`Engine::begin`] and is refused; both sides use sequentially consistent order.
+    pub fn raise_horizon(&self) -> Watermark {
+        let mut w = self.watermark();
+        let old = self.horizon.fetch_max(w.version, Ordering::SeqCst);
+        // A snapshot registered between the first look and the raise pulls it back; nothing
+        // was pruned yet, so lowering is safe (reads refused meanwhile were merely cautious).
+        let again = self.watermark();
+        if again.version < w.version {
+            w = again;
+            self.horizon.store(w.version.max(old), Ordering::SeqCst);
+        }
+        w
+    }
+
+    /// Prunes partition `idx` to the horizon (raise it first) and says what cold storage
+    /// must drop. Takes each pointer's mutex briefly; commits go on meanwhile.
+    pub fn gc_partition(&self, idx: usize) -> PartitionGc {
+        let horizon = self.horizon();
+        self.partitions.get(idx).map(|p| p.gc(horizon)).unwrap_or_default()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Reports a finished pass as a `gc` event.
+    pub fn report_gc(&self, watermark: &Watermark, versions: u64, removed: u64, bytes: u64) {
+        self.emit(EventKind::Gc, None, None, |e| {
+            e.version = Some(watermark.version);
+            e.reason = Some(format!(
+                "pruned {versions} versions ({bytes} bytes) and removed {removed} deleted pointers below the watermark"
+            ));
+        });
+    }
+
+    /// Pins history at version `at` for `ttl_ms`.
+    pub fn pin(&self, id: String, at: u64, ttl_ms: u64, note: String) -> Result<Pin, EngineError> {
+        let now = self.hlc.physical_millis();
+        let pin = Pin { id, version: at, created_ms: now, expires_ms: now.saturating_add(ttl_ms), note };
+        // Same handshake as `begin`: visible to the watermark first, then checked.
+        self.pins.insert(pin.clone());
+        let horizon = self.horizon.load(Ordering::SeqCst);
+        if at < horizon {
+            self.pins.remove(&pin.id);
+            return Err(EngineError::Gone { requested: at, horizon });
+        }
+        Ok(pin)
+    }
+
+    pub fn unpin(&self, id: &str) -> Result<Pin, EngineError> {
+        self.pins.remove(id).ok_or_else(|| EngineError::PinNotFound(id.to_string()))
+    }
+
+    /// Live pins, oldest version first.
+    pub fn pins(&self) -> Vec<Pin> {
+        let now = self.hlc.physical_millis();
+        self.pins.list().into_iter().filter(|p| p.expires_ms > now).collect()
+    }
+
+    /// Drops expired pins and returns them.
+    pub fn expire_pins(&self) -> Vec<Pin> {
+        self.pins.expire(self.hlc.physical_millis())
     }
 
     // ---------------------------------------------------------------- helpers

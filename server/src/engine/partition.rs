@@ -14,7 +14,8 @@ use crossbeam_skiplist::SkipMap;
 use event_listener::EventListener;
 
 use super::error::Conflict;
-use super::pointer::{ChainLookup, LockEntry, PointerCell, VersionChain, VersionRec};
+use super::gc::{DiskPrune, PartitionGc};
+use super::pointer::{ChainLookup, ChainPrune, LockEntry, PointerCell, VersionChain, VersionRec};
 use super::{PtrId, TxnId};
 
 /// The partition of a pointer: a stable hash (xxh3, fixed seed) of its id modulo the
@@ -209,6 +210,44 @@ impl Partition {
             ChainLookup::Absent => PartitionRead::Absent,
             ChainLookup::Cold => PartitionRead::Cold,
         }
+    }
+
+    /// `Gc { watermark }`: prunes every pointer's history below `watermark` (see
+    /// [`super::gc`]), one pointer's mutex at a time, and says what cold storage must drop.
+    pub fn gc(&self, watermark: u64) -> PartitionGc {
+        let mut out = PartitionGc::default();
+        for entry in self.pointers.iter() {
+            let ptr = entry.key().clone();
+            let cell = entry.value().clone();
+            let mut st = cell.state.lock();
+            if st.dead {
+                continue;
+            }
+            if st.lock.is_some() && st.chain.latest().is_some_and(|v| v.value.is_none()) {
+                // A writer is about to put something after the tombstone: leave the pointer be.
+                continue;
+            }
+            match st.chain.prune(watermark) {
+                ChainPrune::Nothing => {}
+                ChainPrune::ColdOnly => out.disk.push(DiskPrune::KeepNewestAtOrBelow { ptr, at: watermark }),
+                ChainPrune::Pruned { keep, dropped, bytes } => {
+                    out.versions += dropped as u64;
+                    out.bytes += bytes;
+                    out.disk.push(DiskPrune::Below { ptr, version: keep });
+                }
+                ChainPrune::Tombstone { through, dropped, bytes } => {
+                    out.versions += dropped as u64;
+                    out.bytes += bytes;
+                    out.removed += 1;
+                    st.dead = true;
+                    self.pointers.remove(&ptr);
+                    drop(st);
+                    cell.notify_released();
+                    out.disk.push(DiskPrune::Through { ptr, version: through });
+                }
+            }
+        }
+        out
     }
 
     /// Pointer ids in order, starting after `after` (or at `start`), all starting with `prefix`.

@@ -84,6 +84,50 @@ impl VersionChain {
     }
 }
 
+/// What pruning a chain below a watermark did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainPrune {
+    /// Nothing older than the watermark can go.
+    Nothing,
+    /// Hot versions older than `keep` (the newest at or below the watermark) were dropped;
+    /// cold storage must drop every version below `keep` too.
+    Pruned { keep: u64, dropped: usize, bytes: u64 },
+    /// Every hot version is above the watermark but older ones exist in cold storage:
+    /// there, everything below the newest version at or below the watermark can go.
+    ColdOnly,
+    /// The latest version is a tombstone at or below the watermark: the pointer is gone
+    /// for every readable snapshot, so all of it (`through` and below) can go.
+    Tombstone { through: u64, dropped: usize, bytes: u64 },
+}
+
+impl VersionChain {
+    /// Drops what no snapshot at or above `watermark` can see: every version older than the
+    /// newest one at or below it (which stays, so a read at the watermark is still right).
+    pub fn prune(&mut self, watermark: u64) -> ChainPrune {
+        let at_or_below = self.hot.partition_point(|v| v.version <= watermark);
+        if at_or_below == 0 {
+            return if self.cold_below { ChainPrune::ColdOnly } else { ChainPrune::Nothing };
+        }
+        let keep = at_or_below - 1;
+        let size = |v: &Arc<VersionRec>| v.value.as_ref().map_or(0, |b| b.len() as u64);
+        if keep == self.hot.len() - 1 && self.hot[keep].value.is_none() {
+            let through = self.hot[keep].version;
+            let bytes = self.hot.iter().map(size).sum();
+            let dropped = self.hot.len();
+            self.hot.clear();
+            self.cold_below = false;
+            return ChainPrune::Tombstone { through, dropped, bytes };
+        }
+        if keep == 0 && !self.cold_below {
+            return ChainPrune::Nothing;
+        }
+        let bytes = self.hot.iter().take(keep).map(size).sum();
+        self.hot.drain(..keep);
+        self.cold_below = false;
+        ChainPrune::Pruned { keep: self.hot[0].version, dropped: keep, bytes }
+    }
+}
+
 /// The holder of a pointer's write lock.
 #[derive(Debug, Clone)]
 pub struct LockEntry {
@@ -144,6 +188,38 @@ mod tests {
         assert!(matches!(c.at(5), ChainLookup::Found(v) if v.version == 5));
         assert!(matches!(c.at(8), ChainLookup::Found(v) if v.version == 5));
         assert!(matches!(c.at(100), ChainLookup::Found(v) if v.version == 9));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_version_at_or_below_the_watermark() {
+        let mut c = VersionChain::default();
+        for v in 1..=5 {
+            c.push(rec(v * 10), 8);
+        }
+        assert_eq!(c.prune(5), ChainPrune::Nothing);
+        assert_eq!(c.prune(10), ChainPrune::Nothing, "the only version at or below stays");
+        assert_eq!(c.prune(35), ChainPrune::Pruned { keep: 30, dropped: 2, bytes: 2 });
+        assert!(matches!(c.at(35), ChainLookup::Found(v) if v.version == 30));
+        assert!(matches!(c.at(29), ChainLookup::Absent), "below the horizon nothing is left");
+        assert_eq!(c.prune(35), ChainPrune::Nothing, "idempotent");
+        // With older versions in cold storage, they go even if no hot version does.
+        let mut c = VersionChain::default();
+        for v in 1..=5 {
+            c.push(rec(v * 10), 2);
+        }
+        assert_eq!(c.prune(35), ChainPrune::ColdOnly);
+        assert_eq!(c.prune(40), ChainPrune::Pruned { keep: 40, dropped: 0, bytes: 0 });
+        assert!(matches!(c.at(35), ChainLookup::Absent));
+    }
+
+    #[test]
+    fn a_tombstone_below_the_watermark_removes_the_pointer() {
+        let mut c = VersionChain::default();
+        c.push(rec(10), 8);
+        c.push(VersionRec { value: None, ..rec(20) }, 8);
+        assert_eq!(c.prune(15), ChainPrune::Nothing);
+        assert_eq!(c.prune(20), ChainPrune::Tombstone { through: 20, dropped: 2, bytes: 1 });
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl TxnTable {
         self.active.get(id).or_else(|| self.finished.get(id)).map(|e| e.value().clone())
     }
 
+    /// Forgets an active transaction that never really began.
+    pub fn discard(&self, id: &str) {
+        self.active.remove(id);
+    }
+
     /// Moves a transaction from active to finished.
     pub fn finish(&self, txn: &Arc<Txn>, now_ms: u64) {
         if self.active.remove(&txn.id).is_some() {

@@ -28,8 +28,6 @@ pub enum ApiError {
     Unauthorized,
     #[error("the bearer token is not valid for this node")]
     Forbidden,
-    #[error("{0}")]
-    Gone(String, u64),
 }
 
 impl ApiError {
@@ -77,12 +75,13 @@ impl ApiError {
                 }
                 EngineError::TxnNotFound(txn) => p.txn = Some(txn.clone()),
                 EngineError::NotFound { ptr } => p.pointer = Some(ptr.to_string()),
-                EngineError::FutureVersion { .. } | EngineError::Storage(_) => {}
+                EngineError::Gone { horizon, .. } => p.horizon = Some(*horizon),
+                EngineError::FutureVersion { .. } | EngineError::Storage(_) | EngineError::PinNotFound(_) => {
+                }
             },
             ApiError::PointerNotFound { ptr } | ApiError::PreconditionFailed { ptr, .. } => {
                 p.pointer = Some(ptr.clone())
             }
-            ApiError::Gone(_, horizon) => p.horizon = Some(*horizon),
             _ => {}
         }
         p
@@ -107,6 +106,8 @@ impl ApiError {
                     (S::BAD_REQUEST, codes::BAD_REQUEST, "Version in the future")
                 }
                 EngineError::Storage(_) => (S::SERVICE_UNAVAILABLE, codes::INTERNAL, "Storage failure"),
+                EngineError::Gone { .. } => (S::GONE, codes::GONE, "Older than the GC horizon"),
+                EngineError::PinNotFound(_) => (S::NOT_FOUND, codes::NOT_FOUND, "Pin not found"),
             },
             ApiError::BadRequest(_) => (S::BAD_REQUEST, codes::BAD_REQUEST, "Bad request"),
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, codes::TOO_LARGE, "Request body too large"),
@@ -120,7 +121,6 @@ impl ApiError {
             }
             ApiError::Unauthorized => (S::UNAUTHORIZED, codes::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden => (S::FORBIDDEN, codes::FORBIDDEN, "Forbidden"),
-            ApiError::Gone(..) => (S::GONE, codes::GONE, "Older than the GC horizon"),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod observe;
 pub mod openapi;
 pub mod ptr;
@@ -45,6 +46,9 @@ pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>
         .route("/metrics", get(observe::metrics))
         .route("/txns", get(observe::txns))
         .route("/locks", get(observe::locks))
+        .route("/gc", get(gc::status))
+        .route("/pins", get(gc::list_pins).post(gc::create_pin))
+        .route("/pins/{id}", get(gc::get_pin).delete(gc::delete_pin))
         .route("/openapi.json", get(openapi::document))
         .route("/txn/begin", post(txn::begin))
         .route("/txn", post(txn::one_shot))
@@ -92,11 +96,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         engine: EngineConfig {
             hot_versions: args.hot_versions as usize,
             default_timeout_ms: args.txn_timeout.as_millis() as u64,
+            retention_ms: u64::try_from(args.retention.as_millis()).unwrap_or(u64::MAX),
             ..EngineConfig::default()
         },
         lock_timeout: args.lock_timeout,
         durability: args.durability,
         reap_every: Duration::from_millis(50),
+        gc_every: args.gc_interval,
     };
     let events = Arc::new(crate::events::EventHub::new(
         args.event_buffer as usize,
@@ -106,6 +112,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let node = Node::open(config, events.clone(), metrics.clone())
         .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
     node.spawn_reaper();
+    node.spawn_gc();
     let state = AppState { node, events, metrics, auth_token: args.auth_token.map(Arc::from) };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

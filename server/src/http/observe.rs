@@ -20,6 +20,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let active = engine.active_txns();
     let oldest = active.iter().map(|t| t.started_ms).min().map_or(0, |s| now.saturating_sub(s));
     let (pointers, versions) = engine.memory_stats();
+    let watermark = engine.watermark();
     let snap = Snapshot {
         active_txns: active.len() as i64,
         oldest_txn_age_seconds: oldest as f64 / 1000.0,
@@ -29,6 +30,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         disk_bytes: state.node.store.disk_bytes() as i64,
         event_subscribers: state.events.subscribers.load(Ordering::Relaxed) as i64,
         events_lagged_total: state.events.lagged.load(Ordering::Relaxed),
+        gc_horizon: engine.horizon() as i64,
+        gc_watermark_lag_seconds: now.saturating_sub(crate::engine::hlc::millis_of(watermark.version)) as f64
+            / 1000.0,
+        gc_held_by: super::gc::holder_labels(&watermark),
     };
     let body = state.metrics.render(snap);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -14,15 +14,16 @@ use restm_shared as wire;
         super::health, document, super::events::events, super::observe::metrics, super::observe::txns, super::observe::locks,
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
         super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list, super::ui::page,
+        super::gc::status, super::gc::create_pin, super::gc::list_pins, super::gc::get_pin, super::gc::delete_pin,
     ),
     components(schemas(
         wire::BeginRequest, wire::BeginResponse, wire::WriteResponse, wire::StagedResponse,
         wire::CommitResponse, wire::AbortResponse, wire::TxnState, wire::TxnStatus, wire::ReadEntry,
         wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
         wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event, wire::ActiveTxns, wire::LockWaiter,
-        wire::LockView, wire::Locks,
+        wire::LockView, wire::Locks, wire::GcStatus, wire::WatermarkHolder, wire::PinRequest, wire::PinView, wire::Pins,
     )),
-    tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"))
+    tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"), (name = "gc"))
 )]
 pub struct ApiDoc;
 

@@ -203,6 +203,7 @@ pub struct HistoryQuery {
         ("X-reSTM-At" = Option<String>, Header, description = "only versions up to this moment")),
     responses((status = 200, body = HistoryPage),
         (status = 404, description = "never written", body = Problem),
+        (status = 410, description = "X-reSTM-At is older than the GC horizon", body = Problem),
         (status = 400, body = Problem)))]
 pub async fn history(
     State(state): State<AppState>,
@@ -215,7 +216,13 @@ pub async fn history(
     if headers.contains_key(restm_shared::HEADER_TXN) {
         return Err(ApiError::bad_request("history is not read inside a transaction; use X-reSTM-At"));
     }
-    let upto = at_header(&state.node.engine, &headers)?.unwrap_or(u64::MAX);
+    let upto = match at_header(&state.node.engine, &headers)? {
+        Some(at) => {
+            state.node.engine.check_horizon(at)?;
+            at
+        }
+        None => u64::MAX,
+    };
     let store = state.node.store.clone();
     let p = ptr.clone();
     let (versions, more, written) = tokio::task::spawn_blocking(move || {

@@ -21,9 +21,12 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::engine::cold::ColdStore;
+use crate::engine::gc::{DiskPrune, Pin};
 use crate::engine::{PtrId, RecoveredPointer, TxnId, VersionRec};
 
 const META_PARTITIONS: &[u8] = b"partition_count";
+const META_HORIZON: &[u8] = b"gc_horizon";
+const META_PIN: &[u8] = b"pin/";
 
 /// When a commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -219,6 +222,96 @@ impl Store {
     /// Versions stored, approximately (fjall's estimate).
     pub fn approximate_versions(&self) -> usize {
         self.versions.approximate_len()
+    }
+
+    /// The GC horizon and the pins, as last saved.
+    pub fn gc_state(&self) -> Result<(u64, Vec<Pin>), StorageError> {
+        let horizon = match self.meta.get(META_HORIZON)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StorageError::Corrupt("gc horizon".into()))?,
+            ),
+            None => 0,
+        };
+        let mut pins = Vec::new();
+        for item in self.meta.prefix(META_PIN) {
+            let (k, v) = item.into_inner()?;
+            let id = String::from_utf8_lossy(&k[META_PIN.len()..]).into_owned();
+            let corrupt = || StorageError::Corrupt(format!("pin {id:?}"));
+            let field = |r: std::ops::Range<usize>| -> Result<u64, StorageError> {
+                Ok(u64::from_be_bytes(v.get(r).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?))
+            };
+            pins.push(Pin {
+                version: field(0..8)?,
+                created_ms: field(8..16)?,
+                expires_ms: field(16..24)?,
+                note: String::from_utf8_lossy(v.get(24..).unwrap_or_default()).into_owned(),
+                id,
+            });
+        }
+        Ok((horizon, pins))
+    }
+
+    /// Saves the GC horizon, fsynced: nothing below it is pruned before it is durable, so
+    /// after a crash reads below it are still refused rather than answered from half-pruned
+    /// history.
+    pub fn save_horizon(&self, horizon: u64) -> Result<(), StorageError> {
+        self.meta.insert(META_HORIZON, horizon.to_be_bytes())?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Saves a pin, fsynced.
+    pub fn save_pin(&self, pin: &Pin) -> Result<(), StorageError> {
+        let mut value = Vec::with_capacity(24 + pin.note.len());
+        value.extend_from_slice(&pin.version.to_be_bytes());
+        value.extend_from_slice(&pin.created_ms.to_be_bytes());
+        value.extend_from_slice(&pin.expires_ms.to_be_bytes());
+        value.extend_from_slice(pin.note.as_bytes());
+        self.meta.insert([META_PIN, pin.id.as_bytes()].concat(), value)?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Forgets a pin.
+    pub fn delete_pin(&self, id: &str) -> Result<(), StorageError> {
+        self.meta.remove([META_PIN, id.as_bytes()].concat())?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Deletes what a GC pass pruned, as one batch. Returns the versions and the bytes
+    /// (keys and values) deleted. Only versions no readable snapshot sees are named, and
+    /// commits only add newer versions, so this never races with a commit.
+    pub fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError> {
+        let mut batch = self.db.batch();
+        let (mut versions, mut bytes) = (0u64, 0u64);
+        for op in ops {
+            let (ptr, range, keep_last) = match op {
+                DiskPrune::Below { ptr, version } if *version == 0 => (ptr, None, false),
+                DiskPrune::Below { ptr, version } => (ptr, Some(version - 1), false),
+                DiskPrune::KeepNewestAtOrBelow { ptr, at } => (ptr, Some(*at), true),
+                DiskPrune::Through { ptr, version } => (ptr, Some(*version), false),
+            };
+            let Some(upto) = range else { continue };
+            let mut doomed = Vec::new();
+            for item in self.versions.range(codec::version_key(ptr, 0)..=codec::version_key(ptr, upto)) {
+                let (k, v) = item.into_inner()?;
+                doomed.push((k, v.len()));
+            }
+            if keep_last {
+                doomed.pop();
+            }
+            for (k, vlen) in doomed {
+                bytes += (k.len() + vlen) as u64;
+                versions += 1;
+                batch.remove(&self.versions, k);
+            }
+        }
+        if versions > 0 {
+            batch.commit()?;
+            self.db.persist(PersistMode::Buffer)?;
+        }
+        Ok((versions, bytes))
     }
 
     /// Bytes on disk.

@@ -1,0 +1,161 @@
+//! Garbage collection seen from outside: `GET /gc` (watermark, what holds it, horizon,
+//! totals) and pins (`POST /pins`, `GET /pins`, `GET /pins/{id}`, `DELETE /pins/{id}`),
+//! which keep history at a moment for a while, like CockroachDB's protected timestamps.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use restm_shared::{GcStatus, PinRequest, PinView, Pins, Problem, WatermarkHolder};
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{json_body, parse_at, version_time, version_time_ms};
+use crate::engine::Engine;
+use crate::engine::gc::{HeldBy, Pin, Watermark};
+use crate::engine::hlc::millis_of;
+
+/// Longest a pin may last.
+const MAX_PIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest note kept with a pin.
+const MAX_NOTE: usize = 1024;
+
+fn holder(w: &Watermark) -> WatermarkHolder {
+    let (kind, id) = match &w.held_by {
+        HeldBy::Retention => ("retention", None),
+        HeldBy::Latest => ("latest", None),
+        HeldBy::Txn(t) => ("txn", Some(t.to_string())),
+        HeldBy::Pin(p) => ("pin", Some(p.clone())),
+        HeldBy::Horizon => ("horizon", None),
+    };
+    WatermarkHolder { kind: kind.into(), id }
+}
+
+/// The watermark's holder as metric labels.
+pub fn holder_labels(w: &Watermark) -> (&'static str, String) {
+    let h = holder(w);
+    let kind = match h.kind.as_str() {
+        "retention" => "retention",
+        "latest" => "latest",
+        "txn" => "txn",
+        "pin" => "pin",
+        _ => "horizon",
+    };
+    (kind, h.id.unwrap_or_default())
+}
+
+/// Where garbage collection stands.
+#[utoipa::path(get, path = "/gc", tag = "observability", responses((status = 200, body = GcStatus)))]
+pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
+    let engine = &state.node.engine;
+    let w = engine.watermark();
+    let now = engine.now_millis();
+    let horizon = engine.horizon();
+    let t = state.node.gc_totals();
+    Json(GcStatus {
+        watermark: w.version,
+        watermark_time: version_time(w.version),
+        watermark_lag_ms: now.saturating_sub(millis_of(w.version)),
+        held_by: holder(&w),
+        horizon,
+        horizon_time: version_time(horizon),
+        retention_ms: engine.config().retention_ms,
+        pins: engine.pins().len(),
+        passes: t.passes,
+        versions_pruned_memory: t.versions_memory,
+        versions_pruned_disk: t.versions_disk,
+        bytes_reclaimed_memory: t.bytes_memory,
+        bytes_reclaimed_disk: t.bytes_disk,
+        pointers_removed: t.pointers_removed,
+        last_pass: t.last_pass_ms.map(version_time_ms),
+        last_pass_ms: t.last_elapsed_ms,
+    })
+}
+
+fn view(engine: &Engine, pin: &Pin, w: &Watermark) -> PinView {
+    let now = engine.now_millis();
+    let pinned_ms = millis_of(pin.version);
+    let retention_floor = now.saturating_sub(engine.config().retention_ms);
+    PinView {
+        id: pin.id.clone(),
+        version: pin.version,
+        time: version_time(pin.version),
+        expires: version_time_ms(pin.expires_ms),
+        expires_in_ms: pin.expires_ms.saturating_sub(now),
+        holds_back_ms: now.saturating_sub(pinned_ms),
+        beyond_retention_ms: retention_floor.saturating_sub(pinned_ms),
+        holds_watermark: w.held_by == HeldBy::Pin(pin.id.clone()),
+        note: pin.note.clone(),
+    }
+}
+
+/// Pins history at a moment for a while.
+#[utoipa::path(post, path = "/pins", tag = "gc", request_body = PinRequest,
+    responses((status = 201, body = PinView),
+        (status = 400, description = "bad body, moment or ttl", body = Problem),
+        (status = 410, description = "the moment is already older than the GC horizon", body = Problem)))]
+pub async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: PinRequest = json_body(&body, "pin")?;
+    let engine = &state.node.engine;
+    let at = match req.at.as_deref().map(str::trim) {
+        None | Some("") => engine.now_version(),
+        Some(raw) => parse_at(engine, raw)?,
+    };
+    let ttl = humantime::parse_duration(req.ttl.trim()).map_err(|e| {
+        ApiError::bad_request(format!("ttl {:?} is not a duration ({e}); use e.g. 30m or 2h", req.ttl))
+    })?;
+    if ttl.is_zero() || ttl > MAX_PIN_TTL {
+        return Err(ApiError::bad_request(format!("ttl {:?} must be above 0 and at most 30 days", req.ttl)));
+    }
+    let note = req.note.unwrap_or_default();
+    if note.len() > MAX_NOTE {
+        return Err(ApiError::bad_request(format!("note is {} bytes; at most {MAX_NOTE}", note.len())));
+    }
+    let node = state.node.clone();
+    let pin = tokio::task::spawn_blocking(move || node.pin(at, ttl.as_millis() as u64, note))
+        .await
+        .map_err(|e| crate::engine::EngineError::Storage(e.to_string()))??;
+    let w = engine.watermark();
+    Ok((StatusCode::CREATED, Json(view(engine, &pin, &w))).into_response())
+}
+
+/// Live pins, oldest version first.
+#[utoipa::path(get, path = "/pins", tag = "gc", responses((status = 200, body = Pins)))]
+pub async fn list_pins(State(state): State<AppState>) -> Json<Pins> {
+    let engine = &state.node.engine;
+    let w = engine.watermark();
+    Json(Pins { pins: engine.pins().iter().map(|p| view(engine, p, &w)).collect() })
+}
+
+/// One pin.
+#[utoipa::path(get, path = "/pins/{id}", tag = "gc", params(("id" = String, Path, description = "pin id")),
+    responses((status = 200, body = PinView), (status = 404, body = Problem)))]
+pub async fn get_pin(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PinView>, ApiError> {
+    let engine = &state.node.engine;
+    let w = engine.watermark();
+    engine
+        .pins()
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| Json(view(engine, p, &w)))
+        .ok_or_else(|| crate::engine::EngineError::PinNotFound(id).into())
+}
+
+/// Removes a pin; its history may then be collected.
+#[utoipa::path(delete, path = "/pins/{id}", tag = "gc", params(("id" = String, Path, description = "pin id")),
+    responses((status = 200, body = PinView), (status = 404, body = Problem)))]
+pub async fn delete_pin(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let node = state.node.clone();
+    let pin = tokio::task::spawn_blocking(move || node.unpin(&id))
+        .await
+        .map_err(|e| crate::engine::EngineError::Storage(e.to_string()))??;
+    let engine = &state.node.engine;
+    let w = engine.watermark();
+    Ok(Json(view(engine, &pin, &w)).into_response())
+}
