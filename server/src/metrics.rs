@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub gc_watermark_lag_seconds: f64,
     /// What holds the watermark: kind (`retention`, `latest`, `txn`, `pin`, `horizon`) and id.
     pub gc_held_by: (&'static str, String),
+    pub memory_bytes: i64,
+    pub memory_budget_bytes: i64,
+    pub pressure_level: i64,
 }
 
 /// The node's metrics.
@@ -61,6 +64,9 @@ pub struct Metrics {
     gc_horizon: Gauge,
     gc_lag: Gauge<f64, AtomicU64>,
     gc_holder: Family<Labels, Gauge>,
+    memory: Gauge,
+    memory_budget: Gauge,
+    pressure: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +98,9 @@ impl Metrics {
             gc_horizon: Gauge::default(),
             gc_lag: Gauge::default(),
             gc_holder: Family::default(),
+            memory: Gauge::default(),
+            memory_budget: Gauge::default(),
+            pressure: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("restm_commits", "Transactions committed", m.commits.clone());
@@ -157,6 +166,21 @@ impl Metrics {
             "What holds the watermark back (1 for the current holder): retention, latest, txn, pin or horizon",
             m.gc_holder.clone(),
         );
+        registry.register(
+            "restm_memory_bytes",
+            "Memory the engine holds for pointers and versions in memory (its own accounting)",
+            m.memory.clone(),
+        );
+        registry.register(
+            "restm_memory_budget_bytes",
+            "The memory budget (0: none)",
+            m.memory_budget.clone(),
+        );
+        registry.register(
+            "restm_memory_pressure_level",
+            "Memory pressure: 0 low, 1 high, 2 critical",
+            m.pressure.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -203,6 +227,9 @@ impl Metrics {
         self.subscribers.set(snap.event_subscribers);
         self.gc_horizon.set(snap.gc_horizon);
         self.gc_lag.set(snap.gc_watermark_lag_seconds);
+        self.memory.set(snap.memory_bytes);
+        self.memory_budget.set(snap.memory_budget_bytes);
+        self.pressure.set(snap.pressure_level);
         self.gc_holder.clear();
         let (kind, id) = &snap.gc_held_by;
         self.gc_holder

@@ -38,8 +38,11 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// How often expired leases are looked for.
     pub reap_every: Duration,
-    /// How often garbage collection looks for history below the watermark.
+    /// How often garbage collection looks for history below the watermark (and memory
+    /// pressure is measured).
     pub gc_every: Duration,
+    /// Memory the engine may hold, in bytes (0: no budget, no pressure levels).
+    pub memory_budget: u64,
 }
 
 /// What garbage collection has done since the node started.
@@ -136,6 +139,7 @@ impl Node {
             loop {
                 tick.tick().await;
                 let Some(node) = node.upgrade() else { return };
+                node.check_pressure();
                 match tokio::task::spawn_blocking(move || node.gc_pass()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "garbage collection pass failed; retrying"),
@@ -143,6 +147,25 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// Measures memory against the budget and moves the pressure level; on entering high
+    /// or critical, evicts all but the latest version of every pointer from memory.
+    pub fn check_pressure(&self) {
+        let budget = self.config.memory_budget;
+        if let Some((old, new, used)) = self.engine.update_pressure(budget) {
+            let evicted = if new > old { self.engine.evict_hot(1) } else { 0 };
+            let after = self.engine.memory_bytes();
+            tracing::warn!(
+                from = old.as_str(),
+                to = new.as_str(),
+                memory_bytes = used,
+                budget_bytes = budget,
+                evicted_versions = evicted,
+                memory_after_eviction = after,
+                "memory pressure changed"
+            );
+        }
     }
 
     /// One garbage-collection pass: drop expired pins, raise the horizon to the watermark
@@ -356,7 +379,8 @@ impl Node {
         writes: Vec<(PtrId, Option<Bytes>)>,
         trace_id: Option<Arc<str>>,
     ) -> Result<(Arc<Txn>, u64), EngineError> {
-        let txn = self.engine.begin(BeginOptions { trace_id, ..Default::default() })?;
+        let frees_memory = !writes.is_empty() && writes.iter().all(|(_, v)| v.is_none());
+        let txn = self.engine.begin(BeginOptions { trace_id, frees_memory, ..Default::default() })?;
         tracing::Span::current().record("restm.txn", &*txn.id);
         let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
         for (ptr, pre) in checks {

@@ -2,7 +2,10 @@
 //! the real engine (with an injected clock and the real fjall store, keeping only two
 //! versions hot so old reads go to disk) and against a trivially correct serial model.
 //! Every read, every lock outcome and every commit-or-conflict decision must match, and
-//! a reopened store must recover exactly the model's state.
+//! a reopened store must recover exactly the model's state. Garbage collection (with a
+//! 20 ms retention) and eviction run in between: reads at or above the horizon must still
+//! match the unpruned model exactly, reads below it must be refused, and the horizon must
+//! never pass an open transaction's snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ enum Op {
     Tick(u64),
     ReadAt(u8, usize),
     ExpireAll,
+    Gc,
+    Evict,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,6 +45,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..30).prop_map(Op::Tick),
         3 => (0..PTRS, any::<usize>()).prop_map(|(p, k)| Op::ReadAt(p, k)),
         1 => Just(Op::ExpireAll),
+        2 => Just(Op::Gc),
+        1 => Just(Op::Evict),
     ]
 }
 
@@ -88,8 +95,13 @@ fn run(ops: Vec<Op>) {
     let dir = std::env::temp_dir().join(format!("restm-model-{}-{}", std::process::id(), rand_suffix()));
     let _ = std::fs::remove_dir_all(&dir);
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let cfg =
-        EngineConfig { partitions: 4, hot_versions: 2, default_timeout_ms: 1_000, ..Default::default() };
+    let cfg = EngineConfig {
+        partitions: 4,
+        hot_versions: 2,
+        default_timeout_ms: 1_000,
+        retention_ms: 20,
+        ..Default::default()
+    };
     let (store, rec) = Store::open(&dir, Some(4), 2).unwrap();
     let store = Arc::new(store);
     let engine = Engine::new(cfg, clock.clone(), store.clone(), rec.pointers, rec.max_version);
@@ -183,8 +195,42 @@ fn run(ops: Vec<Op>) {
                 let mut candidates = m.versions.clone();
                 candidates.push(engine.last_version());
                 let v = candidates[k % candidates.len()];
-                let got = value_of(engine.read(None, &name(p), v).unwrap());
-                assert_eq!(got, m.at(p, v), "as-of read of p{p} at {v}");
+                match engine.read(None, &name(p), v) {
+                    Err(EngineError::Gone { horizon, .. }) => {
+                        assert!(
+                            v < horizon && horizon == engine.horizon(),
+                            "refused at {v}, horizon {horizon}"
+                        )
+                    }
+                    Ok(step) => {
+                        assert!(v >= engine.horizon(), "answered below the horizon");
+                        assert_eq!(value_of(step), m.at(p, v), "as-of read of p{p} at {v}");
+                    }
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            Op::Gc => {
+                engine.raise_horizon();
+                let h = engine.horizon();
+                for t in m.slots.values() {
+                    assert!(h <= t.txn.read_version, "the horizon passed an open snapshot");
+                }
+                for idx in 0..engine.partition_count() {
+                    let pass = engine.gc_partition(idx);
+                    store.prune(&pass.disk).unwrap();
+                }
+                // The model forgets the same: all but the newest version at or below the
+                // horizon, and pointers whose unlocked latest version is a tombstone there.
+                let holders = m.holders.clone();
+                m.chains.retain(|p, chain| {
+                    let keep_from = chain.iter().filter(|(v, _)| *v <= h).count().saturating_sub(1);
+                    chain.drain(..keep_from);
+                    let tomb = chain.last().is_some_and(|(v, val)| *v <= h && val.is_none());
+                    !tomb || holders.contains_key(p)
+                });
+            }
+            Op::Evict => {
+                engine.evict_hot(1);
             }
             Op::ExpireAll => {
                 clock.advance(5_000);
@@ -205,9 +251,11 @@ fn run(ops: Vec<Op>) {
         assert_eq!(got, m.latest(p), "recovered latest of p{p}");
         if let Some(r) = recovered {
             let model_chain = &m.chains[&p];
-            assert_eq!(r.cold_below, model_chain.len() > 2);
+            assert_eq!(r.cold_below, model_chain.len() > 2, "p{p}: {model_chain:?}");
         }
     }
+    let total: usize = m.chains.values().map(Vec::len).sum();
+    assert_eq!(rec.versions, total as u64, "disk holds exactly what the model keeps");
     drop(_store);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -256,6 +304,60 @@ fn a_finished_txn_keeps_its_write_set_but_not_its_values() {
     assert_eq!(inner.writes["big"].as_ref().map(Bytes::len), Some(0));
     assert!(inner.writes["gone"].is_none());
     drop(inner);
+    drop(engine);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gc_of_versions_only_on_disk_keeps_the_newest_at_or_below_the_watermark() {
+    let dir = std::env::temp_dir().join(format!("restm-model-cold-gc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (store, rec) = Store::open(&dir, Some(4), 2).unwrap();
+    let store = Arc::new(store);
+    let clock = Arc::new(ManualClock::new(1_000));
+    let engine = Engine::new(
+        EngineConfig { partitions: 4, hot_versions: 2, retention_ms: 0, ..Default::default() },
+        clock.clone(),
+        store.clone(),
+        rec.pointers,
+        rec.max_version,
+    );
+    let mut versions = Vec::new();
+    let mut snapshot = None;
+    for i in 0..6 {
+        clock.advance(10);
+        if i == 4 {
+            // A snapshot between the 4th and 5th versions holds the watermark there.
+            snapshot = Some(engine.begin(BeginOptions::default()).unwrap());
+        }
+        let txn = engine.begin(BeginOptions::default()).unwrap();
+        assert!(matches!(
+            engine.write(&txn, "p", Some(Bytes::from(i.to_string()))).unwrap(),
+            WriteStep::Staged
+        ));
+        let CommitStep::Prepared(p) = engine.prepare_commit(&txn).unwrap() else { panic!("prepared") };
+        let record = CommitRecord {
+            txn: p.txn.id.clone(),
+            trace_id: p.txn.trace_id.clone(),
+            commit_version: p.commit_version,
+            writes: p.writes.clone(),
+        };
+        store.write_group(&[record], false).unwrap();
+        versions.push(engine.finish_commit(p));
+    }
+    let snapshot = snapshot.unwrap();
+    engine.raise_horizon();
+    assert_eq!(engine.horizon(), snapshot.read_version);
+    for idx in 0..engine.partition_count() {
+        store.prune(&engine.gc_partition(idx).disk).unwrap();
+    }
+    // Memory held versions 5 and 6 only; on disk 1..3 go and 4 (the newest at or below
+    // the watermark) stays.
+    let (on_disk, _) = store.history("p", None, u64::MAX, 100).unwrap();
+    assert_eq!(on_disk.iter().map(|v| v.version).collect::<Vec<_>>(), versions[3..].to_vec());
+    let got = value_of(engine.read(None, "p", snapshot.read_version).unwrap());
+    assert_eq!(got, Some((versions[3], Some(3))));
     drop(engine);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);

@@ -284,6 +284,12 @@ pub struct GcStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_pass: Option<String>,
     pub last_pass_ms: u64,
+    /// Memory pressure: `low`, `high` or `critical`.
+    pub pressure: String,
+    /// Memory the engine holds for pointers and their versions in memory, by its accounting.
+    pub memory_bytes: u64,
+    /// The budget those are measured against (0: none).
+    pub memory_budget_bytes: u64,
 }
 
 /// Body of `POST /pins`.
@@ -358,7 +364,7 @@ pub struct Event {
     /// Increases by one per event; pass it as `since` to resume after it.
     pub seq: u64,
     /// `begin`, `read`, `write`, `lock_acquired`, `lock_wait`, `lock_released`, `conflict`,
-    /// `commit`, `abort`, `gc` or `lagged`.
+    /// `commit`, `abort`, `gc`, `pressure` (a memory-pressure level change) or `lagged`.
     pub kind: String,
     /// RFC 3339 instant.
     pub time: String,
@@ -382,7 +388,8 @@ pub struct Event {
     /// of a conflict can be opened in a trace viewer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_trace_id: Option<String>,
-    /// On `abort`: why.
+    /// On `abort`: why. On `gc`: what was pruned. On `pressure`: the new level first
+    /// (`high: memory … of … bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// On `lagged`: how many events this subscriber missed.

@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// transaction or a pin (`POST /pins`) still needs them. `0s` keeps only what those need.
     #[arg(long, env = "RESTM_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
+    /// Memory the engine may hold for pointers and their versions in memory: `256MiB`, `2GiB`,
+    /// a byte count, or `off`. Default: half of the machine's memory. See "Garbage
+    /// collection" in the README for the pressure levels.
+    #[arg(long, env = "RESTM_MEMORY_BUDGET", default_value = "auto", value_parser = MemoryBudget::parse)]
+    pub memory_budget: MemoryBudget,
     /// How often garbage collection runs.
     #[arg(long, env = "RESTM_GC_INTERVAL", default_value = "1s", value_parser = parse_gc_interval)]
     pub gc_interval: Duration,
@@ -86,6 +91,56 @@ pub struct ServeArgs {
     /// `cargo xtask serve` builds it into target/ui and passes it here.
     #[arg(long, env = "RESTM_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+}
+
+/// `--memory-budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBudget {
+    Off,
+    /// Half of the machine's memory.
+    Auto,
+    Bytes(u64),
+}
+
+impl MemoryBudget {
+    fn parse(s: &str) -> Result<MemoryBudget, String> {
+        let s = s.trim();
+        match s {
+            "off" | "none" | "0" => return Ok(MemoryBudget::Off),
+            "auto" => return Ok(MemoryBudget::Auto),
+            _ => {}
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size; use e.g. 512MiB, 2GiB or off"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "k" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => return Err(format!("unknown unit {u:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        };
+        n.checked_mul(mult).map(MemoryBudget::Bytes).ok_or_else(|| format!("{s:?} is too large"))
+    }
+
+    /// The budget in bytes (0: none).
+    pub fn bytes(self) -> u64 {
+        match self {
+            MemoryBudget::Off => 0,
+            MemoryBudget::Bytes(b) => b,
+            MemoryBudget::Auto => std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                    Some(kib * 1024 / 2)
+                })
+                .unwrap_or(0),
+        }
+    }
 }
 
 fn parse_gc_interval(s: &str) -> Result<Duration, String> {

@@ -140,6 +140,11 @@ pub enum EngineError {
     Gone { requested: u64, horizon: u64 },
     #[error("no pin {0:?} (it never existed, expired or was removed)")]
     PinNotFound(String),
+    #[error(
+        "memory pressure is critical: new read-write transactions are refused until memory is back \
+         (reads, read-only transactions and deletes still work)"
+    )]
+    Overloaded,
 }
 
 fn show(v: &Option<u64>) -> String {

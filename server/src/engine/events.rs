@@ -20,10 +20,11 @@ pub enum EventKind {
     Commit,
     Abort,
     Gc,
+    Pressure,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Begin,
         EventKind::Read,
         EventKind::Write,
@@ -34,6 +35,7 @@ impl EventKind {
         EventKind::Commit,
         EventKind::Abort,
         EventKind::Gc,
+        EventKind::Pressure,
     ];
 
     /// The name on the wire.
@@ -49,6 +51,7 @@ impl EventKind {
             EventKind::Commit => "commit",
             EventKind::Abort => "abort",
             EventKind::Gc => "gc",
+            EventKind::Pressure => "pressure",
         }
     }
 

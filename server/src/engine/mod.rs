@@ -22,12 +22,13 @@ pub mod gc;
 pub mod hlc;
 pub mod partition;
 pub mod pointer;
+pub mod pressure;
 pub mod txn;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use event_listener::EventListener;
@@ -43,6 +44,7 @@ use gc::{HeldBy, PartitionGc, Pin, PinTable, Watermark};
 use hlc::Hlc;
 use partition::{LockOutcome, Partition, PartitionRead, partition_of};
 use pointer::VersionChain;
+use pressure::Pressure;
 use txn::TxnTable;
 
 /// A pointer id.
@@ -95,6 +97,9 @@ pub struct BeginOptions {
     pub trace_id: Option<Arc<str>>,
     /// Span id of its root span (16 hex digits), when traced.
     pub root_span: Option<Arc<str>>,
+    /// The transaction only deletes (a one-shot known up front): allowed under critical
+    /// memory pressure, since it frees memory once collected.
+    pub frees_memory: bool,
 }
 
 /// A pointer recovered from storage.
@@ -161,6 +166,8 @@ pub struct Engine {
     /// The oldest version a read may ask for; raised by garbage collection before it prunes.
     horizon: AtomicU64,
     pins: PinTable,
+    /// The memory-pressure level ([`Pressure`] as a number).
+    pressure: AtomicU8,
 }
 
 impl Engine {
@@ -187,6 +194,7 @@ impl Engine {
             events: Arc::new(DiscardEvents),
             horizon: AtomicU64::new(0),
             pins: PinTable::default(),
+            pressure: AtomicU8::new(Pressure::Low as u8),
         }
     }
 
@@ -259,6 +267,10 @@ impl Engine {
 
     /// Begins a transaction.
     pub fn begin(&self, opts: BeginOptions) -> Result<Arc<Txn>, EngineError> {
+        if !opts.read_only && opts.at.is_none() && !opts.frees_memory && self.pressure() == Pressure::Critical
+        {
+            return Err(EngineError::Overloaded);
+        }
         let start = self.hlc.tick();
         let read_version = match opts.at {
             Some(at) if at > start => return Err(EngineError::FutureVersion { requested: at, now: start }),
@@ -548,7 +560,8 @@ impl Engine {
     /// Installs a durable commit and releases its locks.
     pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
         let PreparedCommit { txn, commit_version, writes } = prepared;
-        let max_hot = self.cfg.hot_versions;
+        // Under memory pressure only the latest version of each pointer stays in memory.
+        let max_hot = if self.pressure() >= Pressure::High { 1 } else { self.cfg.hot_versions };
         let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
         for (pidx, group) in self.group_pairs(writes) {
             let _span = tracing::debug_span!(
@@ -673,7 +686,9 @@ impl Engine {
     /// Where the watermark is now, and what holds it there.
     pub fn watermark(&self) -> Watermark {
         let now = self.hlc.physical_millis();
-        let by_time = hlc::version_at_millis(now.saturating_sub(self.cfg.retention_ms));
+        // Under memory pressure retention shrinks to nothing: only snapshots and pins hold.
+        let retention = if self.pressure() >= Pressure::High { 0 } else { self.cfg.retention_ms };
+        let by_time = hlc::version_at_millis(now.saturating_sub(retention));
         let latest = self.hlc.last();
         let mut w = if latest < by_time {
             Watermark { version: latest, held_by: HeldBy::Latest }
@@ -737,6 +752,43 @@ impl Engine {
                 "pruned {versions} versions ({bytes} bytes) and removed {removed} deleted pointers below the watermark"
             ));
         });
+    }
+
+    /// The memory-pressure level.
+    pub fn pressure(&self) -> Pressure {
+        Pressure::from_u8(self.pressure.load(Ordering::SeqCst))
+    }
+
+    /// Memory the pointers and their hot versions cost, by the engine's accounting.
+    pub fn memory_bytes(&self) -> u64 {
+        self.partitions.iter().map(Partition::memory).sum()
+    }
+
+    /// Measures memory against `budget` (0: none) and moves the level; returns the change,
+    /// if any, with the bytes measured, and reports it as a `pressure` event.
+    pub fn update_pressure(&self, budget: u64) -> Option<(Pressure, Pressure, u64)> {
+        let used = self.memory_bytes();
+        let old = self.pressure();
+        let new = old.next(used, budget);
+        if new == old {
+            return None;
+        }
+        self.pressure.store(new as u8, Ordering::SeqCst);
+        self.emit(EventKind::Pressure, None, None, |e| {
+            e.reason = Some(format!(
+                "{}: memory {used} of {budget} bytes ({:.0}%), was {}",
+                new.as_str(),
+                used as f64 * 100.0 / budget.max(1) as f64,
+                old.as_str()
+            ));
+        });
+        Some((old, new, used))
+    }
+
+    /// Keeps only the latest `keep` versions of each pointer in memory, partition by
+    /// partition; returns how many versions left memory.
+    pub fn evict_hot(&self, keep: usize) -> u64 {
+        self.partitions.iter().map(|p| p.evict(keep)).sum()
     }
 
     /// Pins history at version `at` for `ttl_ms`.

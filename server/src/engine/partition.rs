@@ -8,6 +8,7 @@
 
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
@@ -15,7 +16,9 @@ use event_listener::EventListener;
 
 use super::error::Conflict;
 use super::gc::{DiskPrune, PartitionGc};
-use super::pointer::{ChainLookup, ChainPrune, LockEntry, PointerCell, VersionChain, VersionRec};
+use super::pointer::{
+    ChainLookup, ChainPrune, LockEntry, POINTER_OVERHEAD, PointerCell, VersionChain, VersionRec,
+};
 use super::{PtrId, TxnId};
 
 /// The partition of a pointer: a stable hash (xxh3, fixed seed) of its id modulo the
@@ -51,16 +54,52 @@ pub enum PartitionRead {
 pub struct Partition {
     pub id: u32,
     pointers: SkipMap<PtrId, Arc<PointerCell>>,
+    /// Memory the partition's pointers and hot versions cost (see [`Partition::memory`]).
+    bytes: AtomicU64,
+}
+
+/// Memory a pointer costs with a chain of `chain_bytes` (nothing while it has no version).
+fn footprint(ptr: &str, chain: &VersionChain) -> u64 {
+    if chain.hot_len() == 0 { 0 } else { POINTER_OVERHEAD + ptr.len() as u64 + chain.bytes() }
 }
 
 impl Partition {
     pub fn new(id: u32) -> Self {
-        Self { id, pointers: SkipMap::new() }
+        Self { id, pointers: SkipMap::new(), bytes: AtomicU64::new(0) }
     }
 
     /// Installs a recovered pointer.
     pub fn install_recovered(&self, ptr: PtrId, chain: VersionChain) {
+        self.bytes.fetch_add(footprint(&ptr, &chain), Ordering::Relaxed);
         self.pointers.insert(ptr, Arc::new(PointerCell::with_chain(chain)));
+    }
+
+    /// Memory the pointers with versions and their hot versions cost, by the engine's
+    /// accounting: values plus a fixed overhead per version and per pointer.
+    pub fn memory(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn account(&self, before: u64, after: u64) {
+        if after >= before {
+            self.bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// `Evict { keep }`: keeps only the newest `keep` versions of each pointer in memory.
+    /// Returns how many versions left memory (they stay readable from cold storage).
+    pub fn evict(&self, keep: usize) -> u64 {
+        let mut n = 0;
+        for entry in self.pointers.iter() {
+            let cell = entry.value();
+            let mut st = cell.state.lock();
+            let before = footprint(entry.key(), &st.chain);
+            n += st.chain.evict(keep) as u64;
+            self.account(before, footprint(entry.key(), &st.chain));
+        }
+        n
     }
 
     fn cell(&self, ptr: &str) -> Option<Arc<PointerCell>> {
@@ -179,6 +218,7 @@ impl Partition {
             if st.lock.as_ref().is_none_or(|l| l.txn != *txn) {
                 continue;
             }
+            let before = footprint(ptr, &st.chain);
             st.chain.push(
                 VersionRec {
                     version: commit_version,
@@ -188,6 +228,7 @@ impl Partition {
                 },
                 max_hot,
             );
+            self.account(before, footprint(ptr, &st.chain));
             st.lock = None;
             drop(st);
             cell.notify_released();
@@ -227,7 +268,10 @@ impl Partition {
                 // A writer is about to put something after the tombstone: leave the pointer be.
                 continue;
             }
-            match st.chain.prune(watermark) {
+            let before = footprint(&ptr, &st.chain);
+            let outcome = st.chain.prune(watermark);
+            self.account(before, footprint(&ptr, &st.chain));
+            match outcome {
                 ChainPrune::Nothing => {}
                 ChainPrune::ColdOnly => out.disk.push(DiskPrune::KeepNewestAtOrBelow { ptr, at: watermark }),
                 ChainPrune::Pruned { keep, dropped, bytes } => {

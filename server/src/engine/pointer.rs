@@ -35,18 +35,49 @@ pub enum ChainLookup {
     Cold,
 }
 
+/// Memory a version costs beyond its value: the record, its `Arc`, and the chain slot.
+pub const VERSION_OVERHEAD: u64 = 96;
+/// Memory a pointer with versions costs beyond its id: the cell, its skiplist entry, locks.
+pub const POINTER_OVERHEAD: u64 = 160;
+
+fn cost(v: &VersionRec) -> u64 {
+    VERSION_OVERHEAD + v.value.as_ref().map_or(0, |b| b.len() as u64)
+}
+
 /// The newest versions of a pointer, ascending; older ones live only in cold storage.
 #[derive(Debug, Default)]
 pub struct VersionChain {
     hot: VecDeque<Arc<VersionRec>>,
     /// Versions older than `hot[0]` exist in cold storage.
     cold_below: bool,
+    /// Memory the hot versions cost (values plus [`VERSION_OVERHEAD`] each).
+    bytes: u64,
 }
 
 impl VersionChain {
     /// A chain recovered from storage: its newest versions, and whether older ones exist.
     pub fn recovered(hot: Vec<VersionRec>, cold_below: bool) -> Self {
-        Self { hot: hot.into_iter().map(Arc::new).collect(), cold_below }
+        let bytes = hot.iter().map(cost).sum();
+        Self { hot: hot.into_iter().map(Arc::new).collect(), cold_below, bytes }
+    }
+
+    /// Memory the hot versions cost.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Keeps only the newest `keep` (at least one) versions in memory; older ones stay
+    /// readable from cold storage. Returns how many were evicted.
+    pub fn evict(&mut self, keep: usize) -> usize {
+        let mut n = 0;
+        while self.hot.len() > keep.max(1) {
+            if let Some(v) = self.hot.pop_front() {
+                self.bytes -= cost(&v);
+            }
+            self.cold_below = true;
+            n += 1;
+        }
+        n
     }
 
     pub fn latest(&self) -> Option<&Arc<VersionRec>> {
@@ -76,11 +107,9 @@ impl VersionChain {
     /// Appends a newer version, keeping at most `max_hot` in memory (always at least one).
     pub fn push(&mut self, rec: VersionRec, max_hot: usize) {
         debug_assert!(self.hot.back().is_none_or(|v| v.version < rec.version));
+        self.bytes += cost(&rec);
         self.hot.push_back(Arc::new(rec));
-        while self.hot.len() > max_hot.max(1) {
-            self.hot.pop_front();
-            self.cold_below = true;
-        }
+        self.evict(max_hot);
     }
 }
 
@@ -116,13 +145,16 @@ impl VersionChain {
             let dropped = self.hot.len();
             self.hot.clear();
             self.cold_below = false;
+            self.bytes = 0;
             return ChainPrune::Tombstone { through, dropped, bytes };
         }
         if keep == 0 && !self.cold_below {
             return ChainPrune::Nothing;
         }
         let bytes = self.hot.iter().take(keep).map(size).sum();
-        self.hot.drain(..keep);
+        for v in self.hot.drain(..keep) {
+            self.bytes -= cost(&v);
+        }
         self.cold_below = false;
         ChainPrune::Pruned { keep: self.hot[0].version, dropped: keep, bytes }
     }

@@ -76,8 +76,10 @@ impl ApiError {
                 EngineError::TxnNotFound(txn) => p.txn = Some(txn.clone()),
                 EngineError::NotFound { ptr } => p.pointer = Some(ptr.to_string()),
                 EngineError::Gone { horizon, .. } => p.horizon = Some(*horizon),
-                EngineError::FutureVersion { .. } | EngineError::Storage(_) | EngineError::PinNotFound(_) => {
-                }
+                EngineError::FutureVersion { .. }
+                | EngineError::Storage(_)
+                | EngineError::PinNotFound(_)
+                | EngineError::Overloaded => {}
             },
             ApiError::PointerNotFound { ptr } | ApiError::PreconditionFailed { ptr, .. } => {
                 p.pointer = Some(ptr.clone())
@@ -108,6 +110,9 @@ impl ApiError {
                 EngineError::Storage(_) => (S::SERVICE_UNAVAILABLE, codes::INTERNAL, "Storage failure"),
                 EngineError::Gone { .. } => (S::GONE, codes::GONE, "Older than the GC horizon"),
                 EngineError::PinNotFound(_) => (S::NOT_FOUND, codes::NOT_FOUND, "Pin not found"),
+                EngineError::Overloaded => {
+                    (S::SERVICE_UNAVAILABLE, codes::OVERLOADED, "Memory pressure is critical")
+                }
             },
             ApiError::BadRequest(_) => (S::BAD_REQUEST, codes::BAD_REQUEST, "Bad request"),
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, codes::TOO_LARGE, "Request body too large"),
@@ -129,7 +134,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
         let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if matches!(self, ApiError::Engine(EngineError::Overloaded)) {
+            tracing::warn!(code = %problem.code, "refused: memory pressure is critical");
+        } else if status.is_server_error() {
             tracing::error!(code = %problem.code, detail = %problem.detail, "request failed");
         } else {
             tracing::debug!(code = %problem.code, detail = %problem.detail, "request refused");
@@ -140,6 +147,9 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&h.to_string())
         {
             resp.headers_mut().insert(HEADER_HORIZON, v);
+        }
+        if matches!(self, ApiError::Engine(EngineError::Overloaded)) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -72,6 +72,9 @@ pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
         pointers_removed: t.pointers_removed,
         last_pass: t.last_pass_ms.map(version_time_ms),
         last_pass_ms: t.last_elapsed_ms,
+        pressure: engine.pressure().as_str().to_string(),
+        memory_bytes: engine.memory_bytes(),
+        memory_budget_bytes: state.node.config.memory_budget,
     })
 }
 

@@ -103,6 +103,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         durability: args.durability,
         reap_every: Duration::from_millis(50),
         gc_every: args.gc_interval,
+        memory_budget: args.memory_budget.bytes(),
     };
     let events = Arc::new(crate::events::EventHub::new(
         args.event_buffer as usize,

@@ -34,6 +34,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         gc_watermark_lag_seconds: now.saturating_sub(crate::engine::hlc::millis_of(watermark.version)) as f64
             / 1000.0,
         gc_held_by: super::gc::holder_labels(&watermark),
+        memory_bytes: engine.memory_bytes() as i64,
+        memory_budget_bytes: state.node.config.memory_budget as i64,
+        pressure_level: engine.pressure() as i64,
     };
     let body = state.metrics.render(snap);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

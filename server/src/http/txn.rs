@@ -57,6 +57,7 @@ pub async fn begin(
         at,
         trace_id: Some(trace.clone()),
         root_span,
+        frees_memory: false,
     })?;
     tracing::Span::current().record("restm.txn", &*txn.id);
     let body = BeginResponse { txn: txn.id.to_string(), read_version: txn.read_version };
