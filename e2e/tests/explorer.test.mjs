@@ -152,7 +152,8 @@ test("the event tail filters by kind and prefix", async () => {
   await page.getByTestId("kind-begin").uncheck();
   await page.getByTestId("tail-prefix").fill("tail/");
   await page.getByTestId("tail-apply").click();
-  await sleep(300);
+  await page.getByTestId("tail-link").filter({ hasText: "live" }).waitFor();
+  await sleep(100);
   await node.req("PUT", "/ptr/other", { body: 1, expect: 200 });
   await node.req("PUT", "/ptr/tail%2Fa", { body: 1, expect: 200 });
   await page.getByTestId("tail-row").filter({ hasText: "tail/a" }).first().waitFor();

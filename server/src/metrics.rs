@@ -42,6 +42,17 @@ pub struct Snapshot {
     pub pressure_level: i64,
 }
 
+/// The process's resident memory (`VmRSS`), on Linux.
+pub fn resident_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<i64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +76,7 @@ pub struct Metrics {
     gc_lag: Gauge<f64, AtomicU64>,
     gc_holder: Family<Labels, Gauge>,
     memory: Gauge,
+    rss: Gauge,
     memory_budget: Gauge,
     pressure: Gauge,
 }
@@ -99,6 +111,7 @@ impl Metrics {
             gc_lag: Gauge::default(),
             gc_holder: Family::default(),
             memory: Gauge::default(),
+            rss: Gauge::default(),
             memory_budget: Gauge::default(),
             pressure: Gauge::default(),
             registry: Registry::default(),
@@ -172,6 +185,11 @@ impl Metrics {
             m.memory.clone(),
         );
         registry.register(
+            "restm_process_resident_bytes",
+            "Resident memory of the node process (VmRSS)",
+            m.rss.clone(),
+        );
+        registry.register(
             "restm_memory_budget_bytes",
             "The memory budget (0: none)",
             m.memory_budget.clone(),
@@ -228,6 +246,7 @@ impl Metrics {
         self.gc_horizon.set(snap.gc_horizon);
         self.gc_lag.set(snap.gc_watermark_lag_seconds);
         self.memory.set(snap.memory_bytes);
+        self.rss.set(resident_bytes());
         self.memory_budget.set(snap.memory_budget_bytes);
         self.pressure.set(snap.pressure_level);
         self.gc_holder.clear();

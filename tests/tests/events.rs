@@ -188,7 +188,8 @@ async fn a_since_from_before_a_restart_starts_over_and_says_so() {
 async fn a_browser_can_send_the_token_as_a_subprotocol() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let node = Node::start_with(&["--auth-token", "s3cret"]);
-    let url = format!("ws://127.0.0.1:{}/events?kinds=write", node.port);
+    // `since=0`: the write below may land before the socket is subscribed.
+    let url = format!("ws://127.0.0.1:{}/events?kinds=write&since=0", node.port);
     let with = |proto: Option<&str>| {
         let mut req = url.clone().into_client_request().unwrap();
         if let Some(p) = proto {

@@ -223,3 +223,26 @@ async fn a_deleted_pointer_disappears_once_its_tombstone_is_below_the_watermark(
     assert!(metrics.contains("restm_gc_watermark_holder{"), "{metrics}");
     assert!(metrics.contains("restm_gc_watermark_lag_seconds"), "{metrics}");
 }
+
+#[test]
+fn the_soak_bench_writes_and_samples_the_node() {
+    let node = Node::start_with(&FAST_GC);
+    let out_file = restm_tests::temp_dir("soak").join("soak.json");
+    std::fs::create_dir_all(out_file.parent().unwrap()).unwrap();
+    let out = std::process::Command::new(restm_tests::restm_bin())
+        .args(["bench", "soak", "--target", &node.base, "--duration", "2s", "--sample", "500ms"])
+        .args(["--cold", "50", "--clients", "4", "--json", out_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let samples: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert!(samples.len() >= 4, "{samples:?}");
+    let last = samples.last().unwrap();
+    assert!(last["writes"].as_u64().unwrap() > 0);
+    assert_eq!(last["errors"].as_u64(), Some(0));
+    assert!(last["rss_bytes"].as_f64().unwrap() > 0.0);
+    assert!(last["gc_versions_pruned_disk"].as_f64().unwrap() > 0.0, "a 300 ms retention prunes: {last}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("writes in"), "{stdout}");
+}

@@ -144,7 +144,7 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
                     "pause"
                 </label>
                 <button on:click=move |_| events.set(Vec::new())>"Clear"</button>
-                <span class="link">
+                <span class="link" data-testid="tail-link">
                     {move || match link.get() {
                         Link::Live => "● live".to_string(),
                         Link::Connecting => "○ connecting…".to_string(),

@@ -1,6 +1,7 @@
 //! The `restm` command line: `serve` starts a node; `get`, `put`, `del` and `history` talk
 //! to one, so a user need not hand-write curl.
 
+pub mod bench;
 pub mod client;
 
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub enum Command {
     History(client::HistoryArgs),
     /// Tail the live event stream.
     Events(client::EventsArgs),
+    /// Put load on a node and measure it.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Options of `restm serve`.
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
             Command::Del(args) => client::del(args).await,
             Command::History(args) => client::history(args).await,
             Command::Events(args) => client::events(args).await,
+            Command::Bench(bench::BenchCommand::Soak(args)) => bench::soak(args).await,
         }
     });
     drop(telemetry);
