@@ -213,7 +213,7 @@ impl Node {
             drop(totals);
             self.metrics.observe_gc(vm, bm, vd, bd, removed);
             self.engine.report_gc(&watermark, vm.max(vd), removed, bd);
-            tracing::info!(
+            tracing::debug!(
                 watermark = watermark.version,
                 held_by = ?watermark.held_by,
                 versions_memory = vm,

@@ -107,6 +107,11 @@ async fn sample(
     })
 }
 
+/// Prints a line above the progress bar (and to a redirected stdout, where the bar hides).
+fn say(bar: &ProgressBar, line: impl AsRef<str>) {
+    bar.suspend(|| println!("{}", line.as_ref()));
+}
+
 fn mib(b: f64) -> String {
     format!("{:.1}", b / (1024.0 * 1024.0))
 }
@@ -172,11 +177,22 @@ pub async fn soak(args: SoakArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .progress_chars("=> "),
     );
-    bar.println(format!(
-        "{:>7} {:>10} {:>8} {:>9} {:>11} {:>9} {:>12} {:>11} {:>8}",
-        "t (s)", "writes", "errors", "rss MiB", "engine MiB", "disk MiB", "disk vers", "mem vers", "lag s"
-    ));
-    bar.println(row(&first));
+    say(
+        &bar,
+        format!(
+            "{:>7} {:>10} {:>8} {:>9} {:>11} {:>9} {:>12} {:>11} {:>8}",
+            "t (s)",
+            "writes",
+            "errors",
+            "rss MiB",
+            "engine MiB",
+            "disk MiB",
+            "disk vers",
+            "mem vers",
+            "lag s"
+        ),
+    );
+    say(&bar, row(&first));
     let mut samples = vec![first];
     let mut next = started + args.sample;
     while Instant::now() < deadline {
@@ -187,7 +203,7 @@ pub async fn soak(args: SoakArgs) -> Result<(), String> {
         if Instant::now() >= next {
             next += args.sample;
             let s = sample(&http, &target, started, w, errors.load(Ordering::Relaxed)).await?;
-            bar.println(row(&s));
+            say(&bar, row(&s));
             samples.push(s);
         }
     }
@@ -197,7 +213,7 @@ pub async fn soak(args: SoakArgs) -> Result<(), String> {
     let last =
         sample(&http, &target, started, writes.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
             .await?;
-    bar.println(row(&last));
+    say(&bar, row(&last));
     samples.push(last);
     bar.finish_and_clear();
     // Does it level off? Compare the growth over the last third with the middle third.

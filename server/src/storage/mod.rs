@@ -7,8 +7,8 @@
 //! and memory is a cache of the newest versions.
 //!
 //! Layout: keyspace `versions` (see [`codec`]) and keyspace `meta`, which holds the partition
-//! count of the data directory and one transaction record per committed transaction
-//! (`txn/<id>` → commit version), the record that decides a transaction's fate on recovery.
+//! count of the data directory, the GC horizon and the pins. A commit is one atomic batch of
+//! its versions (each names its transaction), so no separate commit record is needed.
 
 pub mod codec;
 pub mod group_commit;
@@ -27,6 +27,11 @@ use crate::engine::{PtrId, RecoveredPointer, TxnId, VersionRec};
 const META_PARTITIONS: &[u8] = b"partition_count";
 const META_HORIZON: &[u8] = b"gc_horizon";
 const META_PIN: &[u8] = b"pin/";
+/// Earlier versions wrote one `txn/<id>` record per commit and never read it back.
+const META_OLD_TXN: &[u8] = b"txn/";
+const JOURNAL_LIMIT: u64 = 128 * 1024 * 1024;
+const MEMTABLE_LIMIT: u64 = 16 * 1024 * 1024;
+const BLOCK_CACHE: u64 = 32 * 1024 * 1024;
 
 /// When a commit is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,9 +87,18 @@ impl Store {
     /// pointer. `partitions` is the count asked for; a new directory stores it, an existing
     /// one must match it (`None`: take what is stored, or 64 for a new directory).
     pub fn open(dir: &Path, partitions: Option<u32>, hot: usize) -> Result<(Store, Recovered), StorageError> {
-        let db = Database::builder(dir).manual_journal_persist(true).open()?;
-        let versions = db.keyspace("versions", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        // Bounded memory: fjall's defaults (64 MiB memtables, 512 MiB of journals before a
+        // forced flush) let sealed memtables pile up to hundreds of MiB under steady writes.
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .max_journaling_size(JOURNAL_LIMIT)
+            .cache_size(BLOCK_CACHE)
+            .open()?;
+        let versions =
+            db.keyspace("versions", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_LIMIT))?;
+        let meta =
+            db.keyspace("meta", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_LIMIT / 2))?;
+        Self::drop_txn_records(&db, &meta)?;
         let stored = match meta.get(META_PARTITIONS)? {
             Some(v) => Some(u32::from_be_bytes(
                 v.as_ref().try_into().map_err(|_| StorageError::Corrupt("partition count".into()))?,
@@ -106,6 +120,30 @@ impl Store {
         let store = Store { db, versions, meta };
         let recovered = store.recover(partitions, hot)?;
         Ok((store, recovered))
+    }
+
+    /// Deletes the per-commit `txn/<id>` records earlier versions wrote: nothing read them
+    /// and nothing collected them, so they grew the disk forever.
+    fn drop_txn_records(db: &Database, meta: &Keyspace) -> Result<(), StorageError> {
+        let mut total = 0u64;
+        loop {
+            let keys: Vec<_> =
+                meta.prefix(META_OLD_TXN).take(10_000).map(|kv| kv.key()).collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = db.batch();
+            total += keys.len() as u64;
+            for k in keys {
+                batch.remove(meta, k);
+            }
+            batch.commit()?;
+        }
+        if total > 0 {
+            db.persist(PersistMode::SyncAll)?;
+            tracing::info!(records = total, "dropped per-commit txn records of an earlier version");
+        }
+        Ok(())
     }
 
     /// Scans every version once, keeping the newest `hot` of each pointer.
@@ -159,9 +197,6 @@ impl Store {
                     codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref()),
                 );
             }
-            let mut key = b"txn/".to_vec();
-            key.extend_from_slice(rec.txn.as_bytes());
-            batch.insert(&self.meta, key, rec.commit_version.to_be_bytes().to_vec());
         }
         batch.commit()?;
         self.db.persist(if sync { PersistMode::SyncData } else { PersistMode::Buffer })?;
@@ -210,13 +245,6 @@ impl Store {
     /// Whether `ptr` was ever written (any version at all).
     pub fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
         Ok(self.versions.prefix(codec::pointer_prefix(ptr)).next().is_some())
-    }
-
-    /// The commit version recorded for a transaction, if it committed.
-    pub fn txn_record(&self, txn: &str) -> Result<Option<u64>, StorageError> {
-        let mut key = b"txn/".to_vec();
-        key.extend_from_slice(txn.as_bytes());
-        Ok(self.meta.get(key)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
     /// Versions stored, approximately (fjall's estimate).
@@ -337,3 +365,26 @@ impl ColdStore for Store {
 
 /// Keeps the store alive behind an `Arc` for both the engine and the committer.
 pub type SharedStore = Arc<Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_commit_txn_records_of_earlier_versions_are_dropped_on_open() {
+        let dir = std::env::temp_dir().join(format!("restm-store-txnrec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
+            for i in 0..25_000u32 {
+                store.meta.insert(format!("txn/{i:08}"), 7u64.to_be_bytes()).unwrap();
+            }
+            store.save_horizon(42).unwrap();
+        }
+        let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
+        assert_eq!(store.meta.prefix(META_OLD_TXN).count(), 0);
+        assert_eq!(store.gc_state().unwrap().0, 42, "other metadata stays");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
