@@ -185,8 +185,12 @@ impl Engine {
             let idx = partition_of(&p.ptr, n) as usize;
             partitions[idx].install_recovered(p.ptr, VersionChain::recovered(p.hot, p.cold_below));
         }
+        let hlc = Hlc::new(clock, max_version);
+        // Start the clock at now, so that "the latest version" of a fresh store is a moment
+        // (the watermark's lag is then measured from it, not from 1970).
+        hlc.tick();
         Self {
-            hlc: Hlc::new(clock, max_version),
+            hlc,
             cfg,
             partitions,
             txns: TxnTable::default(),
