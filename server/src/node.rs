@@ -131,20 +131,30 @@ impl Node {
 
     /// Starts the background task that garbage-collects history below the watermark.
     pub fn spawn_gc(self: &Arc<Self>) {
+        self.spawn_every(self.config.gc_every, |node| async move {
+            node.check_pressure();
+            match tokio::task::spawn_blocking(move || node.gc_pass()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "garbage collection pass failed; retrying"),
+                Err(e) => tracing::error!(error = %e, "garbage collection pass panicked"),
+            }
+        });
+    }
+
+    /// Runs `work` every `every` for as long as the node lives.
+    fn spawn_every<F, Fut>(self: &Arc<Self>, every: Duration, work: F)
+    where
+        F: Fn(Arc<Node>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let node = Arc::downgrade(self);
-        let every = self.config.gc_every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(node) = node.upgrade() else { return };
-                node.check_pressure();
-                match tokio::task::spawn_blocking(move || node.gc_pass()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "garbage collection pass failed; retrying"),
-                    Err(e) => tracing::error!(error = %e, "garbage collection pass panicked"),
-                }
+                work(node).await;
             }
         });
     }
@@ -252,17 +262,9 @@ impl Node {
 
     /// Starts the background task that aborts transactions whose lease ran out.
     pub fn spawn_reaper(self: &Arc<Self>) {
-        let node = Arc::downgrade(self);
-        let every = self.config.reap_every;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(node) = node.upgrade() else { return };
-                for id in node.engine.reap_expired() {
-                    tracing::info!(txn = %id, "aborted: lease expired");
-                }
+        self.spawn_every(self.config.reap_every, |node| async move {
+            for id in node.engine.reap_expired() {
+                tracing::info!(txn = %id, "aborted: lease expired");
             }
         });
     }
@@ -343,12 +345,7 @@ impl Node {
                 return Err(e);
             }
         };
-        let record = CommitRecord {
-            txn: prepared.txn.id.clone(),
-            trace_id: prepared.txn.trace_id.clone(),
-            commit_version: prepared.commit_version,
-            writes: prepared.writes.clone(),
-        };
+        let record = CommitRecord::of(&prepared);
         let engine = self.engine.clone();
         let committer = self.committer.clone();
         let persist = tracing::debug_span!(

@@ -164,12 +164,7 @@ fn run(ops: Vec<Op>) {
                         assert!(!conflict, "committed despite a conflict");
                         let last = m.versions.last().copied().unwrap_or(0);
                         assert!(p.commit_version > last && p.commit_version > t.txn.read_version);
-                        let record = CommitRecord {
-                            txn: p.txn.id.clone(),
-                            trace_id: p.txn.trace_id.clone(),
-                            commit_version: p.commit_version,
-                            writes: p.writes.clone(),
-                        };
+                        let record = CommitRecord::of(&p);
                         store.write_group(&[record], false).unwrap();
                         let v = engine.finish_commit(p);
                         for (ptr, val) in &t.writes {
@@ -337,12 +332,7 @@ fn gc_of_versions_only_on_disk_keeps_the_newest_at_or_below_the_watermark() {
             WriteStep::Staged
         ));
         let CommitStep::Prepared(p) = engine.prepare_commit(&txn).unwrap() else { panic!("prepared") };
-        let record = CommitRecord {
-            txn: p.txn.id.clone(),
-            trace_id: p.txn.trace_id.clone(),
-            commit_version: p.commit_version,
-            writes: p.writes.clone(),
-        };
+        let record = CommitRecord::of(&p);
         store.write_group(&[record], false).unwrap();
         versions.push(engine.finish_commit(p));
     }

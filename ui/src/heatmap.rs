@@ -145,11 +145,7 @@ pub fn HeatmapView(feed: Feed) -> impl IntoView {
         <section class="view" data-testid="view-heatmap">
             <div class="toolbar">
                 <span class="link" data-testid="heat-link">
-                    {move || match feed.link.get() {
-                        Link::Live => "● live".to_string(),
-                        Link::Connecting => "○ connecting…".to_string(),
-                        Link::Retrying(ms, why) => format!("○ {why}; retrying in {ms} ms"),
-                    }}
+                    {move || feed.link.get().label()}
                 </span>
                 <label>
                     "Bucket "

@@ -21,6 +21,17 @@ pub enum Link {
     Retrying(u32, String),
 }
 
+impl Link {
+    /// The status line shown beside a live view.
+    pub fn label(&self) -> String {
+        match self {
+            Link::Live => "● live".to_string(),
+            Link::Connecting => "○ connecting…".to_string(),
+            Link::Retrying(ms, why) => format!("○ {why}; retrying in {ms} ms"),
+        }
+    }
+}
+
 struct Inner {
     /// Query without `since`, e.g. `kinds=conflict`.
     query: String,

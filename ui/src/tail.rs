@@ -145,11 +145,7 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
                 </label>
                 <button on:click=move |_| events.set(Vec::new())>"Clear"</button>
                 <span class="link" data-testid="tail-link">
-                    {move || match link.get() {
-                        Link::Live => "● live".to_string(),
-                        Link::Connecting => "○ connecting…".to_string(),
-                        Link::Retrying(ms, why) => format!("○ {why}; retrying in {ms} ms"),
-                    }}
+                    {move || link.get().label()}
                 </span>
                 <Show when=move || { missed.get() > 0 }>
                     <span class="warn">{move || format!("{} events missed", missed.get())}</span>

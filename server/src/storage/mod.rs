@@ -66,6 +66,18 @@ pub struct CommitRecord {
     pub writes: Vec<(PtrId, Option<Bytes>)>,
 }
 
+impl CommitRecord {
+    /// The record of a commit that passed validation.
+    pub fn of(prepared: &crate::engine::PreparedCommit) -> Self {
+        Self {
+            txn: prepared.txn.id.clone(),
+            trace_id: prepared.txn.trace_id.clone(),
+            commit_version: prepared.commit_version,
+            writes: prepared.writes.clone(),
+        }
+    }
+}
+
 /// What recovery found.
 #[derive(Debug)]
 pub struct Recovered {
