@@ -1,0 +1,20 @@
+//! Transactional collections laid out on pointers. Every operation takes a [`crate::Txn`],
+//! so several operations (on several collections) compose into one atomic transaction;
+//! run them in [`crate::Client::transact`] to get retries. Each layout is chosen so that
+//! concurrent users touch as few common pointers as possible:
+//!
+//! - [`Counter`]: `name/s/<i>` for `i` in `0..stripes`. An increment reads and writes one
+//!   random stripe, so `k` concurrent incrementers collide about `k / stripes` as often as
+//!   on one pointer; a read sums every stripe.
+//! - [`Queue`]: `name/head` and `name/tail` (next index to pop and to push) and
+//!   `name/item/<index, 20 digits>`. A push reads and writes `tail` and writes one item; a
+//!   pop reads and writes `head`, reads and deletes the item at `head`. Producers contend
+//!   only with producers and consumers only with consumers, except on an empty queue,
+//!   where a pop's read of the missing item conflicts with the push that creates it. The
+//!   order is strict FIFO by index.
+
+mod counter;
+mod queue;
+
+pub use counter::Counter;
+pub use queue::Queue;
