@@ -6,8 +6,8 @@
 //! - [`Client::read_only`] and [`Client::read_at`] run a closure on one snapshot (now, or
 //!   as of any `X-reSTM-At` moment); they never conflict.
 //! - [`Client::one_shot`] commits writes known up front in one request (`POST /txn`).
-//! - [`collections`]: a striped [`collections::Counter`] and a FIFO [`collections::Queue`]
-//!   laid out on pointers, composable inside one transaction.
+//! - [`collections`]: a striped [`collections::Counter`], a [`collections::Map`] and a FIFO
+//!   [`collections::Queue`] laid out on pointers, composable inside one transaction.
 //! - Every transaction carries a W3C `traceparent`, so the node's spans for it form one
 //!   trace whose id [`Txn::trace_id`] gives; a [`Txn`] dropped before it finished is
 //!   aborted, never leaked. Connections are pooled and kept alive.

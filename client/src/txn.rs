@@ -15,8 +15,13 @@ use crate::{Client, Error};
 /// Characters left as they are in a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
+/// Percent-encodes a path segment or a query value.
+pub(crate) fn encode(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
 pub(crate) fn ptr_path(ptr: &str) -> String {
-    format!("/ptr/{}", utf8_percent_encode(ptr, SEGMENT))
+    format!("/ptr/{}", encode(ptr))
 }
 
 /// A fresh W3C `traceparent` (version 00, sampled).
@@ -86,6 +91,10 @@ impl Txn {
     /// The node's id of this transaction.
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.0.client
     }
 
     /// The snapshot it reads.

@@ -151,3 +151,68 @@ async fn collections_compose_in_one_transaction() {
         .unwrap();
     assert_eq!(state, (Some("mail".to_string()), 1));
 }
+
+#[tokio::test]
+async fn a_map_under_8_clients_ends_exactly_as_each_writer_left_it() {
+    use rand::Rng;
+    use restm_client::collections::Map;
+    let node = Node::start();
+    let c = Client::new(&node.base).unwrap();
+    let map = Map::new("users");
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let (c, map) = (c.clone(), map.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each client owns 20 keys (so their final state is known exactly) and also
+            // writes 5 keys every client shares.
+            let mut own: BTreeMap<String, u64> = BTreeMap::new();
+            for n in 0..200u64 {
+                let (key, remove, shared) = {
+                    let mut rng = rand::rng();
+                    if rng.random_bool(0.25) {
+                        (format!("shared/{}", rng.random_range(0..5)), false, true)
+                    } else {
+                        (format!("c{w}/{}", rng.random_range(0..20)), rng.random_bool(0.3), false)
+                    }
+                };
+                let (m, k) = (map.clone(), key.clone());
+                c.transact(move |tx| {
+                    let (m, k) = (m.clone(), k.clone());
+                    async move {
+                        if remove {
+                            m.remove(&tx, &k).await.map(drop)
+                        } else {
+                            m.put(&tx, &k, &(w, n)).await.map(drop)
+                        }
+                    }
+                })
+                .await
+                .unwrap();
+                if !shared {
+                    if remove {
+                        own.remove(&key);
+                    } else {
+                        own.insert(key, n);
+                    }
+                }
+            }
+            (w, own)
+        }));
+    }
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for t in tasks {
+        let (w, own) = t.await.unwrap();
+        expected.extend(own.into_iter().map(|(k, n)| (k, (w, n))));
+    }
+    let m = map.clone();
+    let (entries, len) = c
+        .read_only(|tx| async move { Ok((m.entries::<(u64, u64)>(&tx).await?, m.len(&tx).await?)) })
+        .await
+        .unwrap();
+    assert_eq!(len, entries.len() as i64, "the size counter matches the keys");
+    let (shared, owned): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _)| k.starts_with("shared/"));
+    assert_eq!(owned.into_iter().collect::<BTreeMap<_, _>>(), expected);
+    for (k, (w, n)) in shared {
+        assert!(w < 8 && n < 200, "{k} holds a value nobody wrote: {w},{n}");
+    }
+}

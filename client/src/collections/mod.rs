@@ -6,6 +6,9 @@
 //! - [`Counter`]: `name/s/<i>` for `i` in `0..stripes`. An increment reads and writes one
 //!   random stripe, so `k` concurrent incrementers collide about `k / stripes` as often as
 //!   on one pointer; a read sums every stripe.
+//! - [`Map`]: `name/k/<key>`, one pointer per key, so operations on different keys never
+//!   contend; its size is a striped counter `name/len` that inserts and removals adjust.
+//!   [`Map::entries`] lists the keys at the transaction's snapshot.
 //! - [`Queue`]: `name/head` and `name/tail` (next index to pop and to push) and
 //!   `name/item/<index, 20 digits>`. A push reads and writes `tail` and writes one item; a
 //!   pop reads and writes `head`, reads and deletes the item at `head`. Producers contend
@@ -14,7 +17,9 @@
 //!   order is strict FIFO by index.
 
 mod counter;
+mod map;
 mod queue;
 
 pub use counter::Counter;
+pub use map::Map;
 pub use queue::Queue;
