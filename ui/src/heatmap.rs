@@ -11,6 +11,7 @@ use crate::api::{Settings, settings};
 use crate::heat::{self, Cell, Hit};
 use crate::stream::{Link, Stream};
 use crate::time;
+use crate::widgets::trace_link;
 
 /// Columns (time buckets) on screen.
 const COLUMNS: usize = 60;
@@ -335,16 +336,6 @@ pub fn HeatmapView(feed: Feed) -> impl IntoView {
             </div>
         </section>
     }
-}
-
-fn trace_link(s: Settings, trace: String, label: &'static str) -> impl IntoView {
-    (!trace.is_empty()).then(|| {
-        view! {
-            <a class="trace" href=s.trace_url(&trace) target="_blank" rel="noopener" data-testid="trace-link">
-                {label}
-            </a>
-        }
-    })
 }
 
 fn conflict_row(h: Hit, s: Settings) -> impl IntoView {

@@ -28,6 +28,8 @@ mod tail;
 mod time;
 #[cfg(target_arch = "wasm32")]
 mod travel;
+#[cfg(target_arch = "wasm32")]
+mod widgets;
 
 #[cfg(target_arch = "wasm32")]
 pub use app::start;
@@ -39,6 +41,7 @@ mod app {
     use wasm_bindgen::prelude::wasm_bindgen;
 
     use crate::api::{self, Load, Settings};
+    use crate::widgets::TextField;
 
     /// The views.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,22 +188,11 @@ mod app {
                 <div class="settings">
                     <label>
                         "Auth token "
-                        <input
-                            type="password"
-                            data-testid="token"
-                            placeholder="none"
-                            prop:value=move || token.get()
-                            on:input=move |ev| token.set(event_target_value(&ev))
-                        />
+                        <TextField value=token placeholder="none" testid="token" password=true/>
                     </label>
                     <label>
                         "Jaeger UI "
-                        <input
-                            type="text"
-                            data-testid="jaeger"
-                            prop:value=move || jaeger.get()
-                            on:input=move |ev| jaeger.set(event_target_value(&ev))
-                        />
+                        <TextField value=jaeger placeholder="" testid="jaeger"/>
                     </label>
                     <button on:click=save data-testid="settings-save">"Save"</button>
                 </div>

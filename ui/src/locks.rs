@@ -9,6 +9,7 @@ use restm_shared::{ActiveTxns, Locks, TxnStatus};
 
 use crate::api::{self, Load, Settings, settings};
 use crate::time;
+use crate::widgets::trace_link;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -76,7 +77,6 @@ fn txn_row(t: TxnStatus, snap: &Snapshot, oldest: bool, s: Settings) -> impl Int
         .filter(|l| l.waiters.iter().any(|w| w.txn == t.txn))
         .map(|l| format!("{} (held by {})", l.ptr, time::short(&l.holder_txn)))
         .collect();
-    let trace = s.trace_url(&t.trace_id);
     view! {
         <tr class:oldest=oldest data-testid="txn-row" data-txn=t.txn.clone()>
             <td class="mono">
@@ -91,9 +91,7 @@ fn txn_row(t: TxnStatus, snap: &Snapshot, oldest: bool, s: Settings) -> impl Int
             <td class="mono">{waiting_for.join("; ")}</td>
             <td>{format!("{} / {}", t.reads.len(), t.writes.len())}</td>
             <td>
-                <a class="trace" href=trace target="_blank" rel="noopener">
-                    "trace"
-                </a>
+                {trace_link(s, t.trace_id.clone(), "trace")}
             </td>
         </tr>
     }
@@ -134,7 +132,6 @@ pub fn LocksView(feed: Feed) -> impl IntoView {
                                 .map(|w| format!("{} ({})", w.txn, time::age(w.waiting_ms)))
                                 .collect::<Vec<_>>()
                                 .join(", ");
-                            let trace = s.trace_url(&l.holder_trace_id);
                             view! {
                                 <tr data-testid="lock-row" class:contended=!l.waiters.is_empty()>
                                     <td class="mono">{l.ptr}</td>
@@ -142,9 +139,7 @@ pub fn LocksView(feed: Feed) -> impl IntoView {
                                     <td>{time::age(l.holder_age_ms)}</td>
                                     <td class="mono" data-testid="lock-waiters">{waiters}</td>
                                     <td>
-                                        <a class="trace" href=trace target="_blank" rel="noopener">
-                                            "holder trace"
-                                        </a>
+                                        {trace_link(s, l.holder_trace_id.clone(), "holder trace")}
                                     </td>
                                 </tr>
                             }

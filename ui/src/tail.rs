@@ -6,6 +6,7 @@ use restm_shared::Event;
 
 use crate::api::{enc, settings};
 use crate::stream::{Link, Stream};
+use crate::widgets::TextField;
 
 const KINDS: [&str; 10] = [
     "begin",
@@ -122,18 +123,7 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
                         }
                     })
                     .collect_view()}
-                <input
-                    type="text"
-                    placeholder="pointer prefix"
-                    data-testid="tail-prefix"
-                    prop:value=move || prefix.get()
-                    on:input=move |ev| prefix.set(event_target_value(&ev))
-                    on:keydown=move |ev| {
-                        if ev.key() == "Enter" {
-                            apply();
-                        }
-                    }
-                />
+                <TextField value=prefix placeholder="pointer prefix" testid="tail-prefix" on_enter=move |()| apply()/>
                 <button data-testid="tail-apply" on:click=move |_| apply()>"Apply"</button>
                 <label>
                     <input

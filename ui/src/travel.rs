@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::api::{self, Load, enc, settings};
 use crate::diff::{Change, diff};
 use crate::time;
+use crate::widgets::{TextField, trace_link};
 
 /// Versions of one pointer loaded at most.
 const MAX_VERSIONS: usize = 5_000;
@@ -58,18 +59,7 @@ fn Finder(selected: RwSignal<Option<String>>) -> impl IntoView {
         <div class="finder">
             <h3>"Pointers"</h3>
             <div class="row">
-                <input
-                    type="text"
-                    placeholder="prefix (empty: all)"
-                    data-testid="find-prefix"
-                    prop:value=move || prefix.get()
-                    on:input=move |ev| prefix.set(event_target_value(&ev))
-                    on:keydown=move |ev| {
-                        if ev.key() == "Enter" {
-                            find();
-                        }
-                    }
-                />
+                <TextField value=prefix placeholder="prefix (empty: all)" testid="find-prefix" on_enter=move |()| find()/>
                 <button data-testid="find" on:click=move |_| find()>"Find"</button>
             </div>
             <button
@@ -285,17 +275,13 @@ fn PointerPanel(ptr: String) -> impl IntoView {
                 <div class="row">
                     <label>
                         "Read as of "
-                        <input
-                            type="text"
-                            data-testid="at-input"
+                        <TextField
+                            value=at_text
                             placeholder="now, or 1234…, 2026-11-25T10:00:00Z, -5m"
-                            prop:value=move || at_text.get()
-                            on:input=move |ev| at_text.set(event_target_value(&ev))
-                            on:keydown=move |ev| {
-                                if ev.key() == "Enter" {
-                                    at_ms.set(None);
-                                    do_read(Some(at_text.get_untracked()));
-                                }
+                            testid="at-input"
+                            on_enter=move |()| {
+                                at_ms.set(None);
+                                do_read(Some(at_text.get_untracked()));
                             }
                         />
                     </label>
@@ -381,9 +367,7 @@ fn PointerPanel(ptr: String) -> impl IntoView {
                                     <td>{time::iso(ms)}</td>
                                     <td class="mono">{e.txn.clone()}</td>
                                     <td>
-                                        <a class="trace" href=s.trace_url(&e.trace_id) target="_blank" rel="noopener">
-                                            "trace"
-                                        </a>
+                                        {trace_link(s, e.trace_id.clone(), "trace")}
                                     </td>
                                     <td class="mono preview">{preview}</td>
                                     <td>
@@ -496,20 +480,8 @@ fn StateView() -> impl IntoView {
         <div class="state-view" data-testid="state-view">
             <h3>"Whole state as of a moment"</h3>
             <div class="row">
-                <input
-                    type="text"
-                    placeholder="prefix (empty: all)"
-                    data-testid="state-prefix"
-                    prop:value=move || prefix.get()
-                    on:input=move |ev| prefix.set(event_target_value(&ev))
-                />
-                <input
-                    type="text"
-                    placeholder="as of: now, a version, RFC 3339, -10m"
-                    data-testid="state-at"
-                    prop:value=move || at.get()
-                    on:input=move |ev| at.set(event_target_value(&ev))
-                />
+                <TextField value=prefix placeholder="prefix (empty: all)" testid="state-prefix"/>
+                <TextField value=at placeholder="as of: now, a version, RFC 3339, -10m" testid="state-at"/>
                 <button data-testid="state-browse" on:click=move |_| fetch(None)>"Browse"</button>
             </div>
             {move || match rows.get() {
