@@ -21,6 +21,9 @@ pub enum Error {
     /// A value could not be turned into JSON or back.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A collection's pointers break its own invariants (someone wrote them by hand).
+    #[error("corrupt collection: {0}")]
+    Invariant(String),
     /// The caller's own error, passed through a transaction closure.
     #[error("{0}")]
     User(String),

@@ -216,3 +216,144 @@ async fn a_map_under_8_clients_ends_exactly_as_each_writer_left_it() {
         assert!(w < 8 && n < 200, "{k} holds a value nobody wrote: {w},{n}");
     }
 }
+
+#[tokio::test]
+async fn an_ordered_map_under_8_clients_stays_a_valid_tree_and_scans_ranges_in_order() {
+    use rand::Rng;
+    use restm_client::collections::OrderedMap;
+    use std::ops::Bound;
+    let node = Node::start();
+    let c = Client::new(&node.base).unwrap();
+    // A small fanout makes splits, unlinks and root changes frequent.
+    let tree = OrderedMap::with_fanout("index", 6);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every snapshot taken while the writers run must already be a valid tree.
+    let checker = {
+        let (c, tree, done) = (c.clone(), tree.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut checks = 0u32;
+            while !done.load(Ordering::SeqCst) || checks == 0 {
+                let t = tree.clone();
+                let stats = c.read_only(|tx| async move { t.check(&tx).await }).await.unwrap();
+                assert!(stats.height <= 8, "{stats:?}");
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            checks
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let (c, tree) = (c.clone(), tree.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each client owns its keys, but they interleave in key order with everyone
+            // else's, so clients share leaves and conflict on them.
+            let mut own: BTreeMap<String, u64> = BTreeMap::new();
+            for n in 0..250u64 {
+                let (key, remove) = {
+                    let mut rng = rand::rng();
+                    (format!("{:03}/c{w}", rng.random_range(0..150)), rng.random_bool(0.3))
+                };
+                let (t, k) = (tree.clone(), key.clone());
+                c.transact(move |tx| {
+                    let (t, k) = (t.clone(), k.clone());
+                    async move {
+                        if remove {
+                            t.remove(&tx, &k).await.map(drop)
+                        } else {
+                            t.insert(&tx, &k, &n).await.map(drop)
+                        }
+                    }
+                })
+                .await
+                .unwrap();
+                if remove {
+                    own.remove(&key);
+                } else {
+                    own.insert(key, n);
+                }
+            }
+            own
+        }));
+    }
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for t in tasks {
+        expected.extend(t.await.unwrap());
+    }
+    done.store(true, Ordering::SeqCst);
+    let checks = checker.await.unwrap();
+    assert!(checks > 0);
+
+    let t = tree.clone();
+    let (stats, entries) = c
+        .read_only(|tx| async move { Ok((t.check(&tx).await?, t.entries::<u64>(&tx).await?)) })
+        .await
+        .unwrap();
+    assert_eq!(stats.entries, expected.len());
+    assert!(stats.height >= 3, "fanout 6 with {} keys: {stats:?}", expected.len());
+    assert_eq!(
+        entries,
+        expected.clone().into_iter().collect::<Vec<_>>(),
+        "in key order, as each owner left them"
+    );
+
+    // Ranges with every kind of bound agree with the model.
+    for _ in 0..40 {
+        let (a, b, limit, kinds) = {
+            let mut rng = rand::rng();
+            let a = format!("{:03}", rng.random_range(0..160));
+            let b = format!("{:03}/c{}", rng.random_range(0..160), rng.random_range(0..8));
+            (a, b, rng.random_range(1..400usize), rng.random_range(0..9u8))
+        };
+        let bound = |s: &str, kind: u8| match kind {
+            0 => Bound::Included(s.to_string()),
+            1 => Bound::Excluded(s.to_string()),
+            _ => Bound::Unbounded,
+        };
+        let (lo, hi) = (bound(&a, kinds % 3), bound(&b, kinds / 3));
+        let want: Vec<(String, u64)> = expected
+            .iter()
+            .filter(|(k, _)| match &lo {
+                Bound::Included(l) => *k >= l,
+                Bound::Excluded(l) => *k > l,
+                Bound::Unbounded => true,
+            })
+            .filter(|(k, _)| match &hi {
+                Bound::Included(h) => *k <= h,
+                Bound::Excluded(h) => *k < h,
+                Bound::Unbounded => true,
+            })
+            .take(limit)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let (t, lo2, hi2) = (tree.clone(), lo.clone(), hi.clone());
+        let got = c
+            .read_only(|tx| async move {
+                t.range::<u64>(&tx, lo2.as_ref().map(|s| s.as_str()), hi2.as_ref().map(|s| s.as_str()), limit)
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, want, "range {lo:?}..{hi:?} limit {limit}");
+    }
+
+    // Removing every key shrinks the tree back to one empty root leaf.
+    for key in expected.keys() {
+        let (t, k) = (tree.clone(), key.clone());
+        let removed = c
+            .transact(move |tx| {
+                let (t, k) = (t.clone(), k.clone());
+                async move { t.remove(&tx, &k).await }
+            })
+            .await
+            .unwrap();
+        assert!(removed, "{key}");
+    }
+    let t = tree.clone();
+    let stats = c.read_only(|tx| async move { t.check(&tx).await }).await.unwrap();
+    assert_eq!((stats.height, stats.nodes, stats.entries), (1, 1, 0));
+    let left =
+        reqwest::get(format!("{}/ptr?prefix=index/t/", node.base)).await.unwrap().text().await.unwrap();
+    let left: serde_json::Value = serde_json::from_str(&left).unwrap();
+    assert_eq!(left["pointers"].as_array().unwrap().len(), 1, "only the root is left: {left}");
+}

@@ -15,11 +15,18 @@
 //!   only with producers and consumers only with consumers, except on an empty queue,
 //!   where a pop's read of the missing item conflicts with the push that creates it. The
 //!   order is strict FIFO by index.
+//! - [`OrderedMap`]: a B+tree, one pointer per node: the root at `name/t/root`, the others
+//!   at `name/t/<random id>`, up to `fanout` (64) entries each; its size is a striped
+//!   counter `name/len`. Writers of different leaves share only reads of the branches
+//!   above them, which change on splits, so they rarely conflict; range scans read only
+//!   the nodes that overlap the range. See [`ordered`] for the algorithm.
 
 mod counter;
 mod map;
+pub mod ordered;
 mod queue;
 
 pub use counter::Counter;
 pub use map::Map;
+pub use ordered::{OrderedMap, TreeStats};
 pub use queue::Queue;
