@@ -16,11 +16,12 @@ pub mod collections;
 mod error;
 mod one_shot;
 mod retry;
+pub mod tasks;
 mod txn;
 
 use std::time::{Duration, Instant};
 
-use restm_shared::{BeginRequest, BeginResponse, HEADER_AT, PROBLEM_JSON, Problem};
+use restm_shared::{BeginRequest, BeginResponse, HEADER_AT, HistoryPage, ListPage, PROBLEM_JSON, Problem};
 use serde::de::DeserializeOwned;
 
 pub use error::Error;
@@ -211,6 +212,36 @@ impl Client {
     /// Writes known up front, committed atomically in one request.
     pub fn one_shot(&self) -> OneShot {
         OneShot::new(self.clone())
+    }
+
+    /// One page of the pointers whose ids start with `prefix`, by id, after the id `after`
+    /// (the previous page's `next`), now or as of `at`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<&str>,
+    ) -> Result<ListPage, Error> {
+        let mut path = format!("/ptr?limit={limit}&prefix={}", txn::encode(prefix));
+        if let Some(a) = after {
+            path.push_str(&format!("&after={}", txn::encode(a)));
+        }
+        let mut req = self.request(reqwest::Method::GET, &path);
+        if let Some(at) = at {
+            req = req.header(HEADER_AT, at);
+        }
+        Self::json(req).await
+    }
+
+    /// One page of `ptr`'s versions, oldest first, after the cursor `after` (the previous
+    /// page's `next`).
+    pub async fn history(&self, ptr: &str, after: Option<&str>, limit: usize) -> Result<HistoryPage, Error> {
+        let mut path = format!("{}/history?limit={limit}", txn::ptr_path(ptr));
+        if let Some(a) = after {
+            path.push_str(&format!("&after={}", txn::encode(a)));
+        }
+        Self::json(self.request(reqwest::Method::GET, &path)).await
     }
 
     /// The latest value of `ptr` outside any transaction (`None`: absent).

@@ -33,12 +33,13 @@ pub(crate) fn new_traceparent() -> String {
 }
 
 /// Reads `ptr` (in `txn`, or outside any): the value and its version, `None` when absent.
+/// The version is `None` for the transaction's own staged write, which has none yet.
 pub(crate) async fn read<T: DeserializeOwned>(
     client: &Client,
     txn: Option<&str>,
     ptr: &str,
     at: Option<&str>,
-) -> Result<Option<(T, u64)>, Error> {
+) -> Result<Option<(T, Option<u64>)>, Error> {
     let mut req = client.request(reqwest::Method::GET, &ptr_path(ptr));
     if let Some(t) = txn {
         req = req.header(HEADER_TXN, t);
@@ -53,12 +54,15 @@ pub(crate) async fn read<T: DeserializeOwned>(
         }
         Err(e) => return Err(e),
     };
-    let version = resp
-        .headers()
-        .get(HEADER_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::Protocol(format!("no {HEADER_VERSION} on a read")))?;
+    let version = match resp.headers().get(HEADER_VERSION) {
+        None if txn.is_some() => None,
+        header => Some(
+            header
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Protocol(format!("no valid {HEADER_VERSION} on a read")))?,
+        ),
+    };
     let bytes = resp.bytes().await?;
     Ok(Some((serde_json::from_slice(&bytes)?, version)))
 }
@@ -113,8 +117,12 @@ impl Txn {
         Ok(self.get_versioned(ptr).await?.map(|(v, _)| v))
     }
 
-    /// The value of `ptr` and the version it was read at.
-    pub async fn get_versioned<T: DeserializeOwned>(&self, ptr: &str) -> Result<Option<(T, u64)>, Error> {
+    /// The value of `ptr` and the version it was read at; the version is `None` when the
+    /// value is this transaction's own staged write.
+    pub async fn get_versioned<T: DeserializeOwned>(
+        &self,
+        ptr: &str,
+    ) -> Result<Option<(T, Option<u64>)>, Error> {
         read(&self.0.client, Some(&self.0.id), ptr, None).await
     }
 

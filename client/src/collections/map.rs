@@ -1,11 +1,10 @@
 //! A hash map (see the module docs for the layout).
 
-use restm_shared::ListPage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Counter;
-use crate::{Client, Error, Txn};
+use crate::{Error, Txn};
 
 /// A map from string keys to JSON values, one pointer per key.
 #[derive(Debug, Clone)]
@@ -56,19 +55,12 @@ impl Map {
     /// keys this transaction also reads or writes: a listing takes no predicate lock, so
     /// a concurrent insert does not make this transaction conflict. [`Map::len`] does.
     pub async fn entries<T: DeserializeOwned>(&self, tx: &Txn) -> Result<Vec<(String, T)>, Error> {
-        let client = tx.client();
         let prefix = self.prefix();
+        let at = tx.read_version().to_string();
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut path = format!("/ptr?limit=1000&prefix={}", crate::txn::encode(&prefix));
-            if let Some(a) = &after {
-                path.push_str(&format!("&after={}", crate::txn::encode(a)));
-            }
-            let req = client
-                .request(reqwest::Method::GET, &path)
-                .header(restm_shared::HEADER_AT, tx.read_version().to_string());
-            let page: ListPage = Client::json(req).await?;
+            let page = tx.client().list(&prefix, after.as_deref(), 1000, Some(&at)).await?;
             for e in page.pointers {
                 let key = e.ptr.strip_prefix(&prefix).unwrap_or(&e.ptr).to_string();
                 out.push((key, serde_json::from_str(e.value.get())?));

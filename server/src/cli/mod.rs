@@ -1,8 +1,9 @@
 //! The `restm` command line: `serve` starts a node; `get`, `put`, `del` and `history` talk
-//! to one, so a user need not hand-write curl.
+//! to one, so a user need not hand-write curl; `worker` and `tasks` drive the task engine.
 
 pub mod bench;
 pub mod client;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ pub enum Command {
     History(client::HistoryArgs),
     /// Tail the live event stream.
     Events(client::EventsArgs),
+    /// Run a task-engine worker (with the built-in merge-sort handlers).
+    Worker(tasks::WorkerArgs),
+    /// List, show and submit tasks; run the merge-sort example.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCommand),
     /// Put load on a node and measure it.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -170,6 +176,8 @@ pub fn main() -> ExitCode {
             Command::Del(args) => client::del(args).await,
             Command::History(args) => client::history(args).await,
             Command::Events(args) => client::events(args).await,
+            Command::Worker(args) => tasks::worker(args).await,
+            Command::Tasks(cmd) => tasks::run(cmd).await,
             Command::Bench(bench::BenchCommand::Soak(args)) => bench::soak(args).await,
         }
     });
