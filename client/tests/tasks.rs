@@ -156,6 +156,24 @@ async fn a_merge_sort_of_100k_numbers_completes_after_a_worker_is_killed_mid_tas
         assert!(tasks.ids(s, 10).await.unwrap().is_empty(), "{s} is not empty");
     }
     assert_eq!(tasks.ids(Status::Done, 1000).await.unwrap().len(), 127);
+
+    // The command-line view agrees.
+    let out = Command::new(restm_bin()).args(["tasks", "list", "--target", &node.base]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    let counts: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(char::is_whitespace)).collect();
+    let counts: Vec<(&str, &str)> = counts.into_iter().map(|(s, n)| (s, n.trim())).collect();
+    assert_eq!(
+        counts,
+        [("waiting", "0"), ("ready", "0"), ("running", "0"), ("done", "127"), ("failed", "0")]
+    );
+    let out = Command::new(restm_bin())
+        .args(["tasks", "list", "--status", "done", "--limit", "1000", "--target", &node.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains(" done ")).count(), 127, "{text}");
+    assert!(text.contains(&format!("{} ", job.root)));
 }
 
 /// Runs an in-process worker with `handlers` until the returned sender is dropped or fired.

@@ -60,8 +60,9 @@ pub enum TasksCommand {
         /// waiting, ready, running, done or failed; without it, counts per status.
         #[arg(long)]
         status: Option<Status>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// Most tasks to list (default 100), or to count per status (default 100000).
+        #[arg(long)]
+        limit: Option<usize>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -135,7 +136,7 @@ async fn shutdown_signal() {
 pub async fn run(cmd: TasksCommand) -> Result<(), String> {
     match cmd {
         TasksCommand::List { status: Some(status), limit, conn } => {
-            let tasks = conn.tasks()?.list(status, limit).await.map_err(|e| e.to_string())?;
+            let tasks = conn.tasks()?.list(status, limit.unwrap_or(100)).await.map_err(|e| e.to_string())?;
             println!(
                 "{:<16}  {:<8}  {:<18}  {:>4}  {:<16}  PARENT",
                 "ID", "STATUS", "HANDLER", "RUNS", "WORKER"
@@ -155,6 +156,7 @@ pub async fn run(cmd: TasksCommand) -> Result<(), String> {
         }
         TasksCommand::List { status: None, limit, conn } => {
             let tasks = conn.tasks()?;
+            let limit = limit.unwrap_or(100_000);
             for s in Status::ALL {
                 let n = tasks.ids(s, limit).await.map_err(|e| e.to_string())?.len();
                 let more = if n >= limit { "+" } else { "" };
