@@ -126,6 +126,28 @@ impl Txn {
         read(&self.0.client, Some(&self.0.id), ptr, None).await
     }
 
+    /// A locking read (`SELECT ... FOR UPDATE`): takes `ptr`'s lock first, waiting like a
+    /// write, then reads its newest version (moving the snapshot forward if needed). Use it
+    /// for a read-modify-write of a contended pointer: contenders queue on the lock instead
+    /// of failing at commit. The lock is held until the transaction ends.
+    pub async fn get_for_update<T: DeserializeOwned>(&self, ptr: &str) -> Result<Option<T>, Error> {
+        let req = self
+            .0
+            .client
+            .request(reqwest::Method::GET, &ptr_path(ptr))
+            .header(HEADER_TXN, &self.0.id)
+            .header(restm_shared::HEADER_LOCK, "update");
+        let resp = match Client::send(req).await {
+            Ok(r) => r,
+            Err(Error::Problem { problem }) if problem.status == 404 && problem.code == codes::NOT_FOUND => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let bytes = resp.bytes().await?;
+        Ok(Some(serde_json::from_slice(&bytes)?))
+    }
+
     /// Stages `value` for `ptr`, taking its lock (waiting up to the node's lock timeout).
     pub async fn put<T: Serialize + ?Sized>(&self, ptr: &str, value: &T) -> Result<(), Error> {
         let req = self

@@ -292,11 +292,32 @@ impl Node {
     /// Stages a write in `txn`, waiting up to the lock timeout for another holder. A timeout
     /// aborts the transaction.
     pub async fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<(), EngineError> {
+        self.lock(txn, ptr, || self.engine.write(txn, ptr, value.clone())).await
+    }
+
+    /// A locking read in `txn` (`FOR UPDATE`): takes `ptr`'s lock, waiting as a write does,
+    /// then reads it at the (possibly refreshed) snapshot.
+    pub async fn read_for_update(
+        &self,
+        txn: &Arc<Txn>,
+        ptr: &str,
+    ) -> Result<Option<Arc<VersionRec>>, EngineError> {
+        self.lock(txn, ptr, || self.engine.lock_for_update(txn, ptr)).await?;
+        self.read(Some(txn), ptr, txn.read_version()).await
+    }
+
+    /// Runs `step` until it has the lock, waiting up to the lock timeout for another holder.
+    async fn lock(
+        &self,
+        txn: &Arc<Txn>,
+        ptr: &str,
+        step: impl Fn() -> Result<WriteStep, EngineError>,
+    ) -> Result<(), EngineError> {
         let started = Instant::now();
         let deadline = started + self.config.lock_timeout;
         let mut waited = false;
         loop {
-            let step = self.engine.write(txn, ptr, value.clone());
+            let step = step();
             if waited && !matches!(step, Ok(WriteStep::Wait { .. })) {
                 self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
             }
@@ -381,7 +402,7 @@ impl Node {
         tracing::Span::current().record("restm.txn", &*txn.id);
         let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
         for (ptr, pre) in checks {
-            let seen = self.read(Some(&txn), ptr, txn.read_version).await?;
+            let seen = self.read(Some(&txn), ptr, txn.read_version()).await?;
             let live = seen.as_ref().filter(|v| v.value.is_some());
             let ok = match pre {
                 Precondition::Exists => live.is_some(),

@@ -23,6 +23,7 @@ const PTRS: u8 = 4;
 enum Op {
     Begin(u8),
     Read(u8, u8),
+    LockRead(u8, u8),
     Write(u8, u8, i64),
     Delete(u8, u8),
     Commit(u8),
@@ -38,6 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..SLOTS).prop_map(Op::Begin),
         4 => (0..SLOTS, 0..PTRS).prop_map(|(s, p)| Op::Read(s, p)),
+        2 => (0..SLOTS, 0..PTRS).prop_map(|(s, p)| Op::LockRead(s, p)),
         4 => (0..SLOTS, 0..PTRS, -50i64..50).prop_map(|(s, p, v)| Op::Write(s, p, v)),
         1 => (0..SLOTS, 0..PTRS).prop_map(|(s, p)| Op::Delete(s, p)),
         3 => (0..SLOTS).prop_map(Op::Commit),
@@ -117,12 +119,56 @@ fn run(ops: Vec<Op>) {
             }
             Op::Read(s, p) => {
                 let Some(t) = m.slots.get(&s) else { continue };
-                let got = value_of(engine.read(Some(&t.txn), &name(p), t.txn.read_version).unwrap());
+                let got = value_of(engine.read(Some(&t.txn), &name(p), t.txn.read_version()).unwrap());
                 if let Some(own) = t.writes.get(&p) {
                     assert_eq!(got.and_then(|g| g.1), *own, "read your own write of p{p}");
                 } else {
-                    let want = m.at(p, t.txn.read_version);
-                    assert_eq!(got, want, "snapshot read of p{p} at {}", t.txn.read_version);
+                    let want = m.at(p, t.txn.read_version());
+                    assert_eq!(got, want, "snapshot read of p{p} at {}", t.txn.read_version());
+                    let t = m.slots.get_mut(&s).unwrap();
+                    t.reads.entry(p).or_insert(want.map(|w| w.0));
+                }
+            }
+            Op::LockRead(s, p) => {
+                let Some(t) = m.slots.get(&s) else { continue };
+                let before = t.txn.read_version();
+                let stale = m.latest(p).is_some_and(|v| v > before);
+                let doomed = t
+                    .reads
+                    .iter()
+                    .any(|(q, seen)| m.holders.get(q).is_some_and(|h| *h != s) || m.latest(*q) != *seen);
+                let other = m.holders.get(&p).copied().filter(|h| *h != s);
+                match (engine.lock_for_update(&t.txn, &name(p)), other) {
+                    (Ok(WriteStep::Wait { holder, .. }), Some(h)) => {
+                        assert_eq!(holder, m.slots[&h].txn.id);
+                        continue;
+                    }
+                    (Ok(WriteStep::Wait { .. }), None) => panic!("p{p} is not locked in the model"),
+                    (Ok(WriteStep::Staged), Some(h)) => panic!("p{p} was locked by slot {h}"),
+                    (Err(EngineError::Conflict { .. }), None) => {
+                        assert!(stale && doomed, "a refresh refused without cause");
+                        m.release(s);
+                        continue;
+                    }
+                    (Ok(WriteStep::Staged), None) => {
+                        assert!(!(stale && doomed), "a refresh over a changed read");
+                        m.holders.insert(p, s);
+                    }
+                    (r, _) => panic!("unexpected {r:?}"),
+                }
+                let t = m.slots.get(&s).unwrap();
+                let now = t.txn.read_version();
+                if stale {
+                    assert!(now > before && now >= m.latest(p).unwrap(), "the snapshot moved forward");
+                } else {
+                    assert_eq!(now, before, "no refresh needed");
+                }
+                let got = value_of(engine.read(Some(&t.txn), &name(p), now).unwrap());
+                if let Some(own) = t.writes.get(&p) {
+                    assert_eq!(got.and_then(|g| g.1), *own, "locking read of its own write of p{p}");
+                } else {
+                    let want = m.chains.get(&p).and_then(|c| c.last()).copied();
+                    assert_eq!(got, want, "a locking read sees the newest version of p{p}");
                     let t = m.slots.get_mut(&s).unwrap();
                     t.reads.entry(p).or_insert(want.map(|w| w.0));
                 }
@@ -158,12 +204,12 @@ fn run(ops: Vec<Op>) {
                 match result {
                     Ok(CommitStep::Done(v)) => {
                         assert!(t.writes.is_empty());
-                        assert_eq!(v, t.txn.read_version);
+                        assert_eq!(v, t.txn.read_version());
                     }
                     Ok(CommitStep::Prepared(p)) => {
                         assert!(!conflict, "committed despite a conflict");
                         let last = m.versions.last().copied().unwrap_or(0);
-                        assert!(p.commit_version > last && p.commit_version > t.txn.read_version);
+                        assert!(p.commit_version > last && p.commit_version > t.txn.read_version());
                         let record = CommitRecord::of(&p);
                         store.write_group(&[record], false).unwrap();
                         let v = engine.finish_commit(p);
@@ -208,7 +254,7 @@ fn run(ops: Vec<Op>) {
                 engine.raise_horizon();
                 let h = engine.horizon();
                 for t in m.slots.values() {
-                    assert!(h <= t.txn.read_version, "the horizon passed an open snapshot");
+                    assert!(h <= t.txn.read_version(), "the horizon passed an open snapshot");
                 }
                 for idx in 0..engine.partition_count() {
                     let pass = engine.gc_partition(idx);
@@ -338,7 +384,7 @@ fn gc_of_versions_only_on_disk_keeps_the_newest_at_or_below_the_watermark() {
     }
     let snapshot = snapshot.unwrap();
     engine.raise_horizon();
-    assert_eq!(engine.horizon(), snapshot.read_version);
+    assert_eq!(engine.horizon(), snapshot.read_version());
     for idx in 0..engine.partition_count() {
         store.prune(&engine.gc_partition(idx).disk).unwrap();
     }
@@ -346,7 +392,7 @@ fn gc_of_versions_only_on_disk_keeps_the_newest_at_or_below_the_watermark() {
     // the watermark) stays.
     let (on_disk, _) = store.history("p", None, u64::MAX, 100).unwrap();
     assert_eq!(on_disk.iter().map(|v| v.version).collect::<Vec<_>>(), versions[3..].to_vec());
-    let got = value_of(engine.read(None, "p", snapshot.read_version).unwrap());
+    let got = value_of(engine.read(None, "p", snapshot.read_version()).unwrap());
     assert_eq!(got, Some((versions[3], Some(3))));
     drop(engine);
     drop(store);

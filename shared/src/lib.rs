@@ -12,6 +12,9 @@ use serde_json::value::RawValue;
 pub const HEADER_TXN: &str = "x-restm-txn";
 /// Header asking for a read as of a past moment: a version, an RFC 3339 instant or `-10s`.
 pub const HEADER_AT: &str = "x-restm-at";
+/// Header making a read inside a transaction a locking read: `update` takes the pointer's
+/// write lock first (like `SELECT ... FOR UPDATE`) and reads its newest version.
+pub const HEADER_LOCK: &str = "x-restm-lock";
 /// Header carrying the version a read returned or a write committed.
 pub const HEADER_VERSION: &str = "x-restm-version";
 /// Header carrying the oldest readable version on `410 Gone`.

@@ -22,11 +22,12 @@ impl Counter {
         format!("{}/s/{i}", self.name)
     }
 
-    /// Adds `delta` (touching one random stripe).
+    /// Adds `delta` (touching one random stripe, read with its lock so that concurrent
+    /// adders of the same stripe queue instead of conflicting).
     pub async fn add(&self, tx: &Txn, delta: i64) -> Result<(), Error> {
         let i = rand::rng().random_range(0..self.stripes);
         let ptr = self.stripe(i);
-        let now: i64 = tx.get(&ptr).await?.unwrap_or(0);
+        let now: i64 = tx.get_for_update(&ptr).await?.unwrap_or(0);
         let next =
             now.checked_add(delta).ok_or_else(|| Error::User(format!("counter {} overflows", self.name)))?;
         tx.put(&ptr, &next).await

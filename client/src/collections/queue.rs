@@ -30,7 +30,9 @@ impl Queue {
 
     /// Appends `item`; returns its index.
     pub async fn push<T: Serialize + ?Sized>(&self, tx: &Txn, item: &T) -> Result<u64, Error> {
-        let tail: u64 = tx.get(&self.tail()).await?.unwrap_or(0);
+        // Locking reads of `tail` (and of `head` in a pop): producers (and consumers) queue
+        // on it rather than fail at commit.
+        let tail: u64 = tx.get_for_update(&self.tail()).await?.unwrap_or(0);
         tx.put(&self.item(tail), item).await?;
         tx.put(&self.tail(), &(tail + 1)).await?;
         Ok(tail)
@@ -38,7 +40,7 @@ impl Queue {
 
     /// Removes and returns the oldest item with its index; `None` when empty.
     pub async fn pop<T: DeserializeOwned>(&self, tx: &Txn) -> Result<Option<(u64, T)>, Error> {
-        let head: u64 = tx.get(&self.head()).await?.unwrap_or(0);
+        let head: u64 = tx.get_for_update(&self.head()).await?.unwrap_or(0);
         // Pushes write an item and the tail together, so the item at `head` exists exactly
         // when the queue is not empty: no need to read `tail` (and conflict with producers).
         let Some(item) = tx.get::<T>(&self.item(head)).await? else { return Ok(None) };

@@ -41,9 +41,8 @@ pub enum Command {
     /// List, show and submit tasks; run the merge-sort example.
     #[command(subcommand)]
     Tasks(tasks::TasksCommand),
-    /// Put load on a node and measure it.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Put load on a node and measure it (optionally against etcd).
+    Bench(bench::BenchArgs),
 }
 
 /// Options of `restm serve`.
@@ -178,7 +177,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => client::events(args).await,
             Command::Worker(args) => tasks::worker(args).await,
             Command::Tasks(cmd) => tasks::run(cmd).await,
-            Command::Bench(bench::BenchCommand::Soak(args)) => bench::soak(args).await,
+            Command::Bench(args) => bench::main(args).await,
         }
     });
     drop(telemetry);

@@ -367,7 +367,7 @@ impl Engine {
                 // Read your own write: it has no version yet, so report the snapshot's.
                 let rec = staged.as_ref().map(|value| {
                     Arc::new(VersionRec {
-                        version: txn.read_version,
+                        version: txn.read_version(),
                         txn: txn.id.clone(),
                         trace_id: txn.trace_id.clone(),
                         value: Some(value.clone()),
@@ -376,7 +376,7 @@ impl Engine {
                 return Ok(ReadStep::Done(rec));
             }
         }
-        let step = self.read_at(ptr, txn.read_version, Some(&txn.id))?.unwrap_or(ReadStep::Done(None));
+        let step = self.read_at(ptr, txn.read_version(), Some(&txn.id))?.unwrap_or(ReadStep::Done(None));
         if let ReadStep::Done(found) = &step
             && !txn.read_only
         {
@@ -451,6 +451,50 @@ impl Engine {
 
     /// Stages a write (`None` deletes) inside `txn`, taking the pointer's lock.
     pub fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<WriteStep, EngineError> {
+        self.acquire(txn, ptr, Some(value))
+    }
+
+    /// Takes `ptr`'s write lock for a locking read (`SELECT ... FOR UPDATE`): once it is
+    /// held, no one else can commit `ptr`, so the read that follows stays current until this
+    /// transaction commits, and a read-modify-write of a hot pointer queues on the lock
+    /// instead of failing validation. When `ptr` has a version newer than the snapshot, the
+    /// snapshot moves forward to now, so the read sees it. That is only sound if nothing
+    /// read so far has changed since: if something has, the transaction could not commit
+    /// anyway and is aborted with that conflict now.
+    pub fn lock_for_update(&self, txn: &Arc<Txn>, ptr: &str) -> Result<WriteStep, EngineError> {
+        let step = self.acquire(txn, ptr, None)?;
+        if !matches!(step, WriteStep::Staged) {
+            return Ok(step);
+        }
+        let latest = self.partition(ptr).latest_version(ptr);
+        if latest.is_none_or(|v| v <= txn.read_version()) {
+            return Ok(step);
+        }
+        // The new snapshot is taken before the reads are checked: a commit that lands on a
+        // read pointer after the check gets a version above it, so it stays invisible.
+        let refreshed = self.hlc.tick();
+        let reads: Vec<(PtrId, Option<u64>)> = {
+            let inner = txn.inner.lock();
+            Self::ensure_active(txn, &inner.phase)?;
+            inner.reads.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        for (pidx, group) in self.group_pairs(reads) {
+            if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
+                self.abort(txn, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
+            }
+        }
+        txn.advance_read_version(refreshed);
+        Ok(step)
+    }
+
+    /// Takes `ptr`'s lock for `txn`, and stages `write` (`Some(None)` deletes) once held.
+    fn acquire(
+        &self,
+        txn: &Arc<Txn>,
+        ptr: &str,
+        write: Option<Option<Bytes>>,
+    ) -> Result<WriteStep, EngineError> {
         if txn.read_only {
             return Err(EngineError::ReadOnly(txn.id.clone()));
         }
@@ -472,17 +516,22 @@ impl Engine {
                         return Err(e);
                     }
                     inner.locks.insert(ptr.clone());
-                    let delete = value.is_none();
-                    inner.writes.insert(ptr.clone(), value);
+                    let staged = write.clone().map(|value| {
+                        let delete = value.is_none();
+                        inner.writes.insert(ptr.clone(), value);
+                        delete
+                    });
                     drop(inner);
                     if matches!(outcome, LockOutcome::Acquired) {
                         self.emit(EventKind::LockAcquired, Some(txn), Some(&ptr), |_| {});
                     }
-                    self.emit(EventKind::Write, Some(txn), Some(&ptr), |e| {
-                        if delete {
-                            e.reason = Some("delete".into());
-                        }
-                    });
+                    if let Some(delete) = staged {
+                        self.emit(EventKind::Write, Some(txn), Some(&ptr), |e| {
+                            if delete {
+                                e.reason = Some("delete".into());
+                            }
+                        });
+                    }
                     return Ok(WriteStep::Staged);
                 }
                 LockOutcome::Held { holder, listener } => {
@@ -519,10 +568,12 @@ impl Engine {
             Self::ensure_active(txn, &inner.phase)?;
             if txn.read_only || inner.writes.is_empty() {
                 // A snapshot is serializable at its read version: nothing to validate or persist.
-                inner.phase = Phase::Committed(txn.read_version);
+                // Locks taken by locking reads go now.
+                inner.phase = Phase::Committed(txn.read_version());
+                let locks = std::mem::take(&mut inner.locks);
                 drop(inner);
-                self.finish(txn);
-                return Ok(CommitStep::Done(txn.read_version));
+                self.release(txn, locks);
+                return Ok(CommitStep::Done(txn.read_version()));
             }
             inner.phase = Phase::Committing;
             let writes: Vec<(PtrId, Option<Bytes>)> =
@@ -580,10 +631,19 @@ impl Engine {
         for ptr in &released {
             self.emit(EventKind::LockReleased, Some(&txn), Some(ptr), |e| e.version = Some(commit_version));
         }
+        // Locks of pointers read with a lock but not written are released as they are.
+        let read_locks: Vec<PtrId> = {
+            let mut inner = txn.inner.lock();
+            let locks = std::mem::take(&mut inner.locks);
+            locks.into_iter().filter(|p| !inner.writes.contains_key(p)).collect()
+        };
+        for ptr in read_locks {
+            self.partition(&ptr).unlock(&txn.id, &ptr);
+            self.emit(EventKind::LockReleased, Some(&txn), Some(&ptr), |_| {});
+        }
         {
             let mut inner = txn.inner.lock();
             inner.phase = Phase::Committed(commit_version);
-            inner.locks.clear();
             // The txn stays queryable for a while: keep which pointers it wrote (and whether
             // it deleted them), but not the values, which now live in the version chains.
             for value in inner.writes.values_mut() {
@@ -700,8 +760,8 @@ impl Engine {
             Watermark { version: by_time, held_by: HeldBy::Retention }
         };
         for txn in self.txns.active() {
-            if txn.read_version < w.version {
-                w = Watermark { version: txn.read_version, held_by: HeldBy::Txn(txn.id.clone()) };
+            if txn.read_version() < w.version {
+                w = Watermark { version: txn.read_version(), held_by: HeldBy::Txn(txn.id.clone()) };
             }
         }
         if let Some(pin) = self.pins.oldest(now)

@@ -102,6 +102,11 @@ impl Partition {
         n
     }
 
+    /// The newest committed version of `ptr` (the newest is always in memory).
+    pub fn latest_version(&self, ptr: &str) -> Option<u64> {
+        self.cell(ptr).and_then(|c| c.state.lock().chain.latest().map(|v| v.version))
+    }
+
     fn cell(&self, ptr: &str) -> Option<Arc<PointerCell>> {
         self.pointers.get(ptr).map(|e| e.value().clone())
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -45,7 +46,9 @@ pub struct TxnInner {
 #[derive(Debug)]
 pub struct Txn {
     pub id: TxnId,
-    pub read_version: u64,
+    /// The snapshot it reads; moves forward only when a locking read refreshes it
+    /// ([`crate::engine::Engine::lock_for_update`]).
+    read_version: AtomicU64,
     pub read_only: bool,
     pub trace_id: Arc<str>,
     /// Span id of the transaction's root span (its `begin` request), when traced.
@@ -56,6 +59,16 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// The snapshot the transaction reads.
+    pub fn read_version(&self) -> u64 {
+        self.read_version.load(Ordering::Acquire)
+    }
+
+    /// Moves the snapshot forward to `v` (never back).
+    pub(crate) fn advance_read_version(&self, v: u64) {
+        self.read_version.fetch_max(v, Ordering::AcqRel);
+    }
+
     pub fn new(
         id: TxnId,
         read_version: u64,
@@ -66,7 +79,7 @@ impl Txn {
     ) -> Self {
         Self {
             id,
-            read_version,
+            read_version: AtomicU64::new(read_version),
             read_only,
             trace_id,
             root_span: None,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use super::request::{
-    PtrPath, at_header, if_match, json_value, raw_json, trace_id, txn_header, version_time,
+    PtrPath, at_header, if_match, json_value, lock_header, raw_json, trace_id, txn_header, version_time,
 };
 use crate::engine::{EngineError, PtrId};
 use crate::node::Precondition;
@@ -37,13 +37,18 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// Reads a pointer: inside `X-reSTM-Txn` at its snapshot, as of `X-reSTM-At`, or the latest.
+/// With `X-reSTM-Lock: update` inside a transaction it is a locking read: it takes the
+/// pointer's write lock first (waiting like a write), and reads the newest version, moving
+/// the snapshot forward if needed (a `409` if something already read changed meanwhile).
 #[utoipa::path(get, path = "/ptr/{id}", tag = "pointers",
     params(("id" = String, Path, description = "pointer id, percent-encoded, 1..=512 bytes"),
         ("X-reSTM-Txn" = Option<String>, Header, description = "read inside this transaction"),
+        ("X-reSTM-Lock" = Option<String>, Header, description = "`update`: a locking read (needs X-reSTM-Txn); holds the pointer's lock until the transaction ends"),
         ("X-reSTM-At" = Option<String>, Header, description = "read as of a version, RFC 3339 instant or -10s")),
     responses((status = 200, description = "the stored JSON value; X-reSTM-Version names its version", body = Object),
         (status = 404, description = "absent at that snapshot", body = Problem),
         (status = 400, description = "bad id or header", body = Problem),
+        (status = 409, description = "a locking read timed out on the lock, or what the transaction read changed", body = Problem),
         (status = 410, description = "older than the GC horizon", body = Problem)))]
 pub async fn get_ptr(
     State(state): State<AppState>,
@@ -54,13 +59,20 @@ pub async fn get_ptr(
     let engine = &state.node.engine;
     let txn = txn_header(engine, &headers)?;
     let at = at_header(engine, &headers)?;
+    let for_update = lock_header(&headers)?;
+    if for_update && txn.is_none() {
+        return Err(ApiError::bad_request(
+            "X-reSTM-Lock needs X-reSTM-Txn: a lock is held by a transaction until it ends",
+        ));
+    }
     let found = match (&txn, at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "X-reSTM-At cannot be combined with X-reSTM-Txn: a transaction reads at its own snapshot",
             ));
         }
-        (Some(txn), None) => state.node.read(Some(txn), &ptr, txn.read_version).await?,
+        (Some(txn), None) if for_update => state.node.read_for_update(txn, &ptr).await?,
+        (Some(txn), None) => state.node.read(Some(txn), &ptr, txn.read_version()).await?,
         (None, at) => {
             let at = at.unwrap_or_else(|| engine.now_version());
             state.node.read(None, &ptr, at).await?
@@ -127,7 +139,7 @@ async fn write(
     let is_delete = value.is_none();
     if let Some(txn) = txn_header(engine, headers)? {
         if pre.is_some() || is_delete {
-            let seen = state.node.read(Some(&txn), &ptr, txn.read_version).await?;
+            let seen = state.node.read(Some(&txn), &ptr, txn.read_version()).await?;
             let live = seen.as_ref().filter(|v| v.value.is_some());
             if is_delete && live.is_none() {
                 return Err(ApiError::PointerNotFound { ptr });
@@ -294,7 +306,7 @@ pub async fn list(
                  list in a read-only transaction or with X-reSTM-At",
             ));
         }
-        (Some(t), None) => t.read_version,
+        (Some(t), None) => t.read_version(),
         (None, at) => at.unwrap_or_else(|| engine.now_version()),
     };
     let (page, more) = state.node.list(&prefix, q.after.as_deref(), at, limit).await?;

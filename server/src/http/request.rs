@@ -58,6 +58,15 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PtrPath {
 }
 
 /// The transaction named by `X-reSTM-Txn`, if any; its lease is renewed.
+/// `X-reSTM-Lock`: whether a read is a locking read (`update`, the only value).
+pub fn lock_header(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match header_str(headers, restm_shared::HEADER_LOCK)? {
+        None => Ok(false),
+        Some(v) if v.trim().eq_ignore_ascii_case("update") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!("X-reSTM-Lock must be `update`, not {v:?}"))),
+    }
+}
+
 pub fn txn_header(engine: &Engine, headers: &HeaderMap) -> Result<Option<Arc<Txn>>, ApiError> {
     let Some(id) = header_str(headers, HEADER_TXN)? else { return Ok(None) };
     let txn = engine.txn(id)?;

@@ -60,7 +60,7 @@ pub async fn begin(
         frees_memory: false,
     })?;
     tracing::Span::current().record("restm.txn", &*txn.id);
-    let body = BeginResponse { txn: txn.id.to_string(), read_version: txn.read_version };
+    let body = BeginResponse { txn: txn.id.to_string(), read_version: txn.read_version() };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -139,7 +139,7 @@ pub fn txn_status(txn: &Txn, now_ms: u64) -> TxnStatus {
         txn: txn.id.to_string(),
         state,
         read_only: txn.read_only,
-        read_version: txn.read_version,
+        read_version: txn.read_version(),
         reads: inner.reads.iter().map(|(p, v)| ReadEntry { ptr: p.to_string(), version: *v }).collect(),
         writes: inner
             .writes

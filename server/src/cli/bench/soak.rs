@@ -1,5 +1,3 @@
-//! `restm bench`: load against a running node, measured from outside.
-//!
 //! `restm bench soak` is the garbage-collection soak: one hot pointer and many cold ones
 //! written continuously, while the node's own metrics (resident memory, the engine's memory,
 //! disk bytes, versions on disk, the watermark's lag) are sampled; with a short
@@ -13,40 +11,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::Serialize;
 
-use super::client::Target;
+use crate::cli::client::Target;
 
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// GC soak: one hot pointer and --cold cold ones written continuously; samples the
-    /// node's memory and disk so you can see them level off (start the node with a short
-    /// --retention, e.g. 10s).
-    Soak(SoakArgs),
-}
-
-#[derive(Debug, clap::Args)]
+/// What a soak needs (from `restm bench soak`'s options).
+#[derive(Debug)]
 pub struct SoakArgs {
-    #[command(flatten)]
     pub target: Target,
-    /// How long to write.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Concurrent writers.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub clients: u64,
-    /// Cold pointers (`soak/cold/<n>`), written at random.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub cold: u64,
-    /// Share of writes that go to the hot pointer (`soak/hot`).
-    #[arg(long, default_value_t = 0.5)]
     pub hot_share: f64,
-    /// Bytes of each value (a JSON string).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub value_size: u64,
-    /// How often to sample the node.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
-    /// Also write the samples as JSON to this file.
-    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
 
