@@ -127,3 +127,39 @@ fn bad_budgets_are_refused_at_start() {
         assert!(err.contains("--memory-budget"), "{bad}: {err}");
     }
 }
+
+/// The node's resident set, from its own gauge.
+async fn resident_bytes(api: &Api) -> f64 {
+    let text = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("restm_process_resident_bytes "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stored_value_costs_its_size_not_the_request_buffer_it_arrived_in() {
+    let node = Node::start();
+    let api = Api::new(&node);
+    api.put_ok("warm", &json!(0)).await;
+    let before = resident_bytes(&api).await;
+    // 16k small versions stay in memory (2000 pointers x the 8 hot versions). Stored as
+    // slices of hyper's read buffers they held about 8 KiB each: over 120 MiB.
+    let mut writers = Vec::new();
+    for w in 0..16u64 {
+        let api = Api::new(&node);
+        writers.push(tokio::spawn(async move {
+            for i in 0..1000u64 {
+                let r = api.put(&format!("small/{}", (w * 1000 + i) % 2000), &json!(i)).await;
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let grown = (resident_bytes(&api).await - before) / (1024.0 * 1024.0);
+    assert!(grown < 60.0, "16k versions of a few bytes grew the node by {grown:.0} MiB");
+}

@@ -163,7 +163,9 @@ pub fn json_value(body: &Bytes) -> Result<Bytes, ApiError> {
     }
     let raw: &RawValue = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    Ok(body.slice_ref(raw.get().as_bytes()))
+    // A copy, not a slice: the body usually shares hyper's read buffer (8 KiB or more), and
+    // a stored slice would keep the whole buffer alive for as long as the version lives.
+    Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
 }
 
 /// Renders stored JSON text for embedding in a response.
