@@ -801,7 +801,9 @@ impl Engine {
     /// must drop. Takes each pointer's mutex briefly; commits go on meanwhile.
     pub fn gc_partition(&self, idx: usize) -> PartitionGc {
         let horizon = self.horizon();
-        self.partitions.get(idx).map(|p| p.gc(horizon)).unwrap_or_default()
+        // Cold versions are looked for on disk once per hundredth of the retention.
+        let cold_every = (self.cfg.retention_ms / 100) << hlc::LOGICAL_BITS;
+        self.partitions.get(idx).map(|p| p.gc(horizon, cold_every)).unwrap_or_default()
     }
 
     pub fn partition_count(&self) -> usize {

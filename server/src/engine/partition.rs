@@ -260,7 +260,7 @@ impl Partition {
 
     /// `Gc { watermark }`: prunes every pointer's history below `watermark` (see
     /// [`super::gc`]), one pointer's mutex at a time, and says what cold storage must drop.
-    pub fn gc(&self, watermark: u64) -> PartitionGc {
+    pub fn gc(&self, watermark: u64, cold_every: u64) -> PartitionGc {
         let mut out = PartitionGc::default();
         for entry in self.pointers.iter() {
             let ptr = entry.key().clone();
@@ -274,7 +274,7 @@ impl Partition {
                 continue;
             }
             let before = footprint(&ptr, &st.chain);
-            let outcome = st.chain.prune(watermark);
+            let outcome = st.chain.prune(watermark, cold_every);
             self.account(before, footprint(&ptr, &st.chain));
             match outcome {
                 ChainPrune::Nothing => {}

@@ -52,13 +52,15 @@ pub struct VersionChain {
     cold_below: bool,
     /// Memory the hot versions cost (values plus [`VERSION_OVERHEAD`] each).
     bytes: u64,
+    /// The watermark at which cold versions were last pruned (see [`VersionChain::prune`]).
+    cold_checked: u64,
 }
 
 impl VersionChain {
     /// A chain recovered from storage: its newest versions, and whether older ones exist.
     pub fn recovered(hot: Vec<VersionRec>, cold_below: bool) -> Self {
         let bytes = hot.iter().map(cost).sum();
-        Self { hot: hot.into_iter().map(Arc::new).collect(), cold_below, bytes }
+        Self { hot: hot.into_iter().map(Arc::new).collect(), cold_below, bytes, cold_checked: 0 }
     }
 
     /// Memory the hot versions cost.
@@ -132,10 +134,20 @@ pub enum ChainPrune {
 impl VersionChain {
     /// Drops what no snapshot at or above `watermark` can see: every version older than the
     /// newest one at or below it (which stays, so a read at the watermark is still right).
-    pub fn prune(&mut self, watermark: u64) -> ChainPrune {
+    ///
+    /// When every hot version is newer than the watermark, only cold versions can be due,
+    /// and which ones is known only on disk: that costs a range scan, so it is asked for
+    /// ([`ChainPrune::ColdOnly`]) only once the watermark has moved `cold_every` past the last
+    /// such scan. Before, every pass scanned every pointer with cold versions, which under a
+    /// long retention found nothing and cost a tenth of the node's CPU.
+    pub fn prune(&mut self, watermark: u64, cold_every: u64) -> ChainPrune {
         let at_or_below = self.hot.partition_point(|v| v.version <= watermark);
         if at_or_below == 0 {
-            return if self.cold_below { ChainPrune::ColdOnly } else { ChainPrune::Nothing };
+            if self.cold_below && watermark >= self.cold_checked.saturating_add(cold_every) {
+                self.cold_checked = watermark;
+                return ChainPrune::ColdOnly;
+            }
+            return ChainPrune::Nothing;
         }
         let keep = at_or_below - 1;
         let size = |v: &Arc<VersionRec>| v.value.as_ref().map_or(0, |b| b.len() as u64);
@@ -228,20 +240,34 @@ mod tests {
         for v in 1..=5 {
             c.push(rec(v * 10), 8);
         }
-        assert_eq!(c.prune(5), ChainPrune::Nothing);
-        assert_eq!(c.prune(10), ChainPrune::Nothing, "the only version at or below stays");
-        assert_eq!(c.prune(35), ChainPrune::Pruned { keep: 30, dropped: 2, bytes: 2 });
+        assert_eq!(c.prune(5, 0), ChainPrune::Nothing);
+        assert_eq!(c.prune(10, 0), ChainPrune::Nothing, "the only version at or below stays");
+        assert_eq!(c.prune(35, 0), ChainPrune::Pruned { keep: 30, dropped: 2, bytes: 2 });
         assert!(matches!(c.at(35), ChainLookup::Found(v) if v.version == 30));
         assert!(matches!(c.at(29), ChainLookup::Absent), "below the horizon nothing is left");
-        assert_eq!(c.prune(35), ChainPrune::Nothing, "idempotent");
+        assert_eq!(c.prune(35, 0), ChainPrune::Nothing, "idempotent");
         // With older versions in cold storage, they go even if no hot version does.
         let mut c = VersionChain::default();
         for v in 1..=5 {
             c.push(rec(v * 10), 2);
         }
-        assert_eq!(c.prune(35), ChainPrune::ColdOnly);
-        assert_eq!(c.prune(40), ChainPrune::Pruned { keep: 40, dropped: 0, bytes: 0 });
+        assert_eq!(c.prune(35, 0), ChainPrune::ColdOnly);
+        assert_eq!(c.prune(40, 0), ChainPrune::Pruned { keep: 40, dropped: 0, bytes: 0 });
         assert!(matches!(c.at(35), ChainLookup::Absent));
+    }
+
+    #[test]
+    fn cold_versions_are_looked_for_once_per_cold_interval() {
+        let mut c = VersionChain::default();
+        for v in 1..=5 {
+            c.push(rec(v * 100), 2);
+        }
+        // Hot: 400 and 500; 100..300 are cold. Every hot version is above the watermarks.
+        assert_eq!(c.prune(150, 100), ChainPrune::ColdOnly);
+        assert_eq!(c.prune(200, 100), ChainPrune::Nothing, "not 100 past the last scan yet");
+        assert_eq!(c.prune(249, 100), ChainPrune::Nothing);
+        assert_eq!(c.prune(250, 100), ChainPrune::ColdOnly);
+        assert_eq!(c.prune(450, 100), ChainPrune::Pruned { keep: 400, dropped: 0, bytes: 0 });
     }
 
     #[test]
@@ -249,8 +275,8 @@ mod tests {
         let mut c = VersionChain::default();
         c.push(rec(10), 8);
         c.push(VersionRec { value: None, ..rec(20) }, 8);
-        assert_eq!(c.prune(15), ChainPrune::Nothing);
-        assert_eq!(c.prune(20), ChainPrune::Tombstone { through: 20, dropped: 2, bytes: 1 });
+        assert_eq!(c.prune(15, 0), ChainPrune::Nothing);
+        assert_eq!(c.prune(20, 0), ChainPrune::Tombstone { through: 20, dropped: 2, bytes: 1 });
         assert!(c.is_empty());
     }
 
