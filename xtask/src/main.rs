@@ -71,8 +71,10 @@ fn test() -> Result<(), String> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     ensure_wasm_target()?;
     run(cargo().args(["clippy", "-p", "restm-ui", "--target", WASM_TARGET, "--", "-D", "warnings"]))?;
-    // The black-box tests spawn target/debug/restm, so build it before they run.
+    // The black-box tests spawn target/debug/restm, so build it before they run; the bench
+    // tests also compare with a real etcd.
     run(cargo().args(["build", "-p", "restm-server", "--bin", "restm"]))?;
+    ensure_debian_package("/usr/bin/etcd", "etcd-server")?;
     run(cargo().args(["test", "--workspace"]))?;
     e2e()
 }
@@ -80,7 +82,7 @@ fn test() -> Result<(), String> {
 /// The browser tests: a real node (target/debug/restm) serving the release explorer.
 fn e2e() -> Result<(), String> {
     ui()?;
-    ensure_chromium()?;
+    ensure_debian_package("/usr/bin/chromium", "chromium")?;
     let npm_ready = Path::new("e2e/node_modules/playwright-core/package.json").is_file();
     if !npm_ready {
         run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir("e2e"))?;
@@ -96,8 +98,9 @@ fn absolute(p: &str) -> Result<PathBuf, String> {
     std::fs::canonicalize(p).map_err(|e| format!("{p}: {e}"))
 }
 
-fn ensure_chromium() -> Result<(), String> {
-    if Path::new("/usr/bin/chromium").is_file() {
+/// Installs Debian's `package` (as root, or through sudo) unless `file` is there already.
+fn ensure_debian_package(file: &str, package: &str) -> Result<(), String> {
+    if Path::new(file).is_file() {
         return Ok(());
     }
     let root = output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0");
@@ -110,7 +113,7 @@ fn ensure_chromium() -> Result<(), String> {
         run(&mut c)
     };
     apt(&["update"])?;
-    apt(&["install", "-y", "--no-install-recommends", "chromium"])
+    apt(&["install", "-y", "--no-install-recommends", package])
 }
 
 fn ensure_wasm_target() -> Result<(), String> {
