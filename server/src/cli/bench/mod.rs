@@ -366,9 +366,6 @@ fn targets(reports: &[Report]) -> Vec<Target> {
 }
 
 async fn soak_main(a: BenchArgs) -> Result<(), String> {
-    if !(0.0..=1.0).contains(&a.hot_share) {
-        return Err(format!("--hot-share must be between 0 and 1, not {}", a.hot_share));
-    }
     soak::soak(soak::SoakArgs {
         target: crate::cli::client::Target { target: a.target, token: a.token, txn: None },
         duration: a.duration.unwrap_or(Duration::from_secs(300)),
