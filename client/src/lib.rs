@@ -21,7 +21,9 @@ mod txn;
 
 use std::time::{Duration, Instant};
 
-use restm_shared::{BeginRequest, BeginResponse, HEADER_AT, HistoryPage, ListPage, PROBLEM_JSON, Problem};
+use restm_shared::{
+    BeginRequest, BeginResponse, HEADER_AT, HistoryPage, ListPage, PROBLEM_JSON, PointerEntry, Problem,
+};
 use serde::de::DeserializeOwned;
 
 pub use error::Error;
@@ -232,6 +234,27 @@ impl Client {
             req = req.header(HEADER_AT, at);
         }
         Self::json(req).await
+    }
+
+    /// Every pointer whose id starts with `prefix` (at most `limit`), by id, now or as of
+    /// `at`, gathered page by page.
+    pub async fn list_all(
+        &self,
+        prefix: &str,
+        at: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PointerEntry>, Error> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        while out.len() < limit {
+            let page = self.list(prefix, after.as_deref(), (limit - out.len()).min(1000), at).await?;
+            out.extend(page.pointers);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// One page of `ptr`'s versions, oldest first, after the cursor `after` (the previous

@@ -50,16 +50,8 @@ async fn values(c: &Client, ptr: &str) -> Vec<Option<serde_json::Value>> {
 }
 
 async fn all_ptrs(c: &Client, prefix: &str) -> Vec<(String, serde_json::Value)> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = c.list(prefix, after.as_deref(), 1000, None).await.unwrap();
-        out.extend(page.pointers.into_iter().map(|e| (e.ptr, serde_json::from_str(e.value.get()).unwrap())));
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return out,
-        }
-    }
+    let all = c.list_all(prefix, None, usize::MAX).await.unwrap();
+    all.into_iter().map(|e| (e.ptr, serde_json::from_str(e.value.get()).unwrap())).collect()
 }
 
 async fn wait_final(tasks: &Tasks, id: &str, within: Duration) -> Task {

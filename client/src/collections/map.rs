@@ -58,18 +58,11 @@ impl Map {
         let prefix = self.prefix();
         let at = tx.read_version().to_string();
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = tx.client().list(&prefix, after.as_deref(), 1000, Some(&at)).await?;
-            for e in page.pointers {
-                let key = e.ptr.strip_prefix(&prefix).unwrap_or(&e.ptr).to_string();
-                out.push((key, serde_json::from_str(e.value.get())?));
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
+        for e in tx.client().list_all(&prefix, Some(&at), usize::MAX).await? {
+            let key = e.ptr.strip_prefix(&prefix).unwrap_or(&e.ptr).to_string();
+            out.push((key, serde_json::from_str(e.value.get())?));
         }
+        Ok(out)
     }
 
     /// Keys in the map (a striped counter kept with every insert and removal).

@@ -147,24 +147,17 @@ impl Tasks {
     /// Ids of the tasks in `status` (by id), at most `limit`, with their handler.
     pub async fn ids(&self, status: Status, limit: usize) -> Result<Vec<(String, String)>, Error> {
         let prefix = self.index_prefix(status);
-        let mut out = Vec::new();
-        let mut after = None;
-        while out.len() < limit {
-            let page =
-                self.client.list(&prefix, after.as_deref(), (limit - out.len()).min(1000), None).await?;
-            for e in page.pointers {
+        let entries = self.client.list_all(&prefix, None, limit).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
                 let handler = serde_json::from_str::<Value>(e.value.get())
                     .ok()
                     .and_then(|v| v.get("handler").and_then(Value::as_str).map(str::to_string))
                     .unwrap_or_default();
-                out.push((e.ptr[prefix.len()..].to_string(), handler));
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        Ok(out)
+                (e.ptr[prefix.len()..].to_string(), handler)
+            })
+            .collect())
     }
 
     /// The tasks in `status`, at most `limit`.

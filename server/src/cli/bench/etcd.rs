@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use indicatif::ProgressBar;
 use rand::Rng;
 use serde_json::{Value, json};
 
 use super::restm::distinct;
-use super::run::{BoxFuture, Check, Op, Prepared, backoff};
+use super::run::{BoxFuture, Check, Op, Prepared, backoff, fill};
 use super::{Setup, Workload};
 
 /// An etcd server under test.
@@ -270,25 +269,11 @@ pub async fn prepare(sys: &Etcd, w: Workload, s: &Setup) -> Result<Prepared, Str
 
 /// Gives `key` `s.versions` revisions; answers them.
 async fn deep(sys: &Arc<Etcd>, key: &str, s: &Setup) -> Result<Arc<Vec<u64>>, String> {
-    let bar = ProgressBar::new(s.versions);
-    let left = Arc::new(AtomicU64::new(s.versions));
-    let mut writers = Vec::new();
-    for _ in 0..s.clients.clamp(1, 16) {
-        let (sys, left, bar, key, v) =
-            (sys.clone(), left.clone(), bar.clone(), key.to_string(), s.value.to_string());
-        writers.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-                got.push(sys.put(&key, &v).await?);
-                bar.inc(1);
-            }
-            Ok::<_, String>(got)
-        }));
-    }
-    let mut revs = Vec::new();
-    for w in writers {
-        revs.extend(w.await.map_err(|e| e.to_string())??);
-    }
-    bar.finish_and_clear();
+    let (sys, key, v) = (sys.clone(), key.to_string(), s.value.to_string());
+    let revs = fill(s.versions, s.clients, move || {
+        let (sys, key, v) = (sys.clone(), key.clone(), v.clone());
+        async move { sys.put(&key, &v).await }
+    })
+    .await?;
     Ok(Arc::new(revs))
 }

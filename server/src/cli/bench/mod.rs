@@ -55,16 +55,9 @@ pub enum Workload {
 }
 
 /// What `restm bench` does: one workload, all of them, or the GC soak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    Health,
-    LatestRead,
-    AsOfRead,
-    Write,
-    MultiWrite,
-    Rmw,
-    Bank,
-    HotIncrement,
+    One(Workload),
     /// Every workload (the hot increment with 1 and with 32 clients), then the targets.
     Suite,
     /// GC soak: one hot pointer and --cold cold ones written continuously; samples the
@@ -73,10 +66,33 @@ pub enum Action {
     Soak,
 }
 
+/// Parses an [`Action`]: a workload's name, `suite` or `soak` (all listed in `--help`).
+fn action_parser() -> impl clap::builder::TypedValueParser<Value = Action> {
+    use clap::ValueEnum;
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let mut names: Vec<PossibleValue> =
+        Workload::value_variants().iter().filter_map(ValueEnum::to_possible_value).collect();
+    names.push(PossibleValue::new("suite").help("every workload, then the targets (ratios of one run)"));
+    names.push(
+        PossibleValue::new("soak").help("GC soak: samples the node's memory and disk under steady writes"),
+    );
+    PossibleValuesParser::new(names).map(|name| match name.as_str() {
+        "suite" => Action::Suite,
+        "soak" => Action::Soak,
+        _ => Workload::value_variants()
+            .iter()
+            .copied()
+            .find(|w| w.to_possible_value().is_some_and(|p| p.matches(&name, false)))
+            // Unreachable: the parser above only lets the listed names through.
+            .map_or(Action::Suite, Action::One),
+    })
+}
+
 /// Options of `restm bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// The workload.
+    #[arg(value_parser = action_parser())]
     pub action: Action,
     /// Base URL of the node.
     #[arg(long, env = "RESTM_URL", default_value = "http://127.0.0.1:7070")]
@@ -173,14 +189,7 @@ pub async fn main(a: BenchArgs) -> Result<(), String> {
     let workload = match a.action {
         Action::Soak => return soak_main(a).await,
         Action::Suite => None,
-        Action::Health => Some(Workload::Health),
-        Action::LatestRead => Some(Workload::LatestRead),
-        Action::AsOfRead => Some(Workload::AsOfRead),
-        Action::Write => Some(Workload::Write),
-        Action::MultiWrite => Some(Workload::MultiWrite),
-        Action::Rmw => Some(Workload::Rmw),
-        Action::Bank => Some(Workload::Bank),
-        Action::HotIncrement => Some(Workload::HotIncrement),
+        Action::One(w) => Some(w),
     };
     let clients = a.clients.unwrap_or(16);
     let plan: Vec<(Workload, u64)> = match workload {

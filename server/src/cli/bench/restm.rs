@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use indicatif::ProgressBar;
 use rand::Rng;
 use restm_shared::{BeginResponse, HEADER_AT, HEADER_TXN, ListPage};
 use serde_json::{Value, json};
 
-use super::run::{Prepared, backoff};
+use super::run::{Prepared, backoff, fill};
 use super::{Setup, Workload};
 
 /// A reSTM node under test.
@@ -349,28 +348,15 @@ pub fn distinct(n: u64, keys: u64) -> Vec<u64> {
 
 /// Gives `ptr` `s.versions` versions, written by `s.clients` writers; answers them.
 async fn deep(sys: &Arc<Restm>, ptr: &str, s: &Setup) -> Result<Arc<Vec<u64>>, String> {
-    let bar = ProgressBar::new(s.versions);
-    bar.set_message(format!("writing {} versions of {ptr}", s.versions));
-    let left = Arc::new(AtomicU64::new(s.versions));
-    let mut writers = Vec::new();
-    for _ in 0..s.clients.clamp(1, 16) {
-        let (sys, left, bar, path, v) =
-            (sys.clone(), left.clone(), bar.clone(), Restm::ptr(ptr), s.value.clone());
-        writers.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-                let r = sys.fatal(sys.req(reqwest::Method::PUT, &path).json(&v)).await?;
-                let w: restm_shared::WriteResponse = r.json().await.map_err(|e| e.to_string())?;
-                got.push(w.version);
-                bar.inc(1);
-            }
-            Ok::<_, String>(got)
-        }));
-    }
-    let mut versions = Vec::new();
-    for w in writers {
-        versions.extend(w.await.map_err(|e| e.to_string())??);
-    }
-    bar.finish_and_clear();
+    let (sys, path, v) = (sys.clone(), Restm::ptr(ptr), s.value.clone());
+    let versions = fill(s.versions, s.clients, move || {
+        let (sys, path, v) = (sys.clone(), path.clone(), v.clone());
+        async move {
+            let r = sys.fatal(sys.req(reqwest::Method::PUT, &path).json(&v)).await?;
+            let w: restm_shared::WriteResponse = r.json().await.map_err(|e| e.to_string())?;
+            Ok(w.version)
+        }
+    })
+    .await?;
     Ok(Arc::new(versions))
 }

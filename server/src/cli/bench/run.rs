@@ -194,6 +194,36 @@ fn summarise(
     }
 }
 
+/// Calls `write` `total` times from up to 16 concurrent loops, with a progress bar, and
+/// answers what the calls answered (a set-up step, such as writing many versions).
+pub async fn fill<F, Fut>(total: u64, clients: u64, write: F) -> Result<Vec<u64>, String>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<u64, String>> + Send,
+{
+    let bar = ProgressBar::new(total);
+    let left = Arc::new(AtomicU64::new(total));
+    let write = Arc::new(write);
+    let mut writers = Vec::new();
+    for _ in 0..clients.clamp(1, 16) {
+        let (left, bar, write) = (left.clone(), bar.clone(), write.clone());
+        writers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                got.push(write().await?);
+                bar.inc(1);
+            }
+            Ok::<_, String>(got)
+        }));
+    }
+    let mut out = Vec::new();
+    for w in writers {
+        out.extend(w.await.map_err(|e| e.to_string())??);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
 /// Full-jitter exponential back-off before retry number `retry` (1 for the first).
 pub async fn backoff(retry: u32) {
     use rand::Rng;
