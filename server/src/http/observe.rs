@@ -91,6 +91,10 @@ pub fn request_span(state: &AppState, req: &axum::http::Request<axum::body::Body
         restm.ptr = tracing::field::Empty,
         restm.version = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        // No layer wants it (no trace export, no RUST_LOG asking for spans): skip the lookups.
+        return span;
+    }
     let headers = req.headers();
     let txn = headers
         .get(restm_shared::HEADER_TXN)
