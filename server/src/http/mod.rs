@@ -126,6 +126,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(dir) => tracing::warn!(dir = %dir.display(), "no index.html in --ui-dir; /ui/ will answer 404"),
         None => {}
     }
+    // Answers are small and clients wait for each one: send them without Nagle's delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state, args.max_body, args.ui_dir.as_deref()))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -114,14 +114,22 @@ pub async fn measure(
             (lat_us, attempts, errors, first_error, Instant::now())
         }));
     }
-    let bar = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
-        bar.set_style(style);
+    // The bar fills over the measured window: milliseconds of it, or operations.
+    let bar = ProgressBar::new(match stop {
+        Stop::After(d) => d.as_millis() as u64,
+        Stop::Count(n) => n,
+    });
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {msg}") {
+        bar.set_style(style.progress_chars("=> "));
     }
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = Instant::now();
         let n = done.load(Ordering::Relaxed);
+        bar.set_position(match stop {
+            Stop::After(_) => now.saturating_duration_since(from).as_millis() as u64,
+            Stop::Count(_) => n,
+        });
         let phase = if now < from { "warming up".to_string() } else { format!("{n} ops") };
         bar.set_message(format!("{system} {workload} ({clients} clients): {phase}"));
         let over = match stop {
