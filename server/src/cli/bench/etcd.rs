@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::restm::distinct;
 use super::run::{BoxFuture, Check, Op, Prepared, backoff, fill};
-use super::{Setup, Workload};
+use super::{Accounts, Setup, Workload, count_check};
 
 /// An etcd server under test.
 #[derive(Clone)]
@@ -191,30 +191,19 @@ pub async fn prepare(sys: &Etcd, w: Workload, s: &Setup) -> Result<Prepared, Str
                 Box::new(move || {
                     Box::pin(async move {
                         let (v, _) = sys.int(&k).await?;
-                        let c = commits.load(Ordering::Relaxed) as i64;
-                        if v == c {
-                            Ok(format!("hot key = {v} = committed increments"))
-                        } else {
-                            Err(format!("hot key is {v} after {c} committed increments"))
-                        }
+                        count_check(v, commits.load(Ordering::Relaxed))
                     }) as BoxFuture<Result<String, String>>
                 }) as Check
             });
             return Ok(Prepared { op, check });
         }
         Workload::Bank => {
-            let acct_prefix = format!("bench/{}/acct/", s.tag);
-            let acct = {
-                let p = acct_prefix.clone();
-                move |i: u64| format!("{p}{i:08}")
-            };
-            sys.preload((0..keys).map(|i| (acct(i), "1000".to_string())).collect()).await?;
-            let op_sys = sys.clone();
+            let accounts = Accounts::new(&s.tag, keys);
+            let opening = Accounts::OPENING.to_string();
+            sys.preload((0..keys).map(|i| (accounts.name(i), opening.clone())).collect()).await?;
+            let (op_sys, op_accounts) = (sys.clone(), accounts.clone());
             let op: Op = Arc::new(move || {
-                let (a, b, amount) = {
-                    let [a, b] = <[u64; 2]>::try_from(distinct(2, keys)).unwrap_or([0, 1]);
-                    (acct(a), acct(b), rand::rng().random_range(1..=10i64))
-                };
+                let (a, b, amount) = op_accounts.pick();
                 let sys = op_sys.clone();
                 Box::pin(async move {
                     let mut attempt = 1;
@@ -238,27 +227,23 @@ pub async fn prepare(sys: &Etcd, w: Workload, s: &Setup) -> Result<Prepared, Str
             let check_sys = sys.clone();
             let check: Check = Box::new(move || {
                 Box::pin(async move {
-                    let end = format!("{}0", &acct_prefix[..acct_prefix.len() - 1]);
+                    let prefix = &accounts.prefix;
+                    let end = format!("{}0", &prefix[..prefix.len() - 1]);
                     let v = check_sys
                         .call(
                             "/v3/kv/range",
-                            &json!({"key": b64(&acct_prefix), "range_end": b64(&end), "limit": 0}),
+                            &json!({"key": b64(prefix), "range_end": b64(&end), "limit": 0}),
                         )
                         .await?;
-                    let mut sum = 0i64;
-                    let mut count = 0u64;
+                    let mut balances = Vec::new();
                     for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
                         let raw = B64
                             .decode(kv["value"].as_str().unwrap_or_default())
                             .map_err(|e| e.to_string())?;
-                        sum += String::from_utf8_lossy(&raw).parse::<i64>().map_err(|e| e.to_string())?;
-                        count += 1;
+                        balances
+                            .push(String::from_utf8_lossy(&raw).parse::<i64>().map_err(|e| e.to_string())?);
                     }
-                    if count == keys && sum == keys as i64 * 1000 {
-                        Ok(format!("{keys} accounts sum to {sum}"))
-                    } else {
-                        Err(format!("{count} accounts sum to {sum}, want {}", keys as i64 * 1000))
-                    }
+                    accounts.audit(&balances)
                 })
             });
             return Ok(Prepared { op, check: Some(check) });

@@ -159,6 +159,52 @@ pub struct Setup {
     pub lock_reads: bool,
 }
 
+/// The bank's accounts: `bench/<tag>/acct/<i, 8 digits>`, each opened with
+/// [`Accounts::OPENING`].
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    pub prefix: String,
+    pub count: u64,
+}
+
+impl Accounts {
+    pub const OPENING: i64 = 1000;
+
+    pub fn new(tag: &str, count: u64) -> Self {
+        Self { prefix: format!("bench/{tag}/acct/"), count }
+    }
+
+    pub fn name(&self, i: u64) -> String {
+        format!("{}{i:08}", self.prefix)
+    }
+
+    /// A random transfer: two distinct accounts and an amount of 1..=10.
+    pub fn pick(&self) -> (String, String, i64) {
+        let [a, b] = <[u64; 2]>::try_from(restm::distinct(2, self.count)).unwrap_or([0, 1]);
+        (self.name(a), self.name(b), rand::rng().random_range(1..=10))
+    }
+
+    /// The end check: every account is there, none is negative, and the total is unchanged.
+    pub fn audit(&self, balances: &[i64]) -> Result<String, String> {
+        let (sum, min) = (balances.iter().sum::<i64>(), balances.iter().copied().min().unwrap_or(0));
+        let want = self.count as i64 * Self::OPENING;
+        if balances.len() as u64 == self.count && sum == want && min >= 0 {
+            Ok(format!("{} accounts sum to {sum}, none negative", self.count))
+        } else {
+            Err(format!("{} accounts sum to {sum} (want {want}), lowest {min}", balances.len()))
+        }
+    }
+}
+
+/// The hot increment's end check: the pointer counted every committed increment.
+pub fn count_check(value: i64, commits: u64) -> Result<String, String> {
+    if value == commits as i64 {
+        Ok(format!("final value {value} = committed increments"))
+    } else {
+        Err(format!("final value {value} after {commits} committed increments"))
+    }
+}
+
 /// A performance target: a ratio of two figures of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {

@@ -9,7 +9,7 @@ use restm_shared::{BeginResponse, HEADER_AT, HEADER_TXN, ListPage};
 use serde_json::{Value, json};
 
 use super::run::{Prepared, backoff, fill};
-use super::{Setup, Workload};
+use super::{Accounts, Setup, Workload, count_check};
 
 /// A reSTM node under test.
 #[derive(Clone)]
@@ -260,30 +260,18 @@ pub async fn prepare(sys: &Restm, w: Workload, s: &Setup) -> Result<Prepared, St
                     Box::pin(async move {
                         let r = sys.fatal(sys.req(reqwest::Method::GET, &Restm::ptr(&ptr))).await?;
                         let v: i64 = r.json().await.map_err(|e| e.to_string())?;
-                        let c = commits.load(Ordering::Relaxed) as i64;
-                        if v == c {
-                            Ok(format!("hot pointer = {v} = committed increments"))
-                        } else {
-                            Err(format!("hot pointer is {v} after {c} committed increments"))
-                        }
+                        count_check(v, commits.load(Ordering::Relaxed))
                     }) as super::run::BoxFuture<Result<String, String>>
                 }) as super::run::Check
             });
             return Ok(Prepared { op, check });
         }
         Workload::Bank => {
-            let acct_prefix = format!("bench/{}/acct/", s.tag);
-            let acct = {
-                let p = acct_prefix.clone();
-                move |i: u64| format!("{p}{i:08}")
-            };
-            sys.preload((0..keys).map(|i| (acct(i), json!(1000))).collect()).await?;
-            let op_sys = sys.clone();
+            let accounts = Accounts::new(&s.tag, keys);
+            sys.preload((0..keys).map(|i| (accounts.name(i), json!(Accounts::OPENING))).collect()).await?;
+            let (op_sys, op_accounts) = (sys.clone(), accounts.clone());
             let op: super::run::Op = Arc::new(move || {
-                let (a, b, amount) = {
-                    let [a, b] = <[u64; 2]>::try_from(distinct(2, keys)).unwrap_or([0, 1]);
-                    (acct(a), acct(b), rand::rng().random_range(1..=10i64))
-                };
+                let (a, b, amount) = op_accounts.pick();
                 let sys = op_sys.clone();
                 Box::pin(async move {
                     sys.retrying(|txn| {
@@ -313,15 +301,8 @@ pub async fn prepare(sys: &Restm, w: Workload, s: &Setup) -> Result<Prepared, St
             let check_sys = sys.clone();
             let check: super::run::Check = Box::new(move || {
                 Box::pin(async move {
-                    let balances = check_sys.list_ints(&acct_prefix).await?;
-                    let (sum, min) =
-                        (balances.iter().sum::<i64>(), balances.iter().copied().min().unwrap_or(0));
-                    let want = keys as i64 * 1000;
-                    if balances.len() as u64 == keys && sum == want && min >= 0 {
-                        Ok(format!("{keys} accounts sum to {sum}, none negative"))
-                    } else {
-                        Err(format!("{} accounts sum to {sum} (want {want}), lowest {min}", balances.len()))
-                    }
+                    let balances = check_sys.list_ints(&accounts.prefix).await?;
+                    accounts.audit(&balances)
                 })
             });
             return Ok(Prepared { op, check: Some(check) });
