@@ -194,15 +194,17 @@ impl Partition {
             }
             let latest = st.chain.latest();
             if latest.map(|v| v.version) != *seen {
-                // A newer version replaced the one read. (A pointer whose chain is empty here
-                // but was seen with a version cannot happen: the latest is always hot.)
-                if let Some(v) = latest {
-                    return Err(Conflict::Stale {
+                // A newer version replaced the one read, or garbage collection removed the
+                // tombstone that was read (the latest version is always hot, so an empty
+                // chain means that), as when the whole pointer is gone above.
+                return Err(match latest {
+                    Some(v) => Conflict::Stale {
                         ptr: ptr.clone(),
                         winner_txn: v.txn.clone(),
                         winner_version: v.version,
-                    });
-                }
+                    },
+                    None => Conflict::Stale { ptr: ptr.clone(), winner_txn: "gc".into(), winner_version: 0 },
+                });
             }
         }
         Ok(())
