@@ -321,7 +321,17 @@ impl Node {
             if waited && !matches!(step, Ok(WriteStep::Wait { .. })) {
                 self.metrics.observe_lock_wait(started.elapsed().as_secs_f64());
             }
-            match step? {
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    if waited {
+                        // Woken, but not taking the lock: the next waiter must not sleep on.
+                        self.engine.pass_lock_turn(ptr);
+                    }
+                    return Err(e);
+                }
+            };
+            match step {
                 WriteStep::Staged => return Ok(()),
                 WriteStep::Wait { holder, listener } => {
                     waited = true;

@@ -57,6 +57,36 @@ async fn a_locking_read_waits_for_the_holder_then_sees_its_commit() {
 }
 
 #[tokio::test]
+async fn a_waiter_aborted_while_in_line_hands_its_turn_to_the_next() {
+    // A release wakes one lock waiter; if that one's txn has ended, the next must not sleep
+    // on until its lock timeout.
+    let node = Node::start_with(&["--lock-timeout", "20s"]);
+    let api = Api::new(&node);
+    api.put_ok("x", &json!(0)).await;
+    let (t1, t2, t3) = (api.begin().await, api.begin().await, api.begin().await);
+    assert_eq!(lock_read(&api, &t1, "x").await.status(), 200);
+    let in_line = |txn: String| {
+        let api = Api::new(&node);
+        tokio::spawn(async move { lock_read(&api, &txn, "x").await.status().as_u16() })
+    };
+    let second = in_line(t2.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = in_line(t3.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.abort(&t2).await.status(), 200);
+    assert!(!second.is_finished() && !third.is_finished(), "both still wait for x");
+    let released = std::time::Instant::now();
+    assert_eq!(api.tput(&t1, "x", &json!(1)).await.status(), 200);
+    assert_eq!(api.commit(&t1).await.status(), 200);
+    assert_eq!(third.await.unwrap(), 200);
+    assert!(released.elapsed() < Duration::from_secs(5), "the third waited {:?}", released.elapsed());
+    assert_eq!(second.await.unwrap(), 409, "the aborted waiter is told so");
+    assert_eq!(api.tput(&t3, "x", &json!(2)).await.status(), 200);
+    assert_eq!(api.commit(&t3).await.status(), 200);
+    assert_eq!(api.value("x").await, Some(json!(2)));
+}
+
+#[tokio::test]
 async fn a_refresh_is_refused_when_something_read_before_has_changed() {
     let node = Node::start();
     let api = Api::new(&node);

@@ -338,6 +338,12 @@ impl Engine {
         self.txns.active_count()
     }
 
+    /// A transaction woken from waiting for `ptr`'s lock will not take it (it failed or
+    /// ended): the next waiter gets the turn. A release wakes one lock waiter at a time.
+    pub fn pass_lock_turn(&self, ptr: &str) {
+        self.partition(ptr).pass_on(ptr);
+    }
+
     /// The transaction holding `ptr`'s lock.
     pub fn lock_holder(&self, ptr: &str) -> Option<TxnId> {
         self.partition(ptr).holder(ptr)

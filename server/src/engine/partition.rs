@@ -136,7 +136,7 @@ impl Partition {
                     LockOutcome::Acquired
                 }
                 Some(l) if l.txn == *txn => LockOutcome::AlreadyHeld,
-                Some(l) => LockOutcome::Held { holder: l.txn.clone(), listener: cell.listen() },
+                Some(l) => LockOutcome::Held { holder: l.txn.clone(), listener: cell.listen_lock() },
             };
         }
     }
@@ -147,12 +147,21 @@ impl Partition {
         let mut st = cell.state.lock();
         if st.lock.as_ref().is_some_and(|l| l.txn == *txn) {
             st.lock = None;
-            if st.chain.is_empty() {
+            let dead = st.chain.is_empty();
+            if dead {
                 st.dead = true;
                 self.pointers.remove(ptr);
             }
             drop(st);
-            cell.notify_released();
+            if dead { cell.notify_dead() } else { cell.notify_released() }
+        }
+    }
+
+    /// A lock waiter on `ptr` that was woken gives its turn to the next (see
+    /// [`PointerCell::pass_on`]).
+    pub fn pass_on(&self, ptr: &str) {
+        if let Some(cell) = self.cell(ptr) {
+            cell.pass_on();
         }
     }
 
@@ -293,7 +302,7 @@ impl Partition {
                     st.dead = true;
                     self.pointers.remove(&ptr);
                     drop(st);
-                    cell.notify_released();
+                    cell.notify_dead();
                     out.disk.push(DiskPrune::Through { ptr, version: through });
                 }
             }
@@ -347,6 +356,73 @@ mod tests {
         p.lock(&a, &x);
         p.unlock(&a, &x);
         assert_eq!(p.stats().0, 0);
+    }
+
+    /// Polls a listener once: has it fired?
+    fn fired(l: &mut EventListener) -> bool {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(l).poll(&mut cx).is_ready()
+    }
+
+    fn held(outcome: LockOutcome) -> EventListener {
+        match outcome {
+            LockOutcome::Held { listener, .. } => listener,
+            _ => panic!("expected the lock to be held"),
+        }
+    }
+
+    #[test]
+    fn a_release_wakes_every_reader_but_one_lock_waiter_in_arrival_order() {
+        let p = Partition::new(0);
+        let [a, b, c, d]: [TxnId; 4] = ["a".into(), "b".into(), "c".into(), "d".into()];
+        let x: PtrId = "x".into();
+        p.lock(&a, &x);
+        let (mut lb, mut lc, mut ld) = (held(p.lock(&b, &x)), held(p.lock(&c, &x)), held(p.lock(&d, &x)));
+        p.prepare(&a, std::slice::from_ref(&x), 100).unwrap();
+        let mut readers: Vec<EventListener> = (0..2)
+            .map(|_| match p.read("x", 101, None) {
+                PartitionRead::Wait(l) => l,
+                _ => panic!("a read above a prepared write waits"),
+            })
+            .collect();
+        assert!(!fired(&mut lb) && !fired(&mut readers[0]));
+        p.commit(&a, 105, &"t".into(), &[(x.clone(), Some(Bytes::from_static(b"1")))], 4);
+        assert!(readers.iter_mut().all(fired), "every reader goes on");
+        assert!(fired(&mut lb), "the first waiter gets the turn");
+        assert!(!fired(&mut lc) && !fired(&mut ld), "the others sleep on");
+        // b was woken but gives up (say its lease ran out): c is next, d still sleeps.
+        p.pass_on(&x);
+        assert!(fired(&mut lc) && !fired(&mut ld));
+        assert!(matches!(p.lock(&c, &x), LockOutcome::Acquired));
+        p.unlock(&c, &x);
+        assert!(fired(&mut ld));
+    }
+
+    #[test]
+    fn a_woken_waiter_dropped_before_it_runs_passes_its_turn_on() {
+        let p = Partition::new(0);
+        let [a, b, c]: [TxnId; 3] = ["a".into(), "b".into(), "c".into()];
+        let x: PtrId = "x".into();
+        p.lock(&a, &x);
+        p.commit(&a, 5, &"t".into(), &[(x.clone(), Some(Bytes::from_static(b"1")))], 4);
+        p.lock(&a, &x);
+        let (lb, mut lc) = (held(p.lock(&b, &x)), held(p.lock(&c, &x)));
+        p.unlock(&a, &x);
+        assert!(!fired(&mut lc));
+        drop(lb); // b timed out just as it was woken
+        assert!(fired(&mut lc));
+    }
+
+    #[test]
+    fn an_unlinked_cell_wakes_every_lock_waiter() {
+        let p = Partition::new(0);
+        let [a, b, c]: [TxnId; 3] = ["a".into(), "b".into(), "c".into()];
+        let x: PtrId = "x".into();
+        p.lock(&a, &x);
+        let (mut lb, mut lc) = (held(p.lock(&b, &x)), held(p.lock(&c, &x)));
+        p.unlock(&a, &x); // nothing was ever written: the cell goes
+        assert!(fired(&mut lb) && fired(&mut lc), "both retry on the new cell");
     }
 
     #[test]

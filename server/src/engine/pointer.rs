@@ -194,23 +194,54 @@ pub struct PointerState {
 #[derive(Debug, Default)]
 pub struct PointerCell {
     pub state: Mutex<PointerState>,
+    /// Readers waiting for a prepared write to commit or abort: all of them can go on at
+    /// once, so a release wakes them all.
     released: Event,
+    /// Transactions waiting for the write lock: only one can take it, so a release wakes the
+    /// longest waiter alone (first in, first out). Waking them all made every release of a
+    /// hot pointer cost one futile retry per waiter.
+    unlocked: Event,
 }
 
 impl PointerCell {
     pub fn with_chain(chain: VersionChain) -> Self {
-        Self { state: Mutex::new(PointerState { chain, lock: None, dead: false }), released: Event::new() }
+        Self {
+            state: Mutex::new(PointerState { chain, lock: None, dead: false }),
+            released: Event::new(),
+            unlocked: Event::new(),
+        }
     }
 
-    /// A listener that fires on the next release. Create it while holding the state lock so
-    /// that a release between the check and the wait is never missed.
+    /// A reader's listener that fires on the next release. Create it while holding the
+    /// state lock so that a release between the check and the wait is never missed.
     pub fn listen(&self) -> EventListener {
         self.released.listen()
     }
 
-    /// Wakes every waiter.
+    /// A lock waiter's listener, in line behind earlier ones; create it under the state lock.
+    /// A waiter that is woken and then does not take the lock must call [`Self::pass_on`].
+    /// (Dropping a listener that was woken but not yet polled passes the turn on by itself.)
+    pub fn listen_lock(&self) -> EventListener {
+        self.unlocked.listen()
+    }
+
+    /// The lock was released: wakes every reader and the longest lock waiter (unless one is
+    /// already woken and has not run yet: it will find the lock free, or behind a newcomer
+    /// whose release wakes the next).
     pub fn notify_released(&self) {
         self.released.notify(usize::MAX);
+        self.unlocked.notify(1);
+    }
+
+    /// The cell was unlinked: every waiter retries on the pointer's new cell.
+    pub fn notify_dead(&self) {
+        self.released.notify(usize::MAX);
+        self.unlocked.notify(usize::MAX);
+    }
+
+    /// A woken lock waiter gives up its turn (its transaction ended): wakes the next one.
+    pub fn pass_on(&self) {
+        self.unlocked.notify(1);
     }
 }
 
