@@ -18,6 +18,15 @@ use crate::engine::events::{EngineEvent, EventKind, EventSink};
 
 type Labels = Vec<(String, String)>;
 
+/// Labels of `restm_http_request_duration_seconds`, made once per request: the route
+/// template, the method (a static name for the standard ones) and the status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: std::borrow::Cow<'static, str>,
+    status: u16,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
@@ -60,7 +69,7 @@ pub struct Metrics {
     aborts: Family<Labels, Counter>,
     conflicts: Counter,
     lock_wait: Histogram,
-    requests: Family<Labels, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     active_txns: Gauge,
     oldest_txn_age: Gauge<f64, AtomicU64>,
     pointers_mem: Gauge,
@@ -225,12 +234,16 @@ impl Metrics {
     }
 
     /// Records one HTTP request.
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let labels = vec![
-            ("route".to_string(), route.to_string()),
-            ("method".to_string(), method.to_string()),
-            ("status".to_string(), status.to_string()),
-        ];
+    pub fn observe_request(&self, route: &str, method: &axum::http::Method, status: u16, seconds: f64) {
+        use axum::http::Method;
+        let method = match *method {
+            Method::GET => "GET".into(),
+            Method::PUT => "PUT".into(),
+            Method::POST => "POST".into(),
+            Method::DELETE => "DELETE".into(),
+            ref other => other.as_str().to_string().into(),
+        };
+        let labels = RequestLabels { route: route.to_string(), method, status };
         self.requests.get_or_create(&labels).observe(seconds);
     }
 

@@ -3,32 +3,31 @@
 //! comparison takes constant time. Browsers cannot set headers on a WebSocket, so
 //! `/events` also takes the token as the subprotocol `restm.bearer.<token>`.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
 
-/// Middleware: refuses requests without the node's token.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = state.auth_token.as_deref() else { return next.run(req).await };
+/// Refuses a request without the node's token (see [`super::observe::edge`], which runs
+/// this for every request).
+pub fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let Some(token) = state.auth_token.as_deref() else { return Ok(()) };
     let path = req.uri().path();
     if path == "/health" || path == "/ui" || path.starts_with("/ui/") {
-        return next.run(req).await;
+        return Ok(());
     }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .or_else(|| if path == "/events" { websocket_token(&req) } else { None });
+        .or_else(|| if path == "/events" { websocket_token(req) } else { None });
     match given {
-        None => ApiError::Unauthorized.into_response(),
-        Some(g) if bool::from(g.trim().as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::Forbidden.into_response(),
+        None => Err(ApiError::Unauthorized),
+        Some(g) if bool::from(g.trim().as_bytes().ct_eq(token.as_bytes())) => Ok(()),
+        Some(_) => Err(ApiError::Forbidden),
     }
 }
 

@@ -29,13 +29,30 @@ use crate::engine::EngineConfig;
 use crate::node::{Node, NodeConfig};
 use error::ApiError;
 
-/// State shared by every handler: cheap to clone.
+/// State shared by every handler: one `Arc`, cloned for each request by axum.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub node: Arc<Node>,
     pub events: Arc<crate::events::EventHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub auth_token: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Builds the router of the contract over a node.
@@ -61,9 +78,7 @@ pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>
         .merge(ui::routes(ui_dir))
         .fallback(|| async { ApiError::RouteNotFound("no such route; see /openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::time_request))
-        .layer(axum::middleware::from_fn(observe::trace_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::edge))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http().make_span_with({
             let state = state.clone();
@@ -114,7 +129,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
     node.spawn_reaper();
     node.spawn_gc();
-    let state = AppState { node, events, metrics, auth_token: args.auth_token.map(Arc::from) };
+    let state = AppState::new(Shared { node, events, metrics, auth_token: args.auth_token.map(Arc::from) });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -43,14 +43,28 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Middleware: times every request, labelled by its route template (not its raw path, so
-/// pointer ids never become label values).
-pub async fn time_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
-    let method = req.method().to_string();
+/// The one middleware every request passes: checks the token ([`super::auth::check`]),
+/// times the request labelled by its route template (never its raw path, so pointer ids
+/// never become label values), records the status on the request span and returns the
+/// request's trace as a W3C `traceresponse` header. One layer rather than three: axum
+/// clones each layer's state and inner service for every request.
+pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = Instant::now();
-    let resp = next.run(req).await;
-    state.metrics.observe_request(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    let mut resp = match super::auth::check(&state, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    let status = resp.status().as_u16();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.observe_request(route, &method, status, started.elapsed().as_secs_f64());
+    tracing::Span::current().record("http.response.status_code", status);
+    if let Some((t, s)) = crate::telemetry::current()
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("00-{t}-{s}-01"))
+    {
+        resp.headers_mut().insert("traceresponse", v);
+    }
     resp
 }
 
@@ -114,17 +128,4 @@ pub fn request_span(state: &AppState, req: &axum::http::Request<axum::body::Body
         crate::telemetry::set_parent(&span, &t, &s);
     }
     span
-}
-
-/// Middleware: returns the request's trace as a W3C `traceresponse` header, and records
-/// the status on the span.
-pub async fn trace_response(req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
-    tracing::Span::current().record("http.response.status_code", resp.status().as_u16());
-    if let Some((t, s)) = crate::telemetry::current()
-        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("00-{t}-{s}-01"))
-    {
-        resp.headers_mut().insert("traceresponse", v);
-    }
-    resp
 }
