@@ -56,6 +56,13 @@ pub struct Partition {
     pointers: SkipMap<PtrId, Arc<PointerCell>>,
     /// Memory the partition's pointers and hot versions cost (see [`Partition::memory`]).
     bytes: AtomicU64,
+    /// No pointer has anything to prune below this watermark (a lower bound of every
+    /// chain's [`VersionChain::prunable_at`]), so a GC pass below it need not walk the
+    /// partition. Commits and evictions lower it; a pass that walks sets it anew. Starts
+    /// at 0: the first pass walks.
+    prunable_at: AtomicU64,
+    /// The `cold_every` the bound was computed with; a pass with another one walks.
+    cold_every: AtomicU64,
 }
 
 /// Memory a pointer costs with a chain of `chain_bytes` (nothing while it has no version).
@@ -65,7 +72,7 @@ fn footprint(ptr: &str, chain: &VersionChain) -> u64 {
 
 impl Partition {
     pub fn new(id: u32) -> Self {
-        Self { id, pointers: SkipMap::new(), bytes: AtomicU64::new(0) }
+        Self { id, pointers: SkipMap::new(), ..Default::default() }
     }
 
     /// Installs a recovered pointer.
@@ -98,8 +105,17 @@ impl Partition {
             let before = footprint(entry.key(), &st.chain);
             n += st.chain.evict(keep) as u64;
             self.account(before, footprint(entry.key(), &st.chain));
+            self.lower_prunable_at(&st.chain);
         }
         n
+    }
+
+    /// A chain changed: GC must not skip this partition once the watermark reaches what
+    /// became prunable. Called under the pointer's mutex, so a pass either sees the change
+    /// in its walk or finds the lowered bound when it ends.
+    fn lower_prunable_at(&self, chain: &VersionChain) {
+        self.prunable_at
+            .fetch_min(chain.prunable_at(self.cold_every.load(Ordering::SeqCst)), Ordering::SeqCst);
     }
 
     /// The newest committed version of `ptr` (the newest is always in memory).
@@ -245,6 +261,7 @@ impl Partition {
                 max_hot,
             );
             self.account(before, footprint(ptr, &st.chain));
+            self.lower_prunable_at(&st.chain);
             st.lock = None;
             drop(st);
             cell.notify_released();
@@ -271,8 +288,19 @@ impl Partition {
 
     /// `Gc { watermark }`: prunes every pointer's history below `watermark` (see
     /// [`super::gc`]), one pointer's mutex at a time, and says what cold storage must drop.
+    ///
+    /// A partition with nothing prunable below `watermark` is not walked at all (see
+    /// `prunable_at`): with a long retention most passes find nothing, and walking every
+    /// pointer of a big store each second cost CPU for nothing.
     pub fn gc(&self, watermark: u64, cold_every: u64) -> PartitionGc {
         let mut out = PartitionGc::default();
+        let same_cold_every = self.cold_every.swap(cold_every, Ordering::SeqCst) == cold_every;
+        if same_cold_every && watermark < self.prunable_at.load(Ordering::SeqCst) {
+            return out;
+        }
+        // Commits during the walk lower the bound again; the walk adds what it leaves behind.
+        self.prunable_at.store(u64::MAX, Ordering::SeqCst);
+        let mut next = u64::MAX;
         for entry in self.pointers.iter() {
             let ptr = entry.key().clone();
             let cell = entry.value().clone();
@@ -282,11 +310,15 @@ impl Partition {
             }
             if st.lock.is_some() && st.chain.latest().is_some_and(|v| v.value.is_none()) {
                 // A writer is about to put something after the tombstone: leave the pointer be.
+                next = next.min(st.chain.prunable_at(cold_every));
                 continue;
             }
             let before = footprint(&ptr, &st.chain);
             let outcome = st.chain.prune(watermark, cold_every);
             self.account(before, footprint(&ptr, &st.chain));
+            if !matches!(outcome, ChainPrune::Tombstone { .. }) {
+                next = next.min(st.chain.prunable_at(cold_every));
+            }
             match outcome {
                 ChainPrune::Nothing => {}
                 ChainPrune::ColdOnly => out.disk.push(DiskPrune::KeepNewestAtOrBelow { ptr, at: watermark }),
@@ -307,6 +339,7 @@ impl Partition {
                 }
             }
         }
+        self.prunable_at.fetch_min(next, Ordering::SeqCst);
         out
     }
 
@@ -423,6 +456,44 @@ mod tests {
         let (mut lb, mut lc) = (held(p.lock(&b, &x)), held(p.lock(&c, &x)));
         p.unlock(&a, &x); // nothing was ever written: the cell goes
         assert!(fired(&mut lb) && fired(&mut lc), "both retry on the new cell");
+    }
+
+    #[test]
+    fn gc_walks_a_partition_only_once_something_in_it_is_prunable() {
+        let p = Partition::new(0);
+        let a: TxnId = "a".into();
+        let x: PtrId = "x".into();
+        let bound = || p.prunable_at.load(Ordering::SeqCst);
+        let write = |version: u64, value: Option<&'static [u8]>, max_hot: usize| {
+            p.lock(&a, &x);
+            p.commit(&a, version, &"t".into(), &[(x.clone(), value.map(Bytes::from_static))], max_hot);
+        };
+        assert_eq!(bound(), 0, "a new (or recovered) partition is walked by the first pass");
+        write(10, Some(b"1"), 8);
+        assert!(p.gc(5, 0).disk.is_empty());
+        assert_eq!(bound(), u64::MAX, "one version: nothing to prune until something changes");
+        write(20, Some(b"2"), 8);
+        assert_eq!(bound(), 20, "the commit made v10 prunable from watermark 20");
+        let skipped = p.gc(19, 0);
+        assert!(skipped.versions == 0 && skipped.disk.is_empty());
+        assert_eq!(p.gc(20, 0).versions, 1);
+        assert_eq!(bound(), u64::MAX);
+        write(30, None, 8);
+        assert_eq!(bound(), 30, "a tombstone goes once the watermark reaches it");
+        assert_eq!(p.gc(30, 0).removed, 1);
+        // Eviction to cold storage: the disk check is due every cold_every.
+        write(40, Some(b"4"), 8);
+        write(50, Some(b"5"), 1);
+        assert_eq!(bound(), 0, "v40 went to cold storage, never checked");
+        assert_eq!(p.gc(45, 0).disk.len(), 1, "cold versions are looked for on disk");
+        assert_eq!(bound(), 45);
+        // A pass with another cold_every walks whatever the bound says; the next disk
+        // check is due at 45 + 10, but v50 reaching the watermark comes first.
+        assert!(p.gc(46, 10).disk.is_empty());
+        assert_eq!(bound(), 50);
+        assert!(p.gc(49, 10).disk.is_empty());
+        assert_eq!(p.gc(50, 10).disk, vec![DiskPrune::Below { ptr: x.clone(), version: 50 }]);
+        assert_eq!(bound(), u64::MAX);
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn cost(v: &VersionRec) -> u64 {
 }
 
 /// The newest versions of a pointer, ascending; older ones live only in cold storage.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct VersionChain {
     hot: VecDeque<Arc<VersionRec>>,
     /// Versions older than `hot[0]` exist in cold storage.
@@ -132,6 +132,30 @@ pub enum ChainPrune {
 }
 
 impl VersionChain {
+    /// The lowest watermark at which [`Self::prune`] (with `cold_every`) would do anything:
+    /// below it every prune is [`ChainPrune::Nothing`]; `u64::MAX` when nothing ever will
+    /// until the chain changes.
+    pub fn prunable_at(&self, cold_every: u64) -> u64 {
+        let mut at = u64::MAX;
+        // A second hot version makes the first one prunable once the watermark reaches it.
+        if let Some(v) = self.hot.get(1) {
+            at = at.min(v.version);
+        }
+        // A tombstone that is the newest version takes the pointer with it.
+        if let Some(v) = self.hot.back().filter(|v| v.value.is_none()) {
+            at = at.min(v.version);
+        }
+        // Cold versions: below the first hot one as soon as it is at or below the watermark,
+        // or by the periodic disk check.
+        if self.cold_below {
+            at = at.min(self.cold_checked.saturating_add(cold_every));
+            if let Some(v) = self.hot.front() {
+                at = at.min(v.version);
+            }
+        }
+        at
+    }
+
     /// Drops what no snapshot at or above `watermark` can see: every version older than the
     /// newest one at or below it (which stays, so a read at the watermark is still right).
     ///
@@ -251,6 +275,57 @@ mod tests {
 
     fn rec(version: u64) -> VersionRec {
         VersionRec { version, txn: "t".into(), trace_id: "x".into(), value: Some(Bytes::from_static(b"1")) }
+    }
+
+    #[derive(Debug, Clone)]
+    enum ChainOp {
+        Push { gap: u64, tombstone: bool, max_hot: usize },
+        Evict(usize),
+        Prune(u64),
+    }
+
+    fn chain_op() -> impl proptest::strategy::Strategy<Value = ChainOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1..20u64, proptest::bool::weighted(0.2), 1..5usize)
+                .prop_map(|(gap, tombstone, max_hot)| ChainOp::Push { gap, tombstone, max_hot }),
+            1 => (1..4usize).prop_map(ChainOp::Evict),
+            2 => (0..200u64).prop_map(ChainOp::Prune),
+        ]
+    }
+
+    proptest::proptest! {
+        /// `prunable_at` is exact: every watermark below it prunes nothing, and at it
+        /// something goes. GC skips a partition on the strength of this bound.
+        #[test]
+        fn prunable_at_is_the_lowest_watermark_that_prunes(
+            ops in proptest::collection::vec(chain_op(), 0..40),
+            cold_every in 0..30u64,
+        ) {
+            let (mut c, mut version) = (VersionChain::default(), 0);
+            for op in ops {
+                match op {
+                    ChainOp::Push { gap, tombstone, max_hot } => {
+                        version += gap;
+                        let value = (!tombstone).then(|| Bytes::from_static(b"1"));
+                        c.push(VersionRec { value, ..rec(version) }, max_hot);
+                    }
+                    ChainOp::Evict(keep) => {
+                        c.evict(keep);
+                    }
+                    ChainOp::Prune(w) => {
+                        c.prune(w, cold_every);
+                    }
+                }
+                let bound = c.prunable_at(cold_every);
+                for w in (0..bound.min(version + 2 * cold_every + 2)).rev().take(60) {
+                    proptest::prop_assert_eq!(c.clone().prune(w, cold_every), ChainPrune::Nothing, "w {} below bound {}", w, bound);
+                }
+                if bound != u64::MAX {
+                    proptest::prop_assert_ne!(c.clone().prune(bound, cold_every), ChainPrune::Nothing);
+                }
+            }
+        }
     }
 
     #[test]
