@@ -316,9 +316,8 @@ impl Partition {
             let before = footprint(&ptr, &st.chain);
             let outcome = st.chain.prune(watermark, cold_every);
             self.account(before, footprint(&ptr, &st.chain));
-            if !matches!(outcome, ChainPrune::Tombstone { .. }) {
-                next = next.min(st.chain.prunable_at(cold_every));
-            }
+            // (A removed pointer's chain is empty: its bound is u64::MAX.)
+            next = next.min(st.chain.prunable_at(cold_every));
             match outcome {
                 ChainPrune::Nothing => {}
                 ChainPrune::ColdOnly => out.disk.push(DiskPrune::KeepNewestAtOrBelow { ptr, at: watermark }),
