@@ -16,12 +16,12 @@ use tracing::Instrument;
 use crate::engine::clock::SystemClock;
 use crate::engine::events::{EventSink, Tee};
 use crate::engine::{
-    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineConfig, EngineError, ListPage, PtrId,
-    ReadStep, Txn, VersionRec, WriteStep,
+    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineConfig, EngineError, ListPage,
+    PreparedWait, PtrId, ReadStep, StorageError, Txn, VersionRec, WriteStep,
 };
 use crate::metrics::Metrics;
-use crate::storage::group_commit::GroupCommitter;
-use crate::storage::{CommitRecord, Durability, StorageError, Store};
+use crate::storage::group_commit::{CommitFailure, GroupCommitter};
+use crate::storage::{CommitRecord, Durability, SharedStore, Store};
 
 /// Longest a read waits for a prepared commit to land before giving up.
 const PREPARED_WAIT: Duration = Duration::from_secs(10);
@@ -72,7 +72,7 @@ pub enum Precondition {
 /// A running node.
 pub struct Node {
     pub engine: Arc<Engine>,
-    pub store: Arc<Store>,
+    pub store: SharedStore,
     committer: GroupCommitter,
     pub config: NodeConfig,
     pub metrics: Arc<Metrics>,
@@ -86,11 +86,23 @@ pub struct Node {
 impl Node {
     /// Opens the data directory, recovers, and starts the committer.
     pub fn open(
-        mut config: NodeConfig,
+        config: NodeConfig,
         events: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Node>, StorageError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Fjall(e.into()))?;
+        Self::open_with(config, events, metrics, |store| Arc::new(store))
+    }
+
+    /// Opens the data directory and runs the node over `wrap(store)`: a test wraps the real
+    /// store in one that injects faults (`storage::fault`).
+    pub fn open_with(
+        mut config: NodeConfig,
+        events: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+        wrap: impl FnOnce(Store) -> SharedStore,
+    ) -> Result<Arc<Node>, StorageError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StorageError::backend("creating the data directory", e))?;
         let started = std::time::Instant::now();
         let (store, recovered) =
             Store::open(&config.data_dir, config.partitions, config.engine.hot_versions)?;
@@ -103,7 +115,7 @@ impl Node {
         );
         config.engine.partitions = recovered.partitions;
         let (horizon, pins) = store.gc_state()?;
-        let store = Arc::new(store);
+        let store = wrap(store);
         let engine = Arc::new(
             Engine::new(
                 config.engine.clone(),
@@ -116,7 +128,7 @@ impl Node {
             .with_gc_state(horizon, pins),
         );
         let committer = GroupCommitter::start(store.clone(), config.durability)
-            .map_err(|e| StorageError::Fjall(e.into()))?;
+            .map_err(|e| StorageError::backend("starting the commit thread", e))?;
         Ok(Arc::new(Node {
             engine,
             store,
@@ -248,7 +260,7 @@ impl Node {
         let pin = self.engine.pin(id, at, ttl_ms, note)?;
         if let Err(e) = self.store.save_pin(&pin) {
             let _ = self.engine.unpin(&pin.id);
-            return Err(EngineError::Storage(e.to_string()));
+            return Err(EngineError::Storage(e));
         }
         Ok(pin)
     }
@@ -256,7 +268,7 @@ impl Node {
     /// Removes a pin.
     pub fn unpin(&self, id: &str) -> Result<crate::engine::gc::Pin, EngineError> {
         let pin = self.engine.unpin(id)?;
-        self.store.delete_pin(id).map_err(|e| EngineError::Storage(e.to_string()))?;
+        self.store.delete_pin(id).map_err(EngineError::Storage)?;
         Ok(pin)
     }
 
@@ -269,9 +281,20 @@ impl Node {
         });
     }
 
-    /// Begins a transaction.
+    /// Begins a transaction. Once a failed write fenced the store, only read-only ones.
     pub fn begin(&self, opts: BeginOptions) -> Result<Arc<Txn>, EngineError> {
+        if !opts.read_only
+            && opts.at.is_none()
+            && let Some(cause) = self.committer.fenced()
+        {
+            return Err(EngineError::WritesFenced { cause: cause.clone() });
+        }
         self.engine.begin(opts)
+    }
+
+    /// Why the node stopped taking writes, if it did.
+    pub fn fenced(&self) -> Option<&StorageError> {
+        self.committer.fenced()
     }
 
     /// Reads `ptr` in `txn` (at its snapshot), or outside any txn at version `at`.
@@ -284,7 +307,7 @@ impl Node {
         loop {
             match self.engine.read(txn, ptr, at)? {
                 ReadStep::Done(v) => return Ok(v),
-                ReadStep::Wait(listener) => wait_prepared(listener).await?,
+                ReadStep::Wait(wait) => wait_prepared(wait).await?,
             }
         }
     }
@@ -384,19 +407,34 @@ impl Node {
             restm.version = prepared.commit_version,
             restm.writes = prepared.writes.len()
         );
+        let (txn_id, commit_version) = (txn.id.clone(), prepared.commit_version);
         let task = tokio::spawn(
             async move {
                 match committer.commit(record).instrument(persist).await {
                     Ok(()) => Ok(engine.finish_commit(prepared)),
-                    Err(e) => {
-                        engine.fail_commit(prepared, e.clone());
-                        Err(EngineError::Storage(e))
+                    Err(CommitFailure::Fenced(cause)) => {
+                        // Nothing of it was written: a clean abort.
+                        engine.fail_commit(prepared, cause.clone());
+                        Err(EngineError::WritesFenced { cause })
+                    }
+                    Err(CommitFailure::Unknown(cause)) => {
+                        // It may be on disk. It stays prepared (its locks held, readers that
+                        // could see it waiting), never reported as aborted: the store is fenced,
+                        // and a restart's recovery decides.
+                        let txn = prepared.txn.id.clone();
+                        tracing::error!(txn = %txn, version = prepared.commit_version, error = %cause, "commit outcome unknown");
+                        Err(EngineError::OutcomeUnknown { txn, commit_version: prepared.commit_version, cause })
                     }
                 }
             }
             .instrument(tracing::Span::current()),
         );
-        task.await.map_err(|e| EngineError::Storage(format!("commit task failed: {e}")))?
+        // The task only ends by returning, unless it panicked: then nobody knows either.
+        task.await.map_err(|e| EngineError::OutcomeUnknown {
+            txn: txn_id,
+            commit_version,
+            cause: StorageError::backend("the commit task", e),
+        })?
     }
 
     /// A one-shot transaction: check every precondition at one snapshot, stage every write,
@@ -455,7 +493,7 @@ impl Node {
         loop {
             match self.engine.list(prefix, after, at, limit)? {
                 Ok(page) => return Ok(page),
-                Err(listener) => wait_prepared(listener).await?,
+                Err(wait) => wait_prepared(wait).await?,
             }
         }
     }
@@ -507,10 +545,13 @@ fn conflict_span(txn: &str, conflict: &Conflict) {
     span.in_scope(|| tracing::debug!("conflict"));
 }
 
-async fn wait_prepared(listener: event_listener::EventListener) -> Result<(), EngineError> {
-    timeout(PREPARED_WAIT, listener)
-        .await
-        .map_err(|_| EngineError::Storage("a prepared commit did not land in time".into()))
+async fn wait_prepared(wait: PreparedWait) -> Result<(), EngineError> {
+    let PreparedWait { ptr, holder, listener } = wait;
+    timeout(PREPARED_WAIT, listener).await.map_err(|_| EngineError::PreparedWaitTimeout {
+        ptr,
+        holder,
+        waited_ms: PREPARED_WAIT.as_millis() as u64,
+    })
 }
 
 /// Records a lock wait for as long as it lasts (also when the request is cancelled).

@@ -353,6 +353,11 @@ pub mod codes {
     pub const UNAUTHORIZED: &str = "unauthorized";
     pub const FORBIDDEN: &str = "forbidden";
     pub const INTERNAL: &str = "internal";
+    /// The node cannot answer now (its store is fenced, or a prepared commit did not land
+    /// in time); nothing was changed. Retry, or another node.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// A commit's outcome is unknown (it may or may not be durable): read to learn it.
+    pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
 }
 
 /// Physical milliseconds since the Unix epoch encoded in a hybrid-logical-clock version.

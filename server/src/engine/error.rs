@@ -18,8 +18,8 @@ pub enum AbortReason {
     LeaseExpired,
     /// A one-shot transaction's check did not hold.
     CheckFailed { ptr: PtrId },
-    /// The commit could not be made durable.
-    Storage(String),
+    /// The commit could not be written to storage (nothing of it was written).
+    Storage(StorageError),
     /// The request driving a one-shot transaction went away before it finished.
     Cancelled,
 }
@@ -62,12 +62,22 @@ pub enum Conflict {
     Locked { ptr: PtrId, holder: TxnId },
     /// Another transaction committed a newer version of a pointer this one read.
     Stale { ptr: PtrId, winner_txn: TxnId, winner_version: u64 },
+    /// The pointer read was a tombstone (or its lock was taken on one), and garbage
+    /// collection has since removed it: no transaction won, history below `horizon` went.
+    Collected { ptr: PtrId },
+    /// At prepare, the transaction no longer held the lock of a pointer it wrote, and no one
+    /// else holds it either. The engine never releases a committing transaction's lock, so
+    /// this names a broken invariant rather than a race another transaction won.
+    LockLost { ptr: PtrId },
 }
 
 impl Conflict {
     pub fn ptr(&self) -> &PtrId {
         match self {
-            Conflict::Locked { ptr, .. } | Conflict::Stale { ptr, .. } => ptr,
+            Conflict::Locked { ptr, .. }
+            | Conflict::Stale { ptr, .. }
+            | Conflict::Collected { ptr }
+            | Conflict::LockLost { ptr } => ptr,
         }
     }
 
@@ -75,7 +85,7 @@ impl Conflict {
     pub fn holder(&self) -> Option<&TxnId> {
         match self {
             Conflict::Locked { holder, .. } => Some(holder),
-            Conflict::Stale { .. } => None,
+            _ => None,
         }
     }
 
@@ -83,7 +93,7 @@ impl Conflict {
     pub fn winner(&self) -> Option<(&TxnId, u64)> {
         match self {
             Conflict::Stale { winner_txn, winner_version, .. } => Some((winner_txn, *winner_version)),
-            Conflict::Locked { .. } => None,
+            _ => None,
         }
     }
 }
@@ -96,6 +106,13 @@ impl fmt::Display for Conflict {
                 f,
                 "pointer {ptr:?} was read, then txn {winner_txn} committed a newer version {winner_version}"
             ),
+            Conflict::Collected { ptr } => write!(
+                f,
+                "pointer {ptr:?} was read as deleted, then garbage collection removed it; read it again"
+            ),
+            Conflict::LockLost { ptr } => {
+                write!(f, "the lock on {ptr:?} was no longer held at prepare (an engine invariant broke)")
+            }
         }
     }
 }
@@ -132,7 +149,22 @@ pub enum EngineError {
     #[error("version {requested} is in the future (the clock is at {now})")]
     FutureVersion { requested: u64, now: u64 },
     #[error("storage failure: {0}")]
-    Storage(String),
+    Storage(StorageError),
+    #[error(
+        "a read of {ptr:?} waited {waited_ms} ms for txn {holder}, which is prepared on it, and it has \
+         not landed; try again"
+    )]
+    PreparedWaitTimeout { ptr: PtrId, holder: TxnId, waited_ms: u64 },
+    #[error(
+        "the outcome of transaction {txn} is unknown: its commit at version {commit_version} was written, but \
+         making it durable failed ({cause}); read its pointers after the node restarts to learn whether it \
+         committed"
+    )]
+    OutcomeUnknown { txn: TxnId, commit_version: u64, cause: StorageError },
+    #[error(
+        "this node stopped taking writes: {cause}. Reads still work; restart the node to recover its store"
+    )]
+    WritesFenced { cause: StorageError },
     #[error(
         "version {requested} is older than the GC horizon {horizon}: history before it was garbage-collected \
          (keep more with --retention, or pin it with POST /pins)"
@@ -145,6 +177,37 @@ pub enum EngineError {
          (reads, read-only transactions and deletes still work)"
     )]
     Overloaded,
+}
+
+/// A failure of the node's storage, typed so that callers can tell what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The storage engine (fjall) or the file system failed.
+    #[error("{op} failed: {detail}")]
+    Backend { op: &'static str, detail: String },
+    /// A record on disk cannot be decoded.
+    #[error("corrupt record in the data directory: {0}")]
+    Corrupt(String),
+    #[error(
+        "the data directory was created with {stored} partitions, but {requested} were asked for; \
+         the partition count of a data directory cannot change"
+    )]
+    PartitionMismatch { stored: u32, requested: u32 },
+    /// The group-commit thread is gone (the node is shutting down, or it panicked).
+    #[error("the commit thread has stopped")]
+    CommitterStopped,
+    /// A batch was written but the fsync that should make it durable failed. What is on
+    /// disk is unknown (after a failed fsync the kernel may drop the dirty pages), so
+    /// nothing written before is trusted either: the node takes no more writes.
+    #[error("an fsync failed after a batch was written: {detail}")]
+    SyncFailed { detail: String },
+}
+
+impl StorageError {
+    /// A failure of `op` in the storage backend.
+    pub fn backend(op: &'static str, e: impl fmt::Display) -> Self {
+        StorageError::Backend { op, detail: e.to_string() }
+    }
 }
 
 fn show(v: &Option<u64>) -> String {

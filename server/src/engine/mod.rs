@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use bytes::Bytes;
 use event_listener::EventListener;
 
-pub use error::{AbortReason, Conflict, EngineError};
+pub use error::{AbortReason, Conflict, EngineError, StorageError};
 pub use pointer::VersionRec;
 pub use txn::{Phase, Txn};
 
@@ -117,14 +117,22 @@ pub struct RecoveredPointer {
 pub enum ReadStep {
     Done(Option<Arc<VersionRec>>),
     /// A prepared commit may land a version this read must see; retry when it fires.
-    Wait(EventListener),
+    Wait(PreparedWait),
+}
+
+/// A read waiting for `holder`'s prepared commit on `ptr` to land or abort.
+#[derive(Debug)]
+pub struct PreparedWait {
+    pub ptr: PtrId,
+    pub holder: TxnId,
+    pub listener: EventListener,
 }
 
 /// A page of a listing, and whether more follow.
 pub type ListPage = (Vec<(PtrId, Arc<VersionRec>)>, bool);
 
-/// Result of a listing: the page, or a listener to wait on before trying again.
-pub type ListStep = Result<ListPage, EventListener>;
+/// Result of a listing: the page, or a prepared commit to wait for before trying again.
+pub type ListStep = Result<ListPage, PreparedWait>;
 
 /// Result of a write that may have to wait for a lock.
 #[derive(Debug)]
@@ -403,7 +411,9 @@ impl Engine {
         match self.partition(ptr).read(ptr, at, reader) {
             PartitionRead::Found(v) => Ok(Some(ReadStep::Done(Some(v)))),
             PartitionRead::Absent => Ok(None),
-            PartitionRead::Wait(l) => Ok(Some(ReadStep::Wait(l))),
+            PartitionRead::Wait { holder, listener } => {
+                Ok(Some(ReadStep::Wait(PreparedWait { ptr: ptr.into(), holder, listener })))
+            }
             PartitionRead::Cold => {
                 let rec = self.cold.version_at(ptr, at).map_err(EngineError::Storage)?;
                 Ok(Some(ReadStep::Done(rec.map(Arc::new))))
@@ -593,11 +603,7 @@ impl Engine {
             let _span =
                 tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = ptrs.len())
                     .entered();
-            if let Err(ptr) = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above) {
-                let conflict = Conflict::Locked {
-                    ptr: ptr.clone(),
-                    holder: self.lock_holder(&ptr).unwrap_or_else(|| "none".into()),
-                };
+            if let Err(conflict) = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above) {
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
             }
@@ -663,7 +669,7 @@ impl Engine {
     }
 
     /// Undoes a prepared commit that could not be made durable.
-    pub fn fail_commit(&self, prepared: PreparedCommit, error: String) {
+    pub fn fail_commit(&self, prepared: PreparedCommit, error: StorageError) {
         self.abort_committing(&prepared.txn, AbortReason::Storage(error));
     }
 

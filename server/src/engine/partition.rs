@@ -45,8 +45,12 @@ pub enum PartitionRead {
     Absent,
     /// Older than every hot version; ask cold storage.
     Cold,
-    /// A prepared transaction may commit a version visible at this read version: wait.
-    Wait(EventListener),
+    /// A prepared transaction (`holder`) may commit a version visible at this read version:
+    /// wait.
+    Wait {
+        holder: TxnId,
+        listener: EventListener,
+    },
 }
 
 /// The pointers of one partition, ordered by id.
@@ -187,14 +191,15 @@ impl Partition {
     }
 
     /// `Prepare { txn, ptrs }`: freezes the txn's staged writes. Its commit version will be
-    /// above `prepared_above`. Returns the pointers whose lock the txn does not hold.
-    pub fn prepare(&self, txn: &TxnId, ptrs: &[PtrId], prepared_above: u64) -> Result<(), PtrId> {
+    /// above `prepared_above`. Fails on the first pointer whose lock the txn does not hold.
+    pub fn prepare(&self, txn: &TxnId, ptrs: &[PtrId], prepared_above: u64) -> Result<(), Conflict> {
         for ptr in ptrs {
-            let cell = self.cell(ptr).ok_or_else(|| ptr.clone())?;
+            let cell = self.cell(ptr).ok_or_else(|| Conflict::LockLost { ptr: ptr.clone() })?;
             let mut st = cell.state.lock();
             match st.lock.as_mut() {
                 Some(l) if l.txn == *txn => l.prepared_above = Some(prepared_above),
-                _ => return Err(ptr.clone()),
+                Some(l) => return Err(Conflict::Locked { ptr: ptr.clone(), holder: l.txn.clone() }),
+                None => return Err(Conflict::LockLost { ptr: ptr.clone() }),
             }
         }
         Ok(())
@@ -209,7 +214,7 @@ impl Partition {
                     continue;
                 }
                 // The pointer vanished entirely; only garbage collection of a tombstone does that.
-                return Err(Conflict::Stale { ptr: ptr.clone(), winner_txn: "gc".into(), winner_version: 0 });
+                return Err(Conflict::Collected { ptr: ptr.clone() });
             };
             let st = cell.state.lock();
             if let Some(l) = &st.lock
@@ -228,7 +233,7 @@ impl Partition {
                         winner_txn: v.txn.clone(),
                         winner_version: v.version,
                     },
-                    None => Conflict::Stale { ptr: ptr.clone(), winner_txn: "gc".into(), winner_version: 0 },
+                    None => Conflict::Collected { ptr: ptr.clone() },
                 });
             }
         }
@@ -277,7 +282,7 @@ impl Partition {
             && at > above
             && Some(&l.txn) != reader
         {
-            return PartitionRead::Wait(cell.listen());
+            return PartitionRead::Wait { holder: l.txn.clone(), listener: cell.listen() };
         }
         match st.chain.at(at) {
             ChainLookup::Found(v) => PartitionRead::Found(v),
@@ -414,7 +419,7 @@ mod tests {
         p.prepare(&a, std::slice::from_ref(&x), 100).unwrap();
         let mut readers: Vec<EventListener> = (0..2)
             .map(|_| match p.read("x", 101, None) {
-                PartitionRead::Wait(l) => l,
+                PartitionRead::Wait { listener, .. } => listener,
                 _ => panic!("a read above a prepared write waits"),
             })
             .collect();
@@ -503,7 +508,7 @@ mod tests {
         p.lock(&a, &x);
         p.prepare(&a, std::slice::from_ref(&x), 100).unwrap();
         assert!(matches!(p.read("x", 100, None), PartitionRead::Absent));
-        assert!(matches!(p.read("x", 101, None), PartitionRead::Wait(_)));
+        assert!(matches!(p.read("x", 101, None), PartitionRead::Wait { .. }));
         assert!(matches!(p.read("x", 101, Some(&a)), PartitionRead::Absent));
         p.commit(&a, 105, &"t".into(), &[(x.clone(), Some(Bytes::from_static(b"1")))], 4);
         assert!(matches!(p.read("x", 105, None), PartitionRead::Found(v) if v.version == 105));

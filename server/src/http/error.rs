@@ -76,7 +76,16 @@ impl ApiError {
                 EngineError::TxnNotFound(txn) => p.txn = Some(txn.clone()),
                 EngineError::NotFound { ptr } => p.pointer = Some(ptr.to_string()),
                 EngineError::Gone { horizon, .. } => p.horizon = Some(*horizon),
+                EngineError::PreparedWaitTimeout { ptr, holder, .. } => {
+                    p.pointer = Some(ptr.to_string());
+                    p.holder_txn = Some(holder.to_string());
+                }
+                EngineError::OutcomeUnknown { txn, commit_version, .. } => {
+                    p.txn = Some(txn.to_string());
+                    p.commit_version = Some(*commit_version);
+                }
                 EngineError::FutureVersion { .. }
+                | EngineError::WritesFenced { .. }
                 | EngineError::Storage(_)
                 | EngineError::PinNotFound(_)
                 | EngineError::Overloaded => {}
@@ -108,6 +117,15 @@ impl ApiError {
                     (S::BAD_REQUEST, codes::BAD_REQUEST, "Version in the future")
                 }
                 EngineError::Storage(_) => (S::SERVICE_UNAVAILABLE, codes::INTERNAL, "Storage failure"),
+                EngineError::PreparedWaitTimeout { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "A prepared commit did not land in time")
+                }
+                EngineError::WritesFenced { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "The node takes no writes")
+                }
+                EngineError::OutcomeUnknown { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::OUTCOME_UNKNOWN, "Commit outcome unknown")
+                }
                 EngineError::Gone { .. } => (S::GONE, codes::GONE, "Older than the GC horizon"),
                 EngineError::PinNotFound(_) => (S::NOT_FOUND, codes::NOT_FOUND, "Pin not found"),
                 EngineError::Overloaded => {
@@ -148,7 +166,14 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut().insert(HEADER_HORIZON, v);
         }
-        if matches!(self, ApiError::Engine(EngineError::Overloaded)) {
+        if matches!(
+            self,
+            ApiError::Engine(
+                EngineError::Overloaded
+                    | EngineError::PreparedWaitTimeout { .. }
+                    | EngineError::WritesFenced { .. }
+            )
+        ) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {

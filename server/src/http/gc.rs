@@ -118,9 +118,10 @@ pub async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Re
         return Err(ApiError::bad_request(format!("note is {} bytes; at most {MAX_NOTE}", note.len())));
     }
     let node = state.node.clone();
-    let pin = tokio::task::spawn_blocking(move || node.pin(at, ttl.as_millis() as u64, note))
-        .await
-        .map_err(|e| crate::engine::EngineError::Storage(e.to_string()))??;
+    let pin =
+        tokio::task::spawn_blocking(move || node.pin(at, ttl.as_millis() as u64, note)).await.map_err(
+            |e| crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e)),
+        )??;
     let w = engine.watermark();
     Ok((StatusCode::CREATED, Json(view(engine, &pin, &w))).into_response())
 }
@@ -155,9 +156,9 @@ pub async fn get_pin(
     responses((status = 200, body = PinView), (status = 404, body = Problem)))]
 pub async fn delete_pin(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let node = state.node.clone();
-    let pin = tokio::task::spawn_blocking(move || node.unpin(&id))
-        .await
-        .map_err(|e| crate::engine::EngineError::Storage(e.to_string()))??;
+    let pin = tokio::task::spawn_blocking(move || node.unpin(&id)).await.map_err(|e| {
+        crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e))
+    })??;
     let engine = &state.node.engine;
     let w = engine.watermark();
     Ok(Json(view(engine, &pin, &w)).into_response())

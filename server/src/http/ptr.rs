@@ -240,11 +240,11 @@ pub async fn history(
     let (versions, more, written) = tokio::task::spawn_blocking(move || {
         let (versions, more) = store.history(&p, q.after, upto, limit)?;
         let written = !versions.is_empty() || store.ever_written(&p)?;
-        Ok::<_, crate::storage::StorageError>((versions, more, written))
+        Ok::<_, crate::engine::StorageError>((versions, more, written))
     })
     .await
-    .map_err(|e| EngineError::Storage(e.to_string()))?
-    .map_err(|e| EngineError::Storage(e.to_string()))?;
+    .map_err(|e| EngineError::Storage(crate::engine::StorageError::backend("a history task", e)))?
+    .map_err(EngineError::Storage)?;
     if !written {
         return Err(ApiError::PointerNotFound { ptr });
     }

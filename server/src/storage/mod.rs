@@ -22,7 +22,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::engine::cold::ColdStore;
 use crate::engine::gc::{DiskPrune, Pin};
-use crate::engine::{PtrId, RecoveredPointer, TxnId, VersionRec};
+use crate::engine::{PtrId, RecoveredPointer, StorageError, TxnId, VersionRec};
+
+pub mod fault;
 
 const META_PARTITIONS: &[u8] = b"partition_count";
 const META_HORIZON: &[u8] = b"gc_horizon";
@@ -43,18 +45,10 @@ pub enum Durability {
     Async,
 }
 
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("fjall: {0}")]
-    Fjall(#[from] fjall::Error),
-    #[error(
-        "the data directory was created with {stored} partitions, but {requested} were asked for; \
-         the partition count of a data directory cannot change"
-    )]
-    PartitionMismatch { stored: u32, requested: u32 },
-    #[error("corrupt record in the data directory: {0}")]
-    Corrupt(String),
+impl From<fjall::Error> for StorageError {
+    fn from(e: fjall::Error) -> Self {
+        StorageError::backend("fjall", e)
+    }
 }
 
 /// One transaction's commit, as written to disk.
@@ -198,8 +192,69 @@ impl Store {
         Ok(Recovered { partitions, pointers, max_version, versions: count })
     }
 
-    /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
-    pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
+    /// The GC horizon and the pins, as last saved.
+    pub fn gc_state(&self) -> Result<(u64, Vec<Pin>), StorageError> {
+        let horizon = match self.meta.get(META_HORIZON)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StorageError::Corrupt("gc horizon".into()))?,
+            ),
+            None => 0,
+        };
+        let mut pins = Vec::new();
+        for item in self.meta.prefix(META_PIN) {
+            let (k, v) = item.into_inner()?;
+            let id = String::from_utf8_lossy(&k[META_PIN.len()..]).into_owned();
+            let corrupt = || StorageError::Corrupt(format!("pin {id:?}"));
+            let field = |r: std::ops::Range<usize>| -> Result<u64, StorageError> {
+                Ok(u64::from_be_bytes(v.get(r).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?))
+            };
+            pins.push(Pin {
+                version: field(0..8)?,
+                created_ms: field(8..16)?,
+                expires_ms: field(16..24)?,
+                note: String::from_utf8_lossy(v.get(24..).unwrap_or_default()).into_owned(),
+                id,
+            });
+        }
+        Ok((horizon, pins))
+    }
+}
+
+/// What a node needs of its store. [`Store`] (fjall) is the real one; [`fault::FaultyStore`]
+/// wraps any store with injected failures, so that tests can show what the node does when
+/// a write or an fsync fails.
+pub trait VersionStore: ColdStore {
+    /// Writes a group of commits as one atomic batch. It is not durable until [`Self::persist`].
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
+    /// Makes everything written so far durable (`sync`: fsync), or only hands it to the OS.
+    fn persist(&self, sync: bool) -> Result<(), StorageError>;
+    /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
+    /// `limit`; the flag says whether more follow.
+    fn history(
+        &self,
+        ptr: &str,
+        after: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<VersionRec>, bool), StorageError>;
+    /// Whether `ptr` was ever written (any version at all).
+    fn ever_written(&self, ptr: &str) -> Result<bool, StorageError>;
+    /// Versions stored, approximately.
+    fn approximate_versions(&self) -> usize;
+    /// Bytes on disk.
+    fn disk_bytes(&self) -> u64;
+    /// Saves the GC horizon, durably, before anything below it is pruned.
+    fn save_horizon(&self, horizon: u64) -> Result<(), StorageError>;
+    /// Saves a pin, durably.
+    fn save_pin(&self, pin: &Pin) -> Result<(), StorageError>;
+    /// Forgets a pin.
+    fn delete_pin(&self, id: &str) -> Result<(), StorageError>;
+    /// Deletes what a GC pass pruned; returns the versions and bytes deleted.
+    fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError>;
+}
+
+impl Store {
+    pub fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         for rec in group {
             for (ptr, value) in &rec.writes {
@@ -210,15 +265,17 @@ impl Store {
                 );
             }
         }
-        batch.commit()?;
-        self.db.persist(if sync { PersistMode::SyncData } else { PersistMode::Buffer })?;
-        Ok(())
+        batch.commit().map_err(|e| StorageError::backend("writing a commit batch", e))
     }
 
-    /// Fsyncs whatever was written without it.
-    pub fn sync(&self) -> Result<(), StorageError> {
-        self.db.persist(PersistMode::SyncData)?;
-        Ok(())
+    pub fn persist(&self, sync: bool) -> Result<(), StorageError> {
+        if sync {
+            self.db
+                .persist(PersistMode::SyncData)
+                .map_err(|e| StorageError::SyncFailed { detail: e.to_string() })
+        } else {
+            self.db.persist(PersistMode::Buffer).map_err(|e| StorageError::backend("writing the journal", e))
+        }
     }
 
     /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
@@ -262,33 +319,6 @@ impl Store {
     /// Versions stored, approximately (fjall's estimate).
     pub fn approximate_versions(&self) -> usize {
         self.versions.approximate_len()
-    }
-
-    /// The GC horizon and the pins, as last saved.
-    pub fn gc_state(&self) -> Result<(u64, Vec<Pin>), StorageError> {
-        let horizon = match self.meta.get(META_HORIZON)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref().try_into().map_err(|_| StorageError::Corrupt("gc horizon".into()))?,
-            ),
-            None => 0,
-        };
-        let mut pins = Vec::new();
-        for item in self.meta.prefix(META_PIN) {
-            let (k, v) = item.into_inner()?;
-            let id = String::from_utf8_lossy(&k[META_PIN.len()..]).into_owned();
-            let corrupt = || StorageError::Corrupt(format!("pin {id:?}"));
-            let field = |r: std::ops::Range<usize>| -> Result<u64, StorageError> {
-                Ok(u64::from_be_bytes(v.get(r).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?))
-            };
-            pins.push(Pin {
-                version: field(0..8)?,
-                created_ms: field(8..16)?,
-                expires_ms: field(16..24)?,
-                note: String::from_utf8_lossy(v.get(24..).unwrap_or_default()).into_owned(),
-                id,
-            });
-        }
-        Ok((horizon, pins))
     }
 
     /// Saves the GC horizon, fsynced: nothing below it is pruned before it is durable, so
@@ -358,25 +388,83 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+
+    /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
+    pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
+        self.write_batch(group)?;
+        self.persist(sync)
+    }
+}
+
+impl VersionStore for Store {
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+        Store::write_batch(self, group)
+    }
+
+    fn persist(&self, sync: bool) -> Result<(), StorageError> {
+        Store::persist(self, sync)
+    }
+
+    fn history(
+        &self,
+        ptr: &str,
+        after: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<VersionRec>, bool), StorageError> {
+        Store::history(self, ptr, after, upto, limit)
+    }
+
+    fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
+        Store::ever_written(self, ptr)
+    }
+
+    fn approximate_versions(&self) -> usize {
+        Store::approximate_versions(self)
+    }
+
+    fn save_horizon(&self, horizon: u64) -> Result<(), StorageError> {
+        Store::save_horizon(self, horizon)
+    }
+
+    fn save_pin(&self, pin: &Pin) -> Result<(), StorageError> {
+        Store::save_pin(self, pin)
+    }
+
+    fn delete_pin(&self, id: &str) -> Result<(), StorageError> {
+        Store::delete_pin(self, id)
+    }
+
+    fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError> {
+        Store::prune(self, ops)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        Store::disk_bytes(self)
+    }
 }
 
 impl ColdStore for Store {
-    fn version_at(&self, ptr: &str, at: u64) -> Result<Option<VersionRec>, String> {
+    fn version_at(&self, ptr: &str, at: u64) -> Result<Option<VersionRec>, StorageError> {
         let lo = codec::version_key(ptr, 0);
         let hi = codec::version_key(ptr, at);
         match self.versions.range(lo..=hi).next_back() {
             None => Ok(None),
             Some(item) => {
-                let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
-                let (_, version) = codec::decode_key(&k).ok_or("corrupt key")?;
-                codec::decode_value(version, &v).map(Some).ok_or_else(|| "corrupt value".to_string())
+                let (k, v) =
+                    item.into_inner().map_err(|e| StorageError::backend("reading a cold version", e))?;
+                let (_, version) =
+                    codec::decode_key(&k).ok_or_else(|| StorageError::Corrupt(format!("key {k:?}")))?;
+                codec::decode_value(version, &v)
+                    .map(Some)
+                    .ok_or_else(|| StorageError::Corrupt(format!("value of {ptr:?}@{version}")))
             }
         }
     }
 }
 
-/// Keeps the store alive behind an `Arc` for both the engine and the committer.
-pub type SharedStore = Arc<Store>;
+/// The store shared by the engine (cold reads), the committer and the node.
+pub type SharedStore = Arc<dyn VersionStore>;
 
 #[cfg(test)]
 mod tests {
