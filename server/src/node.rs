@@ -411,7 +411,16 @@ impl Node {
         let task = tokio::spawn(
             async move {
                 match committer.commit(record).instrument(persist).await {
-                    Ok(()) => Ok(engine.finish_commit(prepared)),
+                    Ok(()) => {
+                        let (txn, commit_version) = (prepared.txn.id.clone(), prepared.commit_version);
+                        engine.install_commit(prepared).map_err(|conflict| EngineError::OutcomeUnknown {
+                            txn,
+                            commit_version,
+                            cause: StorageError::Corrupt(format!(
+                                "the durable commit failed its re-check in memory ({conflict}); restart the node"
+                            )),
+                        })
+                    }
                     Err(CommitFailure::Fenced(cause)) => {
                         // Nothing of it was written: a clean abort.
                         engine.fail_commit(prepared, cause.clone());

@@ -139,3 +139,63 @@ async fn a_torn_group_leaves_no_commit_reported_aborted() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two pointer ids in different partitions of a 4-partition node.
+fn two_partitions() -> (String, String) {
+    use restm::engine::partition::partition_of;
+    let a = "x0".to_string();
+    let b = (1..).map(|i| format!("x{i}")).find(|p| partition_of(p, 4) != partition_of(&a, 4)).unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_commit_point_is_resolved_by_the_record_on_restart() {
+    let dir = temp_dir("record");
+    let (a, b) = two_partitions();
+    let version;
+    {
+        let (node, faulty) = open_faulty(&dir);
+        // The intents and the primary's committed record are fsynced; turning them into
+        // versions is "lost", as if the process died right after the commit point.
+        faulty.arm(Fault::LoseResolution);
+        let txn = node.begin(BeginOptions::default()).unwrap();
+        node.write(&txn, &a, Some(Bytes::from_static(b"\"a\""))).await.unwrap();
+        node.write(&txn, &b, Some(Bytes::from_static(b"\"b\""))).await.unwrap();
+        version = node.commit(&txn).await.expect("durable at the commit point: acknowledged");
+        let at = node.engine.now_version();
+        let seen = node.read(None, &b, at).await.unwrap().expect("visible at once");
+        assert_eq!(seen.version, version);
+    }
+    let (store, recovered) = Store::open(&dir, Some(4), 8).unwrap();
+    assert_eq!((recovered.resolved_committed, recovered.resolved_aborted), (1, 0));
+    for (ptr, value) in [(&a, "\"a\""), (&b, "\"b\"")] {
+        let (history, _) = store.history(ptr, None, u64::MAX, 10).unwrap();
+        assert_eq!(history.len(), 1, "{ptr}: installed once, from its intent");
+        assert_eq!(history[0].version, version);
+        assert_eq!(history[0].value.as_deref(), Some(value.as_bytes()));
+    }
+    drop(store);
+    let (_, again) = Store::open(&dir, Some(4), 8).unwrap();
+    assert_eq!((again.resolved_committed, again.resolved_aborted), (0, 0), "resolved once");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_across_partitions_leave_no_intents_behind() {
+    let dir = temp_dir("clean");
+    let (a, b) = two_partitions();
+    {
+        let (node, _) = open_faulty(&dir);
+        for i in 0..20 {
+            let txn = node.begin(BeginOptions::default()).unwrap();
+            let v = Bytes::from(i.to_string());
+            node.write(&txn, &a, Some(v.clone())).await.unwrap();
+            node.write(&txn, &b, Some(v)).await.unwrap();
+            node.commit(&txn).await.unwrap();
+        }
+    }
+    let (store, recovered) = Store::open(&dir, Some(4), 8).unwrap();
+    assert_eq!((recovered.resolved_committed, recovered.resolved_aborted), (0, 0));
+    assert_eq!(store.history(&a, None, u64::MAX, 100).unwrap().0.len(), 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}

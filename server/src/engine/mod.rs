@@ -16,6 +16,7 @@
 
 pub mod clock;
 pub mod cold;
+pub mod command;
 pub mod error;
 pub mod events;
 pub mod gc;
@@ -39,6 +40,7 @@ pub use txn::{Phase, Txn};
 
 use clock::Clock;
 use cold::ColdStore;
+use command::{Command, Outcome, TxnState};
 use events::{DiscardEvents, EngineEvent, EventKind, EventSink};
 use gc::{HeldBy, PartitionGc, Pin, PinTable, Watermark};
 use hlc::Hlc;
@@ -153,6 +155,12 @@ pub struct PreparedCommit {
     pub commit_version: u64,
     /// Staged writes, ascending by pointer id.
     pub writes: Vec<(PtrId, Option<Bytes>)>,
+    /// Pointers read, with the version seen; re-checked when the commit is applied.
+    pub reads: Vec<(PtrId, Option<u64>)>,
+    /// The txn's primary pointer when its writes span partitions: they hold `Prepare`d
+    /// intents, and its partition's record decides the txn. `None`: one partition, which
+    /// validates and installs in one `PrepareCommit`.
+    pub primary: Option<PtrId>,
 }
 
 /// Outcome of [`Engine::prepare_commit`].
@@ -598,12 +606,37 @@ impl Engine {
             (writes, reads)
         };
         // 1. Freeze the writes. Every read that starts after this sees the prepared mark.
+        //    Across partitions each written one also applies `Prepare`: its intents are
+        //    what the durable record of the commit resolves after a crash.
         let prepared_above = self.hlc.last();
-        for (pidx, ptrs) in self.group(writes.iter().map(|(p, _)| p.clone())) {
+        let by_partition = self.group_pairs(writes.iter().cloned());
+        let primary = (by_partition.len() > 1).then(|| writes[0].0.clone());
+        let mut prepared: Vec<usize> = Vec::new();
+        for (pidx, group) in &by_partition {
             let _span =
-                tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = ptrs.len())
+                tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = group.len())
                     .entered();
-            if let Err(conflict) = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above) {
+            let ptrs: Vec<PtrId> = group.iter().map(|(p, _)| p.clone()).collect();
+            let mut outcome = self.partitions[*pidx].prepare(&txn.id, &ptrs, prepared_above);
+            if outcome.is_ok()
+                && let Some(primary) = &primary
+            {
+                let cmd = Command::Prepare {
+                    txn: txn.id.clone(),
+                    trace_id: txn.trace_id.clone(),
+                    prepared_above,
+                    reads: self.reads_in(*pidx, &reads),
+                    writes: group.clone(),
+                    primary: primary.clone(),
+                };
+                match self.partitions[*pidx].apply(&cmd, 0) {
+                    Outcome::Prepared => prepared.push(*pidx),
+                    Outcome::Conflict(c) => outcome = Err(c),
+                    other => unreachable!("Prepare answers Prepared or Conflict, not {other:?}"),
+                }
+            }
+            if let Err(conflict) = outcome {
+                self.abort_prepared(&txn.id, &prepared);
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
             }
@@ -612,32 +645,85 @@ impl Engine {
         //    on the written pointers and above the prepared marks.
         let commit_version = self.hlc.tick();
         // 3. Validate the reads against what is committed or locked now.
-        for (pidx, group) in self.group_pairs(reads) {
+        for (pidx, group) in self.group_pairs(reads.iter().cloned()) {
             let _span =
                 tracing::debug_span!("partition.validate", restm.partition = pidx, restm.reads = group.len())
                     .entered();
             if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
+                self.abort_prepared(&txn.id, &prepared);
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
             }
         }
-        Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes }))
+        Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes, reads, primary }))
     }
 
-    /// Installs a durable commit and releases its locks.
-    pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
-        let PreparedCommit { txn, commit_version, writes } = prepared;
+    /// The reads of `reads` that fall in partition `pidx`.
+    fn reads_in(&self, pidx: usize, reads: &[(PtrId, Option<u64>)]) -> Vec<(PtrId, Option<u64>)> {
+        let n = self.partitions.len() as u32;
+        reads.iter().filter(|(p, _)| partition_of(p, n) as usize == pidx).cloned().collect()
+    }
+
+    /// Applies `Abort` on the partitions where `txn` prepared intents.
+    fn abort_prepared(&self, txn: &TxnId, partitions: &[usize]) {
+        let cmd = Command::Abort { txn: txn.clone() };
+        for pidx in partitions {
+            self.partitions[*pidx].apply(&cmd, 0);
+        }
+    }
+
+    /// Installs a durable commit and releases its locks. One partition applies
+    /// `PrepareCommit`; across partitions the primary's partition records the commit and
+    /// each applies `Commit` (the primary's last, which retires the record).
+    ///
+    /// The commands re-check the reads against the replicated state. On one node the
+    /// leader's locks already guarantee they pass, so a conflict here means an invariant
+    /// broke after the commit became durable: it is returned, and the txn stays committing
+    /// (its outcome is what recovery finds).
+    pub fn install_commit(&self, prepared: PreparedCommit) -> Result<u64, Conflict> {
+        let PreparedCommit { txn, commit_version, writes, reads, primary } = prepared;
         // Under memory pressure only the latest version of each pointer stays in memory.
         let max_hot = if self.pressure() >= Pressure::High { 1 } else { self.cfg.hot_versions };
         let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
-        for (pidx, group) in self.group_pairs(writes) {
+        let groups = self.group_pairs(writes);
+        let n = self.partitions.len() as u32;
+        let primary_idx = primary.as_ref().map(|p| partition_of(p, n) as usize);
+        if let Some(pidx) = primary_idx {
+            let record =
+                Command::TxnRecord { txn: txn.id.clone(), state: TxnState::Committed(commit_version) };
+            self.partitions[pidx].apply(&record, max_hot);
+        }
+        // The primary's partition goes last (BTreeMap order, then the primary).
+        let mut order: Vec<_> = groups.into_iter().collect();
+        if let Some(pidx) = primary_idx
+            && let Some(at) = order.iter().position(|(i, _)| *i == pidx)
+        {
+            let p = order.remove(at);
+            order.push(p);
+        }
+        for (pidx, group) in order {
             let _span = tracing::debug_span!(
                 "partition.commit",
                 restm.partition = pidx,
                 restm.version = commit_version
             )
             .entered();
-            self.partitions[pidx].commit(&txn.id, commit_version, &txn.trace_id, &group, max_hot);
+            let partition = &self.partitions[pidx];
+            let cmd = match primary_idx {
+                Some(_) => Command::Commit { txn: txn.id.clone(), commit_version },
+                None => Command::PrepareCommit {
+                    txn: txn.id.clone(),
+                    trace_id: txn.trace_id.clone(),
+                    commit_version,
+                    reads: self.reads_in(pidx, &reads),
+                    writes: group.clone(),
+                },
+            };
+            if let Outcome::Conflict(c) = partition.apply(&cmd, max_hot) {
+                tracing::error!(txn = %txn.id, version = commit_version, conflict = %c, "a durable commit failed its re-check");
+                return Err(c);
+            }
+            partition.release(&txn.id, group.iter().map(|(p, _)| p));
         }
         self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
         for ptr in &released {
@@ -665,11 +751,26 @@ impl Engine {
             }
         }
         self.finish(&txn);
-        commit_version
+        Ok(commit_version)
+    }
+
+    /// [`Self::install_commit`] for tests and benchmarks, which drive the engine directly
+    /// and treat a failed re-check as the bug it is.
+    pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
+        match self.install_commit(prepared) {
+            Ok(v) => v,
+            Err(c) => panic!("a durable commit failed its re-check: {c}"),
+        }
     }
 
     /// Undoes a prepared commit that could not be made durable.
     pub fn fail_commit(&self, prepared: PreparedCommit, error: StorageError) {
+        if prepared.primary.is_some() {
+            let n = self.partitions.len() as u32;
+            let parts: std::collections::BTreeSet<usize> =
+                prepared.writes.iter().map(|(p, _)| partition_of(p, n) as usize).collect();
+            self.abort_prepared(&prepared.txn.id, &parts.into_iter().collect::<Vec<_>>());
+        }
         self.abort_committing(&prepared.txn, AbortReason::Storage(error));
     }
 
@@ -899,15 +1000,6 @@ impl Engine {
     }
 
     // ---------------------------------------------------------------- helpers
-
-    fn group(&self, ptrs: impl IntoIterator<Item = PtrId>) -> BTreeMap<usize, Vec<PtrId>> {
-        let n = self.partitions.len() as u32;
-        let mut out: BTreeMap<usize, Vec<PtrId>> = BTreeMap::new();
-        for p in ptrs {
-            out.entry(partition_of(&p, n) as usize).or_default().push(p);
-        }
-        out
-    }
 
     fn group_pairs<T>(
         &self,

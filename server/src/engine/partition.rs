@@ -1,11 +1,18 @@
-//! A partition: the pointers whose id hashes to it, changed only through a small set of
-//! commands (`lock`, `unlock`, `prepare`, `validate`, `commit`).
+//! A partition: the pointers whose id hashes to it.
 //!
-//! A partition is the unit that a later cluster places on a node and replicates, so every
-//! command is deterministic: it reads no clock and draws no random number; times and ids
-//! arrive as arguments. A transaction spanning partitions is driven by the coordinator in
-//! [`super::Engine`], which sends each touched partition its share of every step.
+//! Two layers share each pointer's cell:
+//! - the **replicated state** (version chains, intents of prepared txns, and the records of
+//!   txns whose primary is here) changes only through [`Partition::apply`] of a
+//!   [`Command`], which is deterministic: it reads no clock, draws no random number and does
+//!   no I/O; versions and ids arrive inside the command (see [`super::command`]);
+//! - the **leader's layer** (write locks, their prepared marks, lock queues and waiters)
+//!   decides who waits: `lock`, `unlock`, `prepare`, `validate`. It is never replicated;
+//!   `Prepare` and `PrepareCommit` re-check against the replicated state what it protects.
+//!
+//! A transaction spanning partitions is driven by the coordinator in [`super::Engine`],
+//! which sends each touched partition its share of every step.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +21,14 @@ use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 use event_listener::EventListener;
 
+use parking_lot::Mutex;
+
+use super::command::{Command, Outcome, TxnState};
 use super::error::Conflict;
 use super::gc::{DiskPrune, PartitionGc};
 use super::pointer::{
-    ChainLookup, ChainPrune, LockEntry, POINTER_OVERHEAD, PointerCell, VersionChain, VersionRec,
+    ChainLookup, ChainPrune, Intent, LockEntry, POINTER_OVERHEAD, PointerCell, PointerState, VersionChain,
+    VersionRec,
 };
 use super::{PtrId, TxnId};
 
@@ -67,6 +78,19 @@ pub struct Partition {
     prunable_at: AtomicU64,
     /// The `cold_every` the bound was computed with; a pass with another one walks.
     cold_every: AtomicU64,
+    /// Prepared txns → the pointers they hold intents on here (replicated).
+    prepared: Mutex<HashMap<TxnId, Vec<PtrId>>>,
+    /// Records of txns whose primary pointer is here (replicated).
+    records: Mutex<HashMap<TxnId, TxnState>>,
+}
+
+/// A partition's replicated state in a canonical order, for comparing replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDump {
+    /// Pointer → its hot versions (ascending), whether older ones exist, and its intent.
+    pub pointers: BTreeMap<PtrId, (Vec<VersionRec>, bool, Option<Intent>)>,
+    pub prepared: BTreeMap<TxnId, Vec<PtrId>>,
+    pub records: BTreeMap<TxnId, TxnState>,
 }
 
 /// Memory a pointer costs with a chain of `chain_bytes` (nothing while it has no version).
@@ -167,7 +191,7 @@ impl Partition {
         let mut st = cell.state.lock();
         if st.lock.as_ref().is_some_and(|l| l.txn == *txn) {
             st.lock = None;
-            let dead = st.chain.is_empty();
+            let dead = st.chain.is_empty() && st.intent.is_none();
             if dead {
                 st.dead = true;
                 self.pointers.remove(ptr);
@@ -222,6 +246,11 @@ impl Partition {
             {
                 return Err(Conflict::Locked { ptr: ptr.clone(), holder: l.txn.clone() });
             }
+            if let Some(i) = &st.intent
+                && i.txn != *txn
+            {
+                return Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() });
+            }
             let latest = st.chain.latest();
             if latest.map(|v| v.version) != *seen {
                 // A newer version replaced the one read, or garbage collection removed the
@@ -240,7 +269,7 @@ impl Partition {
         Ok(())
     }
 
-    /// `Commit { txn, commit_version }`: installs the staged writes and releases the locks.
+    /// Installs a one-partition commit (`PrepareCommit`) and releases its locks.
     pub fn commit(
         &self,
         txn: &TxnId,
@@ -249,40 +278,207 @@ impl Partition {
         writes: &[(PtrId, Option<Bytes>)],
         max_hot: usize,
     ) {
-        for (ptr, value) in writes {
+        let cmd = Command::PrepareCommit {
+            txn: txn.clone(),
+            trace_id: trace_id.clone(),
+            commit_version,
+            reads: Vec::new(),
+            writes: writes.to_vec(),
+        };
+        self.apply(&cmd, max_hot);
+        self.release(txn, writes.iter().map(|(p, _)| p));
+    }
+
+    /// The leader's side of a commit or abort: releases `txn`'s locks on `ptrs` and wakes
+    /// their waiters (every reader, the longest lock waiter).
+    pub fn release<'a>(&self, txn: &TxnId, ptrs: impl IntoIterator<Item = &'a PtrId>) {
+        for ptr in ptrs {
             let Some(cell) = self.cell(ptr) else { continue };
             let mut st = cell.state.lock();
             if st.lock.as_ref().is_none_or(|l| l.txn != *txn) {
                 continue;
             }
-            let before = footprint(ptr, &st.chain);
-            st.chain.push(
-                VersionRec {
-                    version: commit_version,
-                    txn: txn.clone(),
-                    trace_id: trace_id.clone(),
-                    value: value.clone(),
-                },
-                max_hot,
-            );
-            self.account(before, footprint(ptr, &st.chain));
-            self.lower_prunable_at(&st.chain);
             st.lock = None;
             drop(st);
             cell.notify_released();
         }
     }
 
+    // ------------------------------------------------------------ the replicated state
+
+    /// Applies one command to the replicated state (see [`super::command`] for the table).
+    /// Deterministic: the same commands in the same order give the same state. `max_hot`
+    /// only says how many versions stay in memory; older ones are read from cold storage,
+    /// so it changes no answer.
+    pub fn apply(&self, cmd: &Command, max_hot: usize) -> Outcome {
+        match cmd {
+            Command::Prepare { txn, trace_id, prepared_above, reads, writes, .. } => {
+                if let Err(c) = self.check(txn, reads, writes, None) {
+                    return Outcome::Conflict(c);
+                }
+                for (ptr, value) in writes {
+                    let intent = Intent {
+                        txn: txn.clone(),
+                        trace_id: trace_id.clone(),
+                        prepared_above: *prepared_above,
+                        value: value.clone(),
+                    };
+                    self.with_cell(ptr, |_, st| st.intent = Some(intent));
+                }
+                self.prepared.lock().insert(txn.clone(), writes.iter().map(|(p, _)| p.clone()).collect());
+                Outcome::Prepared
+            }
+            Command::PrepareCommit { txn, trace_id, commit_version, reads, writes } => {
+                if let Err(c) = self.check(txn, reads, writes, Some(*commit_version)) {
+                    return Outcome::Conflict(c);
+                }
+                for (ptr, value) in writes {
+                    let rec = VersionRec {
+                        version: *commit_version,
+                        txn: txn.clone(),
+                        trace_id: trace_id.clone(),
+                        value: value.clone(),
+                    };
+                    self.with_cell(ptr, |ptr, st| self.install(ptr, st, rec, max_hot));
+                }
+                Outcome::Committed(*commit_version)
+            }
+            Command::Commit { txn, commit_version } => {
+                let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
+                for ptr in &ptrs {
+                    self.with_cell(ptr, |ptr, st| {
+                        if let Some(i) = st.intent.take_if(|i| i.txn == *txn) {
+                            let rec = VersionRec {
+                                version: *commit_version,
+                                txn: i.txn,
+                                trace_id: i.trace_id,
+                                value: i.value,
+                            };
+                            self.install(ptr, st, rec, max_hot);
+                        }
+                    });
+                }
+                self.records.lock().remove(txn);
+                Outcome::Committed(*commit_version)
+            }
+            Command::Abort { txn } => {
+                let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
+                for ptr in &ptrs {
+                    if let Some(cell) = self.cell(ptr) {
+                        cell.state.lock().intent.take_if(|i| i.txn == *txn);
+                    }
+                }
+                self.records.lock().remove(txn);
+                Outcome::Aborted
+            }
+            Command::TxnRecord { txn, state } => {
+                self.records.lock().insert(txn.clone(), *state);
+                Outcome::Recorded
+            }
+        }
+    }
+
+    /// The record of `txn`, if its primary is here and it is not yet resolved.
+    pub fn record(&self, txn: &str) -> Option<TxnState> {
+        self.records.lock().get(txn).copied()
+    }
+
+    /// Checks a `Prepare` (`below: None`) or a `PrepareCommit` at `below` against the
+    /// replicated state: no other txn's intent on a pointer read or written, and every
+    /// pointer read unchanged. For `Prepare` unchanged means its latest version is the one
+    /// seen. A `PrepareCommit` carries its commit version: versions above it are later
+    /// commits that serialize after this txn, so only a hot version between the one seen
+    /// and the commit version is a conflict.
+    fn check(
+        &self,
+        txn: &TxnId,
+        reads: &[(PtrId, Option<u64>)],
+        writes: &[(PtrId, Option<Bytes>)],
+        below: Option<u64>,
+    ) -> Result<(), Conflict> {
+        let foreign = |ptr: &PtrId, st: &PointerState| match &st.intent {
+            Some(i) if i.txn != *txn && below.is_none_or(|cv| i.prepared_above < cv) => {
+                Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() })
+            }
+            _ => Ok(()),
+        };
+        for (ptr, _) in writes {
+            if let Some(cell) = self.cell(ptr) {
+                foreign(ptr, &cell.state.lock())?;
+            }
+        }
+        for (ptr, seen) in reads {
+            let Some(cell) = self.cell(ptr) else {
+                if seen.is_none() {
+                    continue;
+                }
+                return Err(Conflict::Collected { ptr: ptr.clone() });
+            };
+            let st = cell.state.lock();
+            foreign(ptr, &st)?;
+            let newer = match below {
+                None => st.chain.latest().filter(|v| Some(v.version) != *seen),
+                Some(cv) => st.chain.newer_below(*seen, cv),
+            };
+            if let Some(v) = newer {
+                return Err(Conflict::Stale {
+                    ptr: ptr.clone(),
+                    winner_txn: v.txn.clone(),
+                    winner_version: v.version,
+                });
+            }
+            if seen.is_some() && st.chain.is_empty() {
+                return Err(Conflict::Collected { ptr: ptr.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on `ptr`'s live cell, creating it if need be.
+    fn with_cell<R>(&self, ptr: &PtrId, f: impl FnOnce(&PtrId, &mut PointerState) -> R) -> R {
+        loop {
+            let cell = self.pointers.get_or_insert_with(ptr.clone(), Default::default).value().clone();
+            let mut st = cell.state.lock();
+            if st.dead {
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            }
+            return f(ptr, &mut st);
+        }
+    }
+
+    /// Pushes a committed version onto a chain, keeping the accounting and the GC bound.
+    fn install(&self, ptr: &PtrId, st: &mut PointerState, rec: VersionRec, max_hot: usize) {
+        let before = footprint(ptr, &st.chain);
+        st.chain.push(rec, max_hot);
+        self.account(before, footprint(ptr, &st.chain));
+        self.lower_prunable_at(&st.chain);
+    }
+
+    /// The replicated state in canonical order: two replicas that applied the same commands
+    /// dump equal.
+    pub fn dump(&self) -> PartitionDump {
+        let mut pointers = BTreeMap::new();
+        for e in self.pointers.iter() {
+            let st = e.value().state.lock();
+            if st.chain.is_empty() && st.intent.is_none() {
+                continue; // a cell that only holds a lock: the leader's, not replicated
+            }
+            let hot = st.chain.hot().map(|v| (**v).clone()).collect();
+            pointers.insert(e.key().clone(), (hot, st.chain.has_cold(), st.intent.clone()));
+        }
+        let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        PartitionDump { pointers, prepared, records }
+    }
+
     /// Reads the version of `ptr` visible at `at` for `reader` (which may be `None`).
     pub fn read(&self, ptr: &str, at: u64, reader: Option<&TxnId>) -> PartitionRead {
         let Some(cell) = self.cell(ptr) else { return PartitionRead::Absent };
         let st = cell.state.lock();
-        if let Some(l) = &st.lock
-            && let Some(above) = l.prepared_above
-            && at > above
-            && Some(&l.txn) != reader
-        {
-            return PartitionRead::Wait { holder: l.txn.clone(), listener: cell.listen() };
+        if let Some(holder) = st.prepared_for(at, reader) {
+            return PartitionRead::Wait { holder: holder.clone(), listener: cell.listen() };
         }
         match st.chain.at(at) {
             ChainLookup::Found(v) => PartitionRead::Found(v),
@@ -313,7 +509,9 @@ impl Partition {
             if st.dead {
                 continue;
             }
-            if st.lock.is_some() && st.chain.latest().is_some_and(|v| v.value.is_none()) {
+            if (st.lock.is_some() || st.intent.is_some())
+                && st.chain.latest().is_some_and(|v| v.value.is_none())
+            {
                 // A writer is about to put something after the tombstone: leave the pointer be.
                 next = next.min(st.chain.prunable_at(cold_every));
                 continue;
@@ -512,5 +710,157 @@ mod tests {
         assert!(matches!(p.read("x", 101, Some(&a)), PartitionRead::Absent));
         p.commit(&a, 105, &"t".into(), &[(x.clone(), Some(Bytes::from_static(b"1")))], 4);
         assert!(matches!(p.read("x", 105, None), PartitionRead::Found(v) if v.version == 105));
+    }
+
+    /// One step of a random command log; pointers and txns are picked by index, and the
+    /// versions seen are resolved against the replicas' (identical) state.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Prepare { reads: Vec<(usize, Seen)>, writes: Vec<(usize, bool)> },
+        PrepareCommit { reads: Vec<(usize, Seen)>, writes: Vec<(usize, bool)> },
+        Commit(usize),
+        Abort(usize),
+        Record(usize, bool),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Seen {
+        Latest,
+        Absent,
+        Old(u64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let seen = prop_oneof![4 => Just(Seen::Latest), 1 => Just(Seen::Absent), 1 => (0..40u64).prop_map(Seen::Old)];
+        let reads = proptest::collection::vec((0..5usize, seen), 0..3);
+        let writes = proptest::collection::vec((0..5usize, proptest::bool::weighted(0.8)), 1..3);
+        prop_oneof![
+            3 => (reads.clone(), writes.clone()).prop_map(|(reads, writes)| Step::Prepare { reads, writes }),
+            3 => (reads, writes).prop_map(|(reads, writes)| Step::PrepareCommit { reads, writes }),
+            2 => (0..8usize).prop_map(Step::Commit),
+            1 => (0..8usize).prop_map(Step::Abort),
+            1 => (0..8usize, any::<bool>()).prop_map(|(t, c)| Step::Record(t, c)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Replicas that apply the same command log answer the same and end in the same
+        /// state; that is all Raft needs of a partition.
+        #[test]
+        fn two_replicas_applying_one_log_end_identical(steps in proptest::collection::vec(step(), 1..60)) {
+            let (a, b) = (Partition::new(0), Partition::new(0));
+            let ptrs: Vec<PtrId> = (0..5).map(|i| PtrId::from(format!("p{i}"))).collect();
+            let mut clock = 0u64;
+            let mut txns: Vec<TxnId> = Vec::new();
+            let mut log = Vec::new();
+            for s in steps {
+                let seen = |reads: &[(usize, Seen)]| -> Vec<(PtrId, Option<u64>)> {
+                    reads.iter().map(|(i, s)| {
+                        let latest = a.latest_version(&ptrs[*i]);
+                        (ptrs[*i].clone(), match s { Seen::Latest => latest, Seen::Absent => None, Seen::Old(v) => Some(*v) })
+                    }).collect()
+                };
+                let writes = |w: &[(usize, bool)]| -> Vec<(PtrId, Option<Bytes>)> {
+                    let mut w: Vec<_> = w.iter().map(|(i, live)| (ptrs[*i].clone(), live.then(|| Bytes::from(format!("{i}"))))).collect();
+                    w.sort_by(|x, y| x.0.cmp(&y.0));
+                    w.dedup_by(|x, y| x.0 == y.0);
+                    w
+                };
+                clock += 1;
+                let cmd = match s {
+                    Step::Prepare { reads, writes: w } => {
+                        let txn: TxnId = format!("{clock:016x}").into();
+                        txns.push(txn.clone());
+                        let writes = writes(&w);
+                        let primary = writes[0].0.clone();
+                        Command::Prepare { txn, trace_id: "t".into(), prepared_above: clock, reads: seen(&reads), writes, primary }
+                    }
+                    Step::PrepareCommit { reads, writes: w } => Command::PrepareCommit {
+                        txn: format!("{clock:016x}").into(), trace_id: "t".into(), commit_version: clock,
+                        reads: seen(&reads), writes: writes(&w),
+                    },
+                    Step::Commit(i) if !txns.is_empty() => Command::Commit { txn: txns[i % txns.len()].clone(), commit_version: clock },
+                    Step::Abort(i) if !txns.is_empty() => Command::Abort { txn: txns[i % txns.len()].clone() },
+                    Step::Record(i, c) if !txns.is_empty() => Command::TxnRecord {
+                        txn: txns[i % txns.len()].clone(),
+                        state: if c { TxnState::Committed(clock) } else { TxnState::Open },
+                    },
+                    _ => continue,
+                };
+                let (oa, ob) = (a.apply(&cmd, 3), b.apply(&cmd, 3));
+                proptest::prop_assert_eq!(&oa, &ob, "{:?}", cmd);
+                log.push((cmd, oa));
+                proptest::prop_assert_eq!(a.dump(), b.dump());
+            }
+            // And a third replica that replays the log later, all at once, agrees too.
+            let c = Partition::new(0);
+            for (cmd, outcome) in &log {
+                proptest::prop_assert_eq!(&c.apply(cmd, 3), outcome);
+            }
+            proptest::prop_assert_eq!(c.dump(), a.dump());
+        }
+    }
+
+    #[test]
+    fn prepare_records_intents_that_block_readers_and_commit_installs_them() {
+        let p = Partition::new(0);
+        let (x, y): (PtrId, PtrId) = ("x".into(), "y".into());
+        let prepare = |txn: &str, reads: Vec<(PtrId, Option<u64>)>| Command::Prepare {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            prepared_above: 10,
+            reads,
+            writes: vec![(x.clone(), Some(Bytes::from_static(b"1")))],
+            primary: x.clone(),
+        };
+        assert_eq!(p.apply(&prepare("a", vec![(y.clone(), None)]), 4), Outcome::Prepared);
+        assert!(matches!(p.read("x", 11, None), PartitionRead::Wait { ref holder, .. } if &**holder == "a"));
+        assert!(
+            matches!(p.read("x", 10, None), PartitionRead::Absent),
+            "a read at or below the mark skips it"
+        );
+        // Another txn's prepare on the same pointer is refused with the holder named.
+        let conflict = Conflict::Locked { ptr: x.clone(), holder: "a".into() };
+        assert_eq!(p.apply(&prepare("b", vec![]), 4), Outcome::Conflict(conflict));
+        assert_eq!(
+            p.apply(&Command::TxnRecord { txn: "a".into(), state: TxnState::Committed(12) }, 4),
+            Outcome::Recorded
+        );
+        assert_eq!(p.record("a"), Some(TxnState::Committed(12)));
+        assert_eq!(
+            p.apply(&Command::Commit { txn: "a".into(), commit_version: 12 }, 4),
+            Outcome::Committed(12)
+        );
+        assert!(
+            matches!(p.read("x", 12, None), PartitionRead::Found(v) if v.version == 12 && &*v.txn == "a")
+        );
+        assert_eq!(p.record("a"), None, "the record goes with the last commit");
+        // A prepare that read y as absent, after y was written, is stale.
+        let write_y = Command::PrepareCommit {
+            txn: "c".into(),
+            trace_id: "t".into(),
+            commit_version: 13,
+            reads: vec![],
+            writes: vec![(y.clone(), Some(Bytes::from_static(b"2")))],
+        };
+        assert_eq!(p.apply(&write_y, 4), Outcome::Committed(13));
+        let stale = Conflict::Stale { ptr: y.clone(), winner_txn: "c".into(), winner_version: 13 };
+        assert_eq!(p.apply(&prepare("d", vec![(y.clone(), None)]), 4), Outcome::Conflict(stale));
+        // A commit version above a later commit's is no conflict: that commit serializes after.
+        let late = Command::PrepareCommit {
+            txn: "e".into(),
+            trace_id: "t".into(),
+            commit_version: 14,
+            reads: vec![(y.clone(), Some(13))],
+            writes: vec![(x.clone(), None)],
+        };
+        assert_eq!(p.apply(&late, 4), Outcome::Committed(14));
+        assert_eq!(
+            p.apply(&Command::Abort { txn: "zz".into() }, 4),
+            Outcome::Aborted,
+            "unknown txns abort as no-ops"
+        );
     }
 }

@@ -94,6 +94,23 @@ impl VersionChain {
         self.hot.len()
     }
 
+    /// The hot versions, ascending.
+    pub fn hot(&self) -> impl Iterator<Item = &Arc<VersionRec>> {
+        self.hot.iter()
+    }
+
+    /// Whether older versions exist in cold storage.
+    pub fn has_cold(&self) -> bool {
+        self.cold_below
+    }
+
+    /// The newest hot version above `seen` (`None`: any) and below `below`, if any: a
+    /// commit that landed between a read and a commit version.
+    pub fn newer_below(&self, seen: Option<u64>, below: u64) -> Option<&Arc<VersionRec>> {
+        let idx = self.hot.partition_point(|v| v.version < below);
+        self.hot.get(idx.checked_sub(1)?).filter(|v| seen.is_none_or(|s| v.version > s))
+    }
+
     /// The version visible at `at`.
     pub fn at(&self, at: u64) -> ChainLookup {
         let idx = self.hot.partition_point(|v| v.version <= at);
@@ -205,10 +222,26 @@ pub struct LockEntry {
     pub prepared_above: Option<u64>,
 }
 
+/// A prepared transaction's write of a pointer, not yet installed: replicated state, set by
+/// `Prepare` and resolved by `Commit` or `Abort` (see [`super::command`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub txn: TxnId,
+    pub trace_id: Arc<str>,
+    /// The txn's commit version will be above this (readers above it wait).
+    pub prepared_above: u64,
+    /// The value to install; `None` deletes.
+    pub value: Option<Bytes>,
+}
+
 /// Mutable state of a pointer.
 #[derive(Debug, Default)]
 pub struct PointerState {
+    /// Committed versions (replicated).
     pub chain: VersionChain,
+    /// A prepared transaction's pending write (replicated).
+    pub intent: Option<Intent>,
+    /// The write lock (the leader's alone; never replicated).
     pub lock: Option<LockEntry>,
     /// The cell was unlinked from its partition; whoever holds it must look the pointer up again.
     pub dead: bool,
@@ -227,10 +260,24 @@ pub struct PointerCell {
     unlocked: Event,
 }
 
+impl PointerState {
+    /// The prepared transaction whose pending write a read at `at` by `reader` must wait
+    /// for: a prepared lock holder (the one-partition path marks only its lock) or an intent.
+    pub fn prepared_for(&self, at: u64, reader: Option<&TxnId>) -> Option<&TxnId> {
+        let lock = self.lock.as_ref().and_then(|l| l.prepared_above.map(|a| (&l.txn, a)));
+        let intent = self.intent.as_ref().map(|i| (&i.txn, i.prepared_above));
+        [lock, intent]
+            .into_iter()
+            .flatten()
+            .find(|(txn, above)| at > *above && Some(*txn) != reader)
+            .map(|(t, _)| t)
+    }
+}
+
 impl PointerCell {
     pub fn with_chain(chain: VersionChain) -> Self {
         Self {
-            state: Mutex::new(PointerState { chain, lock: None, dead: false }),
+            state: Mutex::new(PointerState { chain, intent: None, lock: None, dead: false }),
             released: Event::new(),
             unlocked: Event::new(),
         }

@@ -6,6 +6,12 @@
 //!
 //! Value: `flags` (bit 0: deleted), then the writer txn id and trace id each as a length
 //! byte and its bytes, then the JSON text of the value (empty for a deletion).
+//!
+//! Intents (keyspace `intents`, prepared writes of a txn spanning partitions): key = the
+//! partition (4 bytes big-endian), the txn id as a length byte and its bytes, then the
+//! pointer id; value as a version's. Txn records (keyspace `txns`, on the primary's
+//! partition): key = the partition and the txn id; value = a state byte (1: committed)
+//! and the commit version (8 bytes big-endian).
 
 use std::sync::Arc;
 
@@ -34,6 +40,47 @@ pub fn version_key(ptr: &str, version: u64) -> Vec<u8> {
     let mut k = pointer_prefix(ptr);
     k.extend_from_slice(&version.to_be_bytes());
     k
+}
+
+/// The key of `txn`'s intent on `ptr` in `partition`.
+pub fn intent_key(partition: u32, txn: &str, ptr: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + txn.len() + ptr.len());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.push(txn.len().min(255) as u8);
+    k.extend_from_slice(&txn.as_bytes()[..txn.len().min(255)]);
+    k.extend_from_slice(ptr.as_bytes());
+    k
+}
+
+/// Splits an intent key into its partition, txn id and pointer id.
+pub fn decode_intent_key(key: &[u8]) -> Option<(u32, String, String)> {
+    let partition = u32::from_be_bytes(key.get(0..4)?.try_into().ok()?);
+    let len = *key.get(4)? as usize;
+    let txn = std::str::from_utf8(key.get(5..5 + len)?).ok()?.to_string();
+    let ptr = std::str::from_utf8(key.get(5 + len..)?).ok()?.to_string();
+    Some((partition, txn, ptr))
+}
+
+/// The key of `txn`'s record in its primary's `partition`.
+pub fn record_key(partition: u32, txn: &str) -> Vec<u8> {
+    [&partition.to_be_bytes()[..], txn.as_bytes()].concat()
+}
+
+/// A committed record's value.
+pub fn committed_record(commit_version: u64) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&commit_version.to_be_bytes());
+    v
+}
+
+/// The txn id and, if committed, the commit version of a record.
+pub fn decode_record(key: &[u8], value: &[u8]) -> Option<(String, Option<u64>)> {
+    let txn = std::str::from_utf8(key.get(4..)?).ok()?.to_string();
+    let version = match value.first()? {
+        1 => Some(u64::from_be_bytes(value.get(1..9)?.try_into().ok()?)),
+        _ => None,
+    };
+    Some((txn, version))
 }
 
 /// Splits a key into its pointer id and version.

@@ -8,6 +8,9 @@
 //!   show them: the outcome is unknown, never "aborted" (PostgreSQL's fsyncgate).
 //! - [`Fault::TornBatch`]: only the first `keep` commits of a group are written, then the
 //!   write fails, as a crash in the middle of a non-atomic write would leave it.
+//! - [`Fault::LoseResolution`]: a group's commits across partitions are durable (intents
+//!   and committed records), but resolving them into versions is lost, as a crash right
+//!   after the commit point would lose it. Recovery must resolve them by their records.
 
 use std::collections::VecDeque;
 
@@ -24,6 +27,7 @@ pub enum Fault {
     WriteFails,
     SyncFails,
     TornBatch { keep: usize },
+    LoseResolution,
 }
 
 /// A [`VersionStore`] with armed faults in front of a real one.
@@ -32,11 +36,18 @@ pub struct FaultyStore<S> {
     armed: Mutex<VecDeque<Fault>>,
     /// A sync fault armed by the last batch, fired by the next `persist(true)`.
     sync_pending: Mutex<bool>,
+    /// The next resolution is dropped (see [`Fault::LoseResolution`]).
+    lose_resolution: Mutex<bool>,
 }
 
 impl<S: VersionStore> FaultyStore<S> {
     pub fn new(inner: S) -> Self {
-        Self { inner, armed: Mutex::new(VecDeque::new()), sync_pending: Mutex::new(false) }
+        Self {
+            inner,
+            armed: Mutex::new(VecDeque::new()),
+            sync_pending: Mutex::new(false),
+            lose_resolution: Mutex::new(false),
+        }
     }
 
     /// Fires `fault` on the next commit batch (faults fire in the order they were armed).
@@ -69,7 +80,18 @@ impl<S: VersionStore> VersionStore for FaultyStore<S> {
                 *self.sync_pending.lock() = true;
                 Ok(())
             }
+            Some(Fault::LoseResolution) => {
+                *self.lose_resolution.lock() = true;
+                self.inner.write_batch(group)
+            }
         }
+    }
+
+    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+        if std::mem::take(&mut *self.lose_resolution.lock()) {
+            return Err(Self::injected("the process died before resolving the group"));
+        }
+        self.inner.resolve_batch(group)
     }
 
     fn persist(&self, sync: bool) -> Result<(), StorageError> {

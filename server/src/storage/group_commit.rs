@@ -87,13 +87,23 @@ impl GroupCommitter {
                     Some(cause) => Err(CommitFailure::Fenced(cause.clone())),
                     None => {
                         let span = tracing::debug_span!("group_commit", commits = records.len(), sync);
-                        span.in_scope(|| store.write_batch(&records).and_then(|()| store.persist(sync))).map_err(
-                            |e| {
+                        let durable = span
+                            .in_scope(|| store.write_batch(&records).and_then(|()| store.persist(sync)))
+                            .map_err(|e| {
                                 tracing::error!(error = %e, commits = records.len(), "commit group failed; the node takes no more writes");
                                 let _ = fence.set(e.clone());
                                 CommitFailure::Unknown(e)
-                            },
-                        )
+                            });
+                        // Past the commit point: the records decide. A failed resolution is
+                        // redone by recovery, but the store is suspect, so it fences too.
+                        if durable.is_ok()
+                            && records.iter().any(|r| r.primary.is_some())
+                            && let Err(e) = store.resolve_batch(&records)
+                        {
+                            tracing::error!(error = %e, "resolving committed intents failed; the node takes no more writes");
+                            let _ = fence.set(e);
+                        }
+                        durable
                     }
                 };
                 if !sync && result.is_ok() {

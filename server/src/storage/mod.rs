@@ -22,6 +22,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::engine::cold::ColdStore;
 use crate::engine::gc::{DiskPrune, Pin};
+use crate::engine::partition::partition_of;
 use crate::engine::{PtrId, RecoveredPointer, StorageError, TxnId, VersionRec};
 
 pub mod fault;
@@ -58,6 +59,10 @@ pub struct CommitRecord {
     pub trace_id: Arc<str>,
     pub commit_version: u64,
     pub writes: Vec<(PtrId, Option<Bytes>)>,
+    /// Set when the writes span partitions: the commit is written first as intents on each
+    /// partition plus a committed record on the primary's (the commit point, fsynced), then
+    /// resolved into versions (see [`VersionStore::resolve_batch`]).
+    pub primary: Option<PtrId>,
 }
 
 impl CommitRecord {
@@ -68,6 +73,7 @@ impl CommitRecord {
             trace_id: prepared.txn.trace_id.clone(),
             commit_version: prepared.commit_version,
             writes: prepared.writes.clone(),
+            primary: prepared.primary.clone(),
         }
     }
 }
@@ -76,6 +82,11 @@ impl CommitRecord {
 #[derive(Debug)]
 pub struct Recovered {
     pub partitions: u32,
+    /// Txns found prepared at open whose record said committed: their intents became
+    /// versions.
+    pub resolved_committed: u64,
+    /// Txns found prepared at open without a committed record: their intents were dropped.
+    pub resolved_aborted: u64,
     pub pointers: Vec<RecoveredPointer>,
     pub max_version: u64,
     pub versions: u64,
@@ -86,6 +97,9 @@ pub struct Store {
     db: Database,
     versions: Keyspace,
     meta: Keyspace,
+    intents: Keyspace,
+    txns: Keyspace,
+    partitions: u32,
 }
 
 impl Store {
@@ -123,8 +137,15 @@ impl Store {
                 n
             }
         };
-        let store = Store { db, versions, meta };
-        let recovered = store.recover(partitions, hot)?;
+        let intents = db
+            .keyspace("intents", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_LIMIT / 2))?;
+        let txns =
+            db.keyspace("txns", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_LIMIT / 4))?;
+        let store = Store { db, versions, meta, intents, txns, partitions };
+        let (committed, aborted) = store.resolve_prepared()?;
+        let mut recovered = store.recover(partitions, hot)?;
+        recovered.resolved_committed = committed;
+        recovered.resolved_aborted = aborted;
         Ok((store, recovered))
     }
 
@@ -150,6 +171,50 @@ impl Store {
             tracing::info!(records = total, "dropped per-commit txn records of an earlier version");
         }
         Ok(())
+    }
+
+    /// Resolves the txns a crash left prepared, by their records: the intents of a txn whose
+    /// primary recorded it committed become versions at its commit version; any other
+    /// intents are dropped (the coordinator, this node, is gone, so none can still commit).
+    /// Returns the txns committed and aborted.
+    fn resolve_prepared(&self) -> Result<(u64, u64), StorageError> {
+        let mut fate: std::collections::HashMap<String, Option<u64>> = Default::default();
+        let mut batch = self.db.batch();
+        for item in self.txns.iter() {
+            let (k, v) = item.into_inner()?;
+            let (txn, version) = codec::decode_record(&k, &v)
+                .ok_or_else(|| StorageError::Corrupt(format!("txn record {k:?}")))?;
+            fate.insert(txn, version);
+            batch.remove(&self.txns, k);
+        }
+        let (mut committed, mut aborted) =
+            (std::collections::HashSet::new(), std::collections::HashSet::new());
+        for item in self.intents.iter() {
+            let (k, v) = item.into_inner()?;
+            let (_, txn, ptr) =
+                codec::decode_intent_key(&k).ok_or_else(|| StorageError::Corrupt(format!("intent {k:?}")))?;
+            match fate.get(&txn).copied().flatten() {
+                Some(version) => {
+                    batch.insert(&self.versions, codec::version_key(&ptr, version), v);
+                    committed.insert(txn);
+                }
+                None => {
+                    aborted.insert(txn);
+                }
+            }
+            batch.remove(&self.intents, k);
+        }
+        if batch.is_empty() {
+            return Ok((0, 0));
+        }
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncAll)?;
+        tracing::info!(
+            committed = committed.len(),
+            aborted = aborted.len(),
+            "resolved transactions left prepared by a crash"
+        );
+        Ok((committed.len() as u64, aborted.len() as u64))
     }
 
     /// Scans every version once, keeping the newest `hot` of each pointer.
@@ -189,7 +254,14 @@ impl Store {
         if let Some((p, chain, cold)) = current {
             pointers.push(RecoveredPointer { ptr: p.into(), hot: chain.into(), cold_below: cold });
         }
-        Ok(Recovered { partitions, pointers, max_version, versions: count })
+        Ok(Recovered {
+            partitions,
+            resolved_committed: 0,
+            resolved_aborted: 0,
+            pointers,
+            max_version,
+            versions: count,
+        })
     }
 
     /// The GC horizon and the pins, as last saved.
@@ -226,6 +298,9 @@ impl Store {
 pub trait VersionStore: ColdStore {
     /// Writes a group of commits as one atomic batch. It is not durable until [`Self::persist`].
     fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
+    /// After the group is durable: turns the intents of its commits across partitions into
+    /// versions. A crash before this is resolved at the next open, by the records.
+    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
     /// Makes everything written so far durable (`sync`: fsync), or only hands it to the OS.
     fn persist(&self, sync: bool) -> Result<(), StorageError>;
     /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
@@ -254,18 +329,51 @@ pub trait VersionStore: ColdStore {
 }
 
 impl Store {
+    /// Writes a group of commits as one atomic batch: a one-partition commit as its
+    /// versions, a commit across partitions as its intents and its committed record.
     pub fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         for rec in group {
+            for (ptr, value) in &rec.writes {
+                let value = codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref());
+                match &rec.primary {
+                    None => batch.insert(&self.versions, codec::version_key(ptr, rec.commit_version), value),
+                    Some(_) => batch.insert(&self.intents, self.intent_key(&rec.txn, ptr), value),
+                }
+            }
+            if let Some(primary) = &rec.primary {
+                let key = codec::record_key(partition_of(primary, self.partitions), &rec.txn);
+                batch.insert(&self.txns, key, codec::committed_record(rec.commit_version));
+            }
+        }
+        batch.commit().map_err(|e| StorageError::backend("writing a commit batch", e))
+    }
+
+    fn intent_key(&self, txn: &str, ptr: &str) -> Vec<u8> {
+        codec::intent_key(partition_of(ptr, self.partitions), txn, ptr)
+    }
+
+    /// Resolves the commits across partitions of a durable group: their intents become
+    /// versions and their records go, in one batch. Not fsynced: until it is, recovery
+    /// resolves them again from the records.
+    pub fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for rec in group {
+            let Some(primary) = &rec.primary else { continue };
             for (ptr, value) in &rec.writes {
                 batch.insert(
                     &self.versions,
                     codec::version_key(ptr, rec.commit_version),
                     codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref()),
                 );
+                batch.remove(&self.intents, self.intent_key(&rec.txn, ptr));
             }
+            batch.remove(&self.txns, codec::record_key(partition_of(primary, self.partitions), &rec.txn));
         }
-        batch.commit().map_err(|e| StorageError::backend("writing a commit batch", e))
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.commit().map_err(|e| StorageError::backend("resolving prepared commits", e))
     }
 
     pub fn persist(&self, sync: bool) -> Result<(), StorageError> {
@@ -392,13 +500,18 @@ impl Store {
     /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
     pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
         self.write_batch(group)?;
-        self.persist(sync)
+        self.persist(sync)?;
+        self.resolve_batch(group)
     }
 }
 
 impl VersionStore for Store {
     fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         Store::write_batch(self, group)
+    }
+
+    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+        Store::resolve_batch(self, group)
     }
 
     fn persist(&self, sync: bool) -> Result<(), StorageError> {
@@ -484,6 +597,37 @@ mod tests {
         let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
         assert_eq!(store.meta.prefix(META_OLD_TXN).count(), 0);
         assert_eq!(store.gc_state().unwrap().0, 42, "other metadata stays");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn prepared_intents_without_a_committed_record_are_dropped_on_open() {
+        let dir = std::env::temp_dir().join(format!("restm-store-intents-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rec = |txn: &str, version: u64| CommitRecord {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            commit_version: version,
+            writes: vec![("p".into(), Some(Bytes::from_static(b"1"))), ("q".into(), None)],
+            primary: Some("p".into()),
+        };
+        {
+            let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
+            store.write_batch(&[rec("0000000000000001", 10), rec("0000000000000002", 20)]).unwrap();
+            // The first txn's record is lost (its primary never recorded the commit).
+            let primary = partition_of("p", 4);
+            store.txns.remove(codec::record_key(primary, "0000000000000001")).unwrap();
+            store.persist(true).unwrap();
+        }
+        let (store, recovered) = Store::open(&dir, Some(4), 2).unwrap();
+        assert_eq!((recovered.resolved_committed, recovered.resolved_aborted), (1, 1));
+        let versions: Vec<u64> =
+            store.history("p", None, u64::MAX, 10).unwrap().0.iter().map(|v| v.version).collect();
+        assert_eq!(versions, vec![20], "only the recorded commit is installed");
+        let q = store.history("q", None, u64::MAX, 10).unwrap().0;
+        assert!(q.len() == 1 && q[0].value.is_none(), "a delete is installed as a tombstone");
+        assert_eq!(store.intents.iter().count() + store.txns.iter().count(), 0);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,0 +1,90 @@
+//! The commands that change a partition, and what applying one answers.
+//!
+//! A partition's replicated state (its version chains, the intents of prepared
+//! transactions, and the records of transactions whose primary it is) changes only by
+//! [`super::partition::Partition::apply`] of these commands, in order. Applying is
+//! deterministic: no clock, no randomness, no I/O; versions, ids and trace ids arrive inside
+//! the command. Two partitions that apply the same commands end in the same state, which is
+//! what replicas of a Raft group will rely on.
+//!
+//! | command | effect |
+//! |---|---|
+//! | [`Command::Prepare`] | validate the reads and that no other txn has an intent on a written pointer; record the intents, or answer the conflict |
+//! | [`Command::PrepareCommit`] | the one-partition fast path: validate and install at `commit_version` in one step |
+//! | [`Command::Commit`] | install the txn's intents at `commit_version`; forget its record |
+//! | [`Command::Abort`] | drop the txn's intents and its record |
+//! | [`Command::TxnRecord`] | on the primary's partition: the txn's fate; [`TxnState::Committed`] is the commit point |
+//!
+//! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
+//! the engine), decide who waits, and are never replicated. `Prepare` re-checks everything
+//! they protect against the replicated state, so losing them can abort txns but never admit
+//! a wrong commit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::error::Conflict;
+use super::{PtrId, TxnId};
+
+/// A transaction's fate as its primary partition records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxnState {
+    /// Prepared somewhere, not decided: a resolver that finds the coordinator gone aborts it.
+    Open,
+    /// Committed at this version: every intent of the txn must be installed at it.
+    Committed(u64),
+    Aborted,
+}
+
+/// One change to a partition. The pointers named are all of this partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Prepare {
+        txn: TxnId,
+        trace_id: Arc<str>,
+        /// The txn's commit version will be above this: readers at or below it may skip
+        /// the intents, readers above wait for them.
+        prepared_above: u64,
+        /// Pointers read, with the version seen (`None`: absent).
+        reads: Vec<(PtrId, Option<u64>)>,
+        /// Pointers written, with the value (`None`: delete), ascending by id.
+        writes: Vec<(PtrId, Option<Bytes>)>,
+        /// The pointer whose partition holds the txn's record.
+        primary: PtrId,
+    },
+    PrepareCommit {
+        txn: TxnId,
+        trace_id: Arc<str>,
+        commit_version: u64,
+        reads: Vec<(PtrId, Option<u64>)>,
+        writes: Vec<(PtrId, Option<Bytes>)>,
+    },
+    Commit {
+        txn: TxnId,
+        commit_version: u64,
+    },
+    Abort {
+        txn: TxnId,
+    },
+    TxnRecord {
+        txn: TxnId,
+        state: TxnState,
+    },
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Prepare`: the intents are recorded.
+    Prepared,
+    /// `PrepareCommit` or `Commit`: installed at this version (`Commit` of a txn with no
+    /// intents here installs nothing and answers this too: commands may be re-sent).
+    Committed(u64),
+    /// `Prepare` or `PrepareCommit` found a conflict; nothing changed.
+    Conflict(Conflict),
+    /// `Abort`: whatever the txn had here is gone.
+    Aborted,
+    /// `TxnRecord`: recorded.
+    Recorded,
+}
