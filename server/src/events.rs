@@ -16,7 +16,7 @@ use restm_shared::Event;
 use tokio::sync::broadcast;
 
 use crate::engine::events::{EngineEvent, EventSink};
-use crate::http::request::version_time_ms;
+use crate::engine::hlc::version_time_ms;
 
 /// An engine event with its stream sequence number.
 #[derive(Debug)]

@@ -60,7 +60,7 @@ async fn put(node: &Node, ptr: &str, value: &'static str) -> Result<u64, EngineE
 /// Reopens the directory as a fresh process would and reads `ptr`'s newest value.
 async fn recovered_value(dir: &Path, ptr: &str) -> Option<String> {
     let node = Node::open(config(dir), Arc::new(DiscardEvents), Arc::new(Metrics::new())).expect("reopen");
-    let at = node.engine.now_version();
+    let at = node.now_version();
     let v = node.read(None, ptr, at).await.expect("read");
     v.and_then(|v| v.value.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
 }
@@ -86,7 +86,7 @@ async fn a_failed_fsync_answers_outcome_unknown_and_fences_writes() {
         assert!(matches!(fenced, EngineError::WritesFenced { cause: StorageError::SyncFailed { .. } }));
         assert!(matches!(put(&node, "b", "1").await, Err(EngineError::WritesFenced { .. })));
         assert!(node.begin(BeginOptions { read_only: true, ..Default::default() }).is_ok());
-        let at = node.engine.now_version();
+        let at = node.now_version();
         assert_eq!(node.read(None, "b", at).await.unwrap(), None);
     }
     // The batch reached the OS before the fsync "failed": recovery shows it, which is why
@@ -162,7 +162,7 @@ async fn a_crash_after_the_commit_point_is_resolved_by_the_record_on_restart() {
         node.write(&txn, &a, Some(Bytes::from_static(b"\"a\""))).await.unwrap();
         node.write(&txn, &b, Some(Bytes::from_static(b"\"b\""))).await.unwrap();
         version = node.commit(&txn).await.expect("durable at the commit point: acknowledged");
-        let at = node.engine.now_version();
+        let at = node.now_version();
         let seen = node.read(None, &b, at).await.unwrap().expect("visible at once");
         assert_eq!(seen.version, version);
     }

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::engine::EngineConfig;
+use crate::http::ServeConfig;
+use crate::node::NodeConfig;
 use crate::storage::Durability;
 
 /// reSTM: a distributed software transactional memory over HTTP.
@@ -62,7 +65,7 @@ pub struct ServeArgs {
     pub insecure: bool,
     /// When a commit is acknowledged: `sync` after fsync (group commit), `async` before it.
     #[arg(long, env = "RESTM_DURABILITY", value_enum, default_value = "sync")]
-    pub durability: Durability,
+    pub durability: DurabilityArg,
     /// Hash partitions of a new data directory (fixed once created; default 64).
     #[arg(long, env = "RESTM_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub partitions: Option<u32>,
@@ -100,6 +103,50 @@ pub struct ServeArgs {
     /// `cargo xtask serve` builds it into target/ui and passes it here.
     #[arg(long, env = "RESTM_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+}
+
+/// `--durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// After the commit is fsynced (concurrent commits share one fsync).
+    Sync,
+    /// As soon as the commit is in the OS page cache; fsynced in the background every 100 ms.
+    /// A process crash loses nothing acknowledged; a power loss may lose the last 100 ms.
+    Async,
+}
+
+impl ServeArgs {
+    /// The node and listener these options describe.
+    pub fn into_config(self) -> ServeConfig {
+        let node = NodeConfig {
+            data_dir: self.data_dir,
+            partitions: self.partitions,
+            engine: EngineConfig {
+                hot_versions: self.hot_versions as usize,
+                default_timeout_ms: self.txn_timeout.as_millis() as u64,
+                retention_ms: u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX),
+                ..EngineConfig::default()
+            },
+            lock_timeout: self.lock_timeout,
+            durability: match self.durability {
+                DurabilityArg::Sync => Durability::Sync,
+                DurabilityArg::Async => Durability::Async,
+            },
+            reap_every: Duration::from_millis(50),
+            gc_every: self.gc_interval,
+            memory_budget: self.memory_budget.bytes(),
+        };
+        ServeConfig {
+            listen: self.listen,
+            node,
+            auth_token: self.auth_token,
+            insecure: self.insecure,
+            event_buffer: self.event_buffer as usize,
+            event_subscriber_buffer: self.event_subscriber_buffer as usize,
+            max_body: self.max_body,
+            ui_dir: self.ui_dir,
+        }
+    }
 }
 
 /// `--memory-budget`.
@@ -169,7 +216,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => crate::http::serve(args).await,
+            Command::Serve(args) => crate::http::serve(args.into_config()).await,
             Command::Get(args) => client::get(args).await,
             Command::Put(args) => client::put(args).await,
             Command::Del(args) => client::del(args).await,

@@ -23,6 +23,20 @@ pub fn millis_of(version: u64) -> u64 {
     version >> LOGICAL_BITS
 }
 
+/// RFC 3339 text of a version's wall-clock instant.
+pub fn version_time(version: u64) -> String {
+    version_time_ms(millis_of(version))
+}
+
+/// RFC 3339 text of a Unix time in milliseconds.
+pub fn version_time_ms(millis: u64) -> String {
+    let nanos = i128::from(millis) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// A hybrid logical clock over an injected physical [`Clock`].
 pub struct Hlc {
     last: AtomicU64,

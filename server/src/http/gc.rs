@@ -14,9 +14,9 @@ use restm_shared::{GcStatus, PinRequest, PinView, Pins, Problem, WatermarkHolder
 use super::AppState;
 use super::error::ApiError;
 use super::request::{json_body, parse_at, version_time, version_time_ms};
-use crate::engine::Engine;
 use crate::engine::gc::{HeldBy, Pin, Watermark};
 use crate::engine::hlc::millis_of;
+use crate::node::Node;
 
 /// Longest a pin may last.
 const MAX_PIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -50,10 +50,10 @@ pub fn holder_labels(w: &Watermark) -> (&'static str, String) {
 /// Where garbage collection stands.
 #[utoipa::path(get, path = "/gc", tag = "observability", responses((status = 200, body = GcStatus)))]
 pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
-    let engine = &state.node.engine;
-    let w = engine.watermark();
-    let now = engine.now_millis();
-    let horizon = engine.horizon();
+    let node = &state.node;
+    let w = node.watermark();
+    let now = node.now_millis();
+    let horizon = node.horizon();
     let t = state.node.gc_totals();
     Json(GcStatus {
         watermark: w.version,
@@ -62,8 +62,8 @@ pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
         held_by: holder(&w),
         horizon,
         horizon_time: version_time(horizon),
-        retention_ms: engine.config().retention_ms,
-        pins: engine.pins().len(),
+        retention_ms: node.retention_ms(),
+        pins: node.pins().len(),
         passes: t.passes,
         versions_pruned_memory: t.versions_memory,
         versions_pruned_disk: t.versions_disk,
@@ -72,16 +72,16 @@ pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
         pointers_removed: t.pointers_removed,
         last_pass: t.last_pass_ms.map(version_time_ms),
         last_pass_ms: t.last_elapsed_ms,
-        pressure: engine.pressure().as_str().to_string(),
-        memory_bytes: engine.memory_bytes(),
-        memory_budget_bytes: state.node.config.memory_budget,
+        pressure: node.pressure().as_str().to_string(),
+        memory_bytes: node.memory_bytes(),
+        memory_budget_bytes: node.memory_budget(),
     })
 }
 
-fn view(engine: &Engine, pin: &Pin, w: &Watermark) -> PinView {
-    let now = engine.now_millis();
+fn view(node: &Node, pin: &Pin, w: &Watermark) -> PinView {
+    let now = node.now_millis();
     let pinned_ms = millis_of(pin.version);
-    let retention_floor = now.saturating_sub(engine.config().retention_ms);
+    let retention_floor = now.saturating_sub(node.retention_ms());
     PinView {
         id: pin.id.clone(),
         version: pin.version,
@@ -102,10 +102,9 @@ fn view(engine: &Engine, pin: &Pin, w: &Watermark) -> PinView {
         (status = 410, description = "the moment is already older than the GC horizon", body = Problem)))]
 pub async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: PinRequest = json_body(&body, "pin")?;
-    let engine = &state.node.engine;
     let at = match req.at.as_deref().map(str::trim) {
-        None | Some("") => engine.now_version(),
-        Some(raw) => parse_at(engine, raw)?,
+        None | Some("") => state.node.now_version(),
+        Some(raw) => parse_at(&state.node, raw)?,
     };
     let ttl = humantime::parse_duration(req.ttl.trim()).map_err(|e| {
         ApiError::bad_request(format!("ttl {:?} is not a duration ({e}); use e.g. 30m or 2h", req.ttl))
@@ -122,16 +121,16 @@ pub async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Re
         tokio::task::spawn_blocking(move || node.pin(at, ttl.as_millis() as u64, note)).await.map_err(
             |e| crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e)),
         )??;
-    let w = engine.watermark();
-    Ok((StatusCode::CREATED, Json(view(engine, &pin, &w))).into_response())
+    let w = state.node.watermark();
+    Ok((StatusCode::CREATED, Json(view(&state.node, &pin, &w))).into_response())
 }
 
 /// Live pins, oldest version first.
 #[utoipa::path(get, path = "/pins", tag = "gc", responses((status = 200, body = Pins)))]
 pub async fn list_pins(State(state): State<AppState>) -> Json<Pins> {
-    let engine = &state.node.engine;
-    let w = engine.watermark();
-    Json(Pins { pins: engine.pins().iter().map(|p| view(engine, p, &w)).collect() })
+    let node = &state.node;
+    let w = node.watermark();
+    Json(Pins { pins: node.pins().iter().map(|p| view(node, p, &w)).collect() })
 }
 
 /// One pin.
@@ -141,13 +140,12 @@ pub async fn get_pin(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<PinView>, ApiError> {
-    let engine = &state.node.engine;
-    let w = engine.watermark();
-    engine
-        .pins()
+    let node = &state.node;
+    let w = node.watermark();
+    node.pins()
         .iter()
         .find(|p| p.id == id)
-        .map(|p| Json(view(engine, p, &w)))
+        .map(|p| Json(view(node, p, &w)))
         .ok_or_else(|| crate::engine::EngineError::PinNotFound(id).into())
 }
 
@@ -159,7 +157,6 @@ pub async fn delete_pin(State(state): State<AppState>, Path(id): Path<String>) -
     let pin = tokio::task::spawn_blocking(move || node.unpin(&id)).await.map_err(|e| {
         crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e))
     })??;
-    let engine = &state.node.engine;
-    let w = engine.watermark();
-    Ok(Json(view(engine, &pin, &w)).into_response())
+    let w = state.node.watermark();
+    Ok(Json(view(&state.node, &pin, &w)).into_response())
 }

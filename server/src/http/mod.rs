@@ -16,7 +16,6 @@ pub mod txn;
 pub mod ui;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -24,8 +23,6 @@ use axum::{Json, Router};
 use restm_shared::Health;
 use tower_http::trace::TraceLayer;
 
-use crate::cli::ServeArgs;
-use crate::engine::EngineConfig;
 use crate::node::{Node, NodeConfig};
 use error::ApiError;
 
@@ -93,8 +90,27 @@ pub async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
+/// What [`serve`] needs: the node's settings and the listener's. The CLI fills it.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    pub node: NodeConfig,
+    /// Bearer token every request must carry.
+    pub auth_token: Option<String>,
+    /// Listen on a non-loopback address without a token.
+    pub insecure: bool,
+    /// Events kept for subscribers resuming with `since`.
+    pub event_buffer: usize,
+    /// Events queued per subscriber before it is told it lagged.
+    pub event_subscriber_buffer: usize,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Directory of the built explorer, served at `/ui/`.
+    pub ui_dir: Option<std::path::PathBuf>,
+}
+
 /// Opens the node and serves until Ctrl-C or SIGTERM.
-pub async fn serve(args: ServeArgs) -> Result<(), String> {
+pub async fn serve(args: ServeConfig) -> Result<(), String> {
     if !args.listen.ip().is_loopback() && args.auth_token.is_none() && !args.insecure {
         return Err(format!(
             "refusing to listen on {} without --auth-token (or RESTM_AUTH_TOKEN): anyone who can reach it \
@@ -105,28 +121,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.auth_token.as_deref().is_some_and(str::is_empty) {
         return Err("--auth-token must not be empty".into());
     }
-    let config = NodeConfig {
-        data_dir: args.data_dir.clone(),
-        partitions: args.partitions,
-        engine: EngineConfig {
-            hot_versions: args.hot_versions as usize,
-            default_timeout_ms: args.txn_timeout.as_millis() as u64,
-            retention_ms: u64::try_from(args.retention.as_millis()).unwrap_or(u64::MAX),
-            ..EngineConfig::default()
-        },
-        lock_timeout: args.lock_timeout,
-        durability: args.durability,
-        reap_every: Duration::from_millis(50),
-        gc_every: args.gc_interval,
-        memory_budget: args.memory_budget.bytes(),
-    };
-    let events = Arc::new(crate::events::EventHub::new(
-        args.event_buffer as usize,
-        args.event_subscriber_buffer as usize,
-    ));
+    let data_dir = args.node.data_dir.clone();
+    let durability = args.node.durability;
+    let events = Arc::new(crate::events::EventHub::new(args.event_buffer, args.event_subscriber_buffer));
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let node = Node::open(config, events.clone(), metrics.clone())
-        .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
+    let node = Node::open(args.node, events.clone(), metrics.clone())
+        .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
     node.spawn_reaper();
     node.spawn_gc();
     let state = AppState::new(Shared { node, events, metrics, auth_token: args.auth_token.map(Arc::from) });
@@ -134,7 +134,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%local, durability = ?args.durability, "restm listening");
+    tracing::info!(%local, ?durability, "restm listening");
     println!("restm listening on http://{local}");
     match &args.ui_dir {
         Some(dir) if dir.join("index.html").is_file() => println!("explorer at http://{local}/ui/"),

@@ -15,28 +15,28 @@ use crate::metrics::Snapshot;
 #[utoipa::path(get, path = "/metrics", tag = "observability",
     responses((status = 200, description = "Prometheus text exposition (OpenMetrics)", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let engine = &state.node.engine;
-    let now = engine.now_millis();
-    let active = engine.active_txns();
+    let node = &state.node;
+    let now = node.now_millis();
+    let active = node.active_txns();
     let oldest = active.iter().map(|t| t.started_ms).min().map_or(0, |s| now.saturating_sub(s));
-    let (pointers, versions) = engine.memory_stats();
-    let watermark = engine.watermark();
+    let (pointers, versions) = node.memory_stats();
+    let watermark = node.watermark();
     let snap = Snapshot {
         active_txns: active.len() as i64,
         oldest_txn_age_seconds: oldest as f64 / 1000.0,
         pointers_in_memory: pointers as i64,
         versions_in_memory: versions as i64,
-        versions_on_disk: state.node.store.approximate_versions() as i64,
-        disk_bytes: state.node.store.disk_bytes() as i64,
+        versions_on_disk: node.versions_on_disk() as i64,
+        disk_bytes: node.disk_bytes() as i64,
         event_subscribers: state.events.subscribers.load(Ordering::Relaxed) as i64,
         events_lagged_total: state.events.lagged.load(Ordering::Relaxed),
-        gc_horizon: engine.horizon() as i64,
+        gc_horizon: node.horizon() as i64,
         gc_watermark_lag_seconds: now.saturating_sub(crate::engine::hlc::millis_of(watermark.version)) as f64
             / 1000.0,
         gc_held_by: super::gc::holder_labels(&watermark),
-        memory_bytes: engine.memory_bytes() as i64,
-        memory_budget_bytes: state.node.config.memory_budget as i64,
-        pressure_level: engine.pressure() as i64,
+        memory_bytes: node.memory_bytes() as i64,
+        memory_budget_bytes: node.memory_budget() as i64,
+        pressure_level: node.pressure() as i64,
     };
     let body = state.metrics.render(snap);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
@@ -72,9 +72,8 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
 #[utoipa::path(get, path = "/txns", tag = "observability",
     responses((status = 200, body = restm_shared::ActiveTxns)))]
 pub async fn txns(State(state): State<AppState>) -> Response {
-    let engine = &state.node.engine;
-    let now = engine.now_millis();
-    let mut active = engine.active_txns();
+    let now = state.node.now_millis();
+    let mut active = state.node.active_txns();
     active.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.id.cmp(&b.id)));
     let txns: Vec<_> = active.iter().map(|t| super::txn::txn_status(t, now)).collect();
     let oldest = txns.first().map(|t| t.txn.clone());
@@ -114,7 +113,7 @@ pub fn request_span(state: &AppState, req: &axum::http::Request<axum::body::Body
         .get(restm_shared::HEADER_TXN)
         .and_then(|v| v.to_str().ok())
         .or_else(|| route.starts_with("/txn/{id}").then(|| req.uri().path().split('/').nth(2)).flatten())
-        .and_then(|id| state.node.engine.txn(id.trim()).ok());
+        .and_then(|id| state.node.txn(id.trim()).ok());
     if let Some(txn) = txn {
         span.record("restm.txn", &*txn.id);
         if let Some(root) = &txn.root_span {

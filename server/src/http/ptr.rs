@@ -56,25 +56,26 @@ pub async fn get_ptr(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("restm.ptr", ptr.as_str());
-    let engine = &state.node.engine;
-    let txn = txn_header(engine, &headers)?;
-    let at = at_header(engine, &headers)?;
+    let node = &state.node;
+    let txn = txn_header(&headers)?;
+    let at = at_header(node, &headers)?;
     let for_update = lock_header(&headers)?;
     if for_update && txn.is_none() {
         return Err(ApiError::bad_request(
             "X-reSTM-Lock needs X-reSTM-Txn: a lock is held by a transaction until it ends",
         ));
     }
+    if txn.is_some() && at.is_some() {
+        return Err(ApiError::bad_request(
+            "X-reSTM-At cannot be combined with X-reSTM-Txn: a transaction reads at its own snapshot",
+        ));
+    }
+    let txn = txn.map(|id| node.use_txn(id)).transpose()?;
     let found = match (&txn, at) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "X-reSTM-At cannot be combined with X-reSTM-Txn: a transaction reads at its own snapshot",
-            ));
-        }
-        (Some(txn), None) if for_update => state.node.read_for_update(txn, &ptr).await?,
-        (Some(txn), None) => state.node.read(Some(txn), &ptr, txn.read_version()).await?,
+        (Some(txn), _) if for_update => state.node.read_for_update(txn, &ptr).await?,
+        (Some(txn), _) => state.node.read(Some(txn), &ptr, txn.read_version()).await?,
         (None, at) => {
-            let at = at.unwrap_or_else(|| engine.now_version());
+            let at = at.unwrap_or_else(|| node.now_version());
             state.node.read(None, &ptr, at).await?
         }
     };
@@ -134,23 +135,17 @@ async fn write(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("restm.ptr", ptr.as_str());
-    let engine = &state.node.engine;
     let pre = if_match(headers)?;
     let is_delete = value.is_none();
-    if let Some(txn) = txn_header(engine, headers)? {
-        if pre.is_some() || is_delete {
-            let seen = state.node.read(Some(&txn), &ptr, txn.read_version()).await?;
-            let live = seen.as_ref().filter(|v| v.value.is_some());
-            if is_delete && live.is_none() {
-                return Err(ApiError::PointerNotFound { ptr });
-            }
-            // A version staged by this txn itself has no version yet: it matches nothing.
-            let live_version = live.filter(|v| v.txn != txn.id).map(|v| v.version);
-            if let Some(p) = &pre {
-                check_precondition(&ptr, p, live.is_some(), live_version)?;
-            }
+    if let Some(id) = txn_header(headers)? {
+        let txn = state.node.use_txn(id)?;
+        // A delete needs a live value first; If-Match then holds or not.
+        let checks: Vec<Precondition> =
+            is_delete.then_some(Precondition::Exists).into_iter().chain(pre.clone()).collect();
+        match state.node.write_checked(&txn, &ptr, value, &checks).await {
+            Err(EngineError::NotFound { .. }) if is_delete => return Err(ApiError::PointerNotFound { ptr }),
+            other => other.map_err(|e| precondition_failed(&ptr, pre.as_ref(), e))?,
         }
-        state.node.write(&txn, &ptr, value).await?;
         let body = StagedResponse { txn: txn.id.to_string(), ptr, staged: true };
         return Ok(Json(body).into_response());
     }
@@ -163,39 +158,27 @@ async fn write(
     let writes = vec![(PtrId::from(ptr.as_str()), value)];
     let result = state.node.one_shot(&checks, writes, trace_id(headers)).await;
     let (_, version) = match result {
-        Err(EngineError::CheckFailed { actual, .. }) => {
-            let expected = match pre {
-                Some(Precondition::Version(Some(v))) => v.to_string(),
-                _ => "*".into(),
-            };
-            return Err(ApiError::PreconditionFailed { ptr, expected, actual });
-        }
-        Err(EngineError::NotFound { .. }) if pre == Some(Precondition::Exists) && !is_delete => {
-            return Err(ApiError::PreconditionFailed { ptr, expected: "*".into(), actual: None });
-        }
-        other => other?,
+        Err(e @ EngineError::NotFound { .. }) if is_delete => return Err(e.into()),
+        other => other.map_err(|e| precondition_failed(&ptr, pre.as_ref(), e))?,
     };
     let mut resp = Json(WriteResponse { version }).into_response();
     version_header(&mut resp, version);
     Ok(resp)
 }
 
-fn check_precondition(
-    ptr: &str,
-    pre: &Precondition,
-    exists: bool,
-    version: Option<u64>,
-) -> Result<(), ApiError> {
-    let (ok, expected) = match pre {
-        Precondition::Exists => (exists, "*".to_string()),
-        Precondition::Version(want) => {
-            (version == *want, want.map(|v| v.to_string()).unwrap_or_else(|| "absent".into()))
+/// A failed `If-Match` as `412`: the node answers a version that did not match as
+/// `CheckFailed`, and a pointer that had to exist (`If-Match: *`) and does not as `NotFound`.
+fn precondition_failed(ptr: &str, pre: Option<&Precondition>, e: EngineError) -> ApiError {
+    match (e, pre) {
+        (EngineError::CheckFailed { expected, actual, .. }, _) => ApiError::PreconditionFailed {
+            ptr: ptr.to_string(),
+            expected: expected.map_or_else(|| "absent".into(), |v| v.to_string()),
+            actual,
+        },
+        (EngineError::NotFound { .. }, Some(Precondition::Exists)) => {
+            ApiError::PreconditionFailed { ptr: ptr.to_string(), expected: "*".into(), actual: None }
         }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::PreconditionFailed { ptr: ptr.to_string(), expected, actual: version })
+        (e, _) => ApiError::Engine(e),
     }
 }
 
@@ -228,23 +211,14 @@ pub async fn history(
     if headers.contains_key(restm_shared::HEADER_TXN) {
         return Err(ApiError::bad_request("history is not read inside a transaction; use X-reSTM-At"));
     }
-    let upto = match at_header(&state.node.engine, &headers)? {
+    let upto = match at_header(&state.node, &headers)? {
         Some(at) => {
-            state.node.engine.check_horizon(at)?;
+            state.node.check_horizon(at)?;
             at
         }
         None => u64::MAX,
     };
-    let store = state.node.store.clone();
-    let p = ptr.clone();
-    let (versions, more, written) = tokio::task::spawn_blocking(move || {
-        let (versions, more) = store.history(&p, q.after, upto, limit)?;
-        let written = !versions.is_empty() || store.ever_written(&p)?;
-        Ok::<_, crate::engine::StorageError>((versions, more, written))
-    })
-    .await
-    .map_err(|e| EngineError::Storage(crate::engine::StorageError::backend("a history task", e)))?
-    .map_err(EngineError::Storage)?;
+    let (versions, more, written) = state.node.history(&ptr, q.after, upto, limit).await?;
     if !written {
         return Err(ApiError::PointerNotFound { ptr });
     }
@@ -293,9 +267,12 @@ pub async fn list(
     if prefix.len() > super::request::MAX_PTR_LEN {
         return Err(ApiError::bad_request("prefix is longer than the longest pointer id"));
     }
-    let engine = &state.node.engine;
-    let txn = txn_header(engine, &headers)?;
-    let at = at_header(engine, &headers)?;
+    let txn = txn_header(&headers)?;
+    let at = at_header(&state.node, &headers)?;
+    if txn.is_some() && at.is_some() {
+        return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
+    }
+    let txn = txn.map(|id| state.node.use_txn(id)).transpose()?;
     let at = match (txn, at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
@@ -307,7 +284,7 @@ pub async fn list(
             ));
         }
         (Some(t), None) => t.read_version(),
-        (None, at) => at.unwrap_or_else(|| engine.now_version()),
+        (None, at) => at.unwrap_or_else(|| state.node.now_version()),
     };
     let (page, more) = state.node.list(&prefix, q.after.as_deref(), at, limit).await?;
     let next = if more { page.last().map(|(p, _)| p.to_string()) } else { None };

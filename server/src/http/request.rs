@@ -13,7 +13,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::error::ApiError;
 use crate::engine::hlc::{millis_of, version_at_millis};
-use crate::engine::{Engine, Txn};
+pub use crate::engine::hlc::{version_time, version_time_ms};
+use crate::node::Node;
 use crate::node::Precondition;
 
 /// Longest pointer id, in bytes.
@@ -57,7 +58,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PtrPath {
     }
 }
 
-/// The transaction named by `X-reSTM-Txn`, if any; its lease is renewed.
 /// `X-reSTM-Lock`: whether a read is a locking read (`update`, the only value).
 pub fn lock_header(headers: &HeaderMap) -> Result<bool, ApiError> {
     match header_str(headers, restm_shared::HEADER_LOCK)? {
@@ -67,24 +67,23 @@ pub fn lock_header(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-pub fn txn_header(engine: &Engine, headers: &HeaderMap) -> Result<Option<Arc<Txn>>, ApiError> {
-    let Some(id) = header_str(headers, HEADER_TXN)? else { return Ok(None) };
-    let txn = engine.txn(id)?;
-    engine.touch(&txn)?;
-    Ok(Some(txn))
+/// The transaction id named by `X-reSTM-Txn`, if any (the handler looks it up through the
+/// node, which renews its lease).
+pub fn txn_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    header_str(headers, HEADER_TXN)
 }
 
 /// The version asked for by `X-reSTM-At`, if any.
-pub fn at_header(engine: &Engine, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub fn at_header(node: &Node, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match header_str(headers, HEADER_AT)? {
         None => Ok(None),
-        Some(raw) => parse_at(engine, raw).map(Some),
+        Some(raw) => parse_at(node, raw).map(Some),
     }
 }
 
 /// Parses `X-reSTM-At`: a version (`1234`), an RFC 3339 instant, or a relative time in the
 /// past (`-10s`, `-5m`, `-1h30m`, `-250ms`).
-pub fn parse_at(engine: &Engine, raw: &str) -> Result<u64, ApiError> {
+pub fn parse_at(node: &Node, raw: &str) -> Result<u64, ApiError> {
     let bad = |why: &str| {
         ApiError::bad_request(format!(
             "X-reSTM-At {raw:?} {why}; use a version (1234), an RFC 3339 instant \
@@ -96,9 +95,9 @@ pub fn parse_at(engine: &Engine, raw: &str) -> Result<u64, ApiError> {
     }
     if raw.bytes().all(|b| b.is_ascii_digit()) {
         let v: u64 = raw.parse().map_err(|_| bad("is too large for a version"))?;
-        return Ok(engine.check_at(v)?);
+        return Ok(node.check_at(v)?);
     }
-    let now_version = engine.now_version();
+    let now_version = node.now_version();
     let now_ms = millis_of(now_version);
     let millis = if let Some(rel) = raw.strip_prefix('-') {
         let d =
@@ -174,20 +173,6 @@ pub fn raw_json(value: &Bytes) -> Box<RawValue> {
         .ok()
         .and_then(|s| RawValue::from_string(s.to_string()).ok())
         .unwrap_or_else(|| RawValue::NULL.to_owned())
-}
-
-/// RFC 3339 text of a version's wall-clock instant.
-pub fn version_time(version: u64) -> String {
-    version_time_ms(millis_of(version))
-}
-
-/// RFC 3339 text of a Unix time in milliseconds.
-pub fn version_time_ms(millis: u64) -> String {
-    let nanos = i128::from(millis) * 1_000_000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// Parses a JSON request body into `T`, with a 400 naming what is wrong.

@@ -17,7 +17,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::request::{at_header, check_ptr, json_body, json_value, trace_id};
 
-use crate::engine::{AbortReason, BeginOptions, EngineError, Phase, PtrId, Txn};
+use crate::engine::{BeginOptions, Phase, PtrId, Txn};
+use crate::node::Node;
 use crate::node::Precondition;
 
 /// Begins a transaction. With `X-reSTM-At` it is a read-only transaction pinned there.
@@ -37,14 +38,13 @@ pub async fn begin(
         Some(b'{') => json_body(&body, "begin")?,
         Some(_) => return Err(ApiError::bad_request("the begin body must be a JSON object (or empty)")),
     };
-    let engine = &state.node.engine;
-    let at = at_header(engine, &headers)?;
+    let at = at_header(&state.node, &headers)?;
     if at.is_some() && req.read_only == Some(false) {
         return Err(ApiError::bad_request(
             "a transaction pinned with X-reSTM-At is read-only; drop read_only: false",
         ));
     }
-    let max = engine.config().max_timeout_ms;
+    let max = state.node.max_timeout_ms();
     if let Some(t) = req.timeout_ms
         && !(1..=max).contains(&t)
     {
@@ -64,12 +64,9 @@ pub async fn begin(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn txn_path(
-    engine: &crate::engine::Engine,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<std::sync::Arc<Txn>, ApiError> {
+fn txn_path(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<std::sync::Arc<Txn>, ApiError> {
     let Path(id) = path?;
-    Ok(engine.txn(&id)?)
+    Ok(node.txn(&id)?)
 }
 
 /// Commits a transaction: validates its reads, makes its writes durable, releases its locks.
@@ -82,7 +79,7 @@ pub async fn commit(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let txn = txn_path(&state.node.engine, path)?;
+    let txn = txn_path(&state.node, path)?;
     let commit_version = state.node.commit(&txn).await?;
     Ok(Json(CommitResponse { commit_version }).into_response())
 }
@@ -97,19 +94,8 @@ pub async fn abort(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let engine = &state.node.engine;
-    let txn = txn_path(engine, path)?;
-    if !engine.abort(&txn, AbortReason::Client) {
-        match txn.phase() {
-            Phase::Aborted(_) => {}
-            Phase::Committed(version) => {
-                return Err(EngineError::TxnCommitted { txn: txn.id.clone(), version }.into());
-            }
-            Phase::Committing | Phase::Active => {
-                return Err(EngineError::TxnCommitting { txn: txn.id.clone() }.into());
-            }
-        }
-    }
+    let txn = txn_path(&state.node, path)?;
+    state.node.abort(&txn)?;
     Ok(Json(AbortResponse { txn: txn.id.to_string(), state: TxnState::Aborted }).into_response())
 }
 
@@ -121,9 +107,8 @@ pub async fn status(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let engine = &state.node.engine;
-    let txn = txn_path(engine, path)?;
-    Ok(Json(txn_status(&txn, engine.now_millis())).into_response())
+    let txn = txn_path(&state.node, path)?;
+    Ok(Json(txn_status(&txn, state.node.now_millis())).into_response())
 }
 
 /// The wire view of a transaction.

@@ -11,6 +11,8 @@
 //! *fences*: every later commit is refused with [`CommitFailure::Fenced`] without touching
 //! the store, until the node is restarted and recovery reads what the disk really holds.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{CommitRecord, Durability, SharedStore};
+use super::{CommitRecord, Durability, SharedStore, VersionStore};
 use crate::engine::StorageError;
 
 /// Most commits written in one group.
@@ -83,29 +85,7 @@ impl GroupCommitter {
                     }
                 }
                 let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let result = match fence.get() {
-                    Some(cause) => Err(CommitFailure::Fenced(cause.clone())),
-                    None => {
-                        let span = tracing::debug_span!("group_commit", commits = records.len(), sync);
-                        let durable = span
-                            .in_scope(|| store.write_batch(&records).and_then(|()| store.persist(sync)))
-                            .map_err(|e| {
-                                tracing::error!(error = %e, commits = records.len(), "commit group failed; the node takes no more writes");
-                                let _ = fence.set(e.clone());
-                                CommitFailure::Unknown(e)
-                            });
-                        // Past the commit point: the records decide. A failed resolution is
-                        // redone by recovery, but the store is suspect, so it fences too.
-                        if durable.is_ok()
-                            && records.iter().any(|r| r.primary.is_some())
-                            && let Err(e) = store.resolve_batch(&records)
-                        {
-                            tracing::error!(error = %e, "resolving committed intents failed; the node takes no more writes");
-                            let _ = fence.set(e);
-                        }
-                        durable
-                    }
-                };
+                let result = write_group(&*store, &records, sync, &fence);
                 if !sync && result.is_ok() {
                     dirty = true;
                     if last_sync.elapsed() >= ASYNC_SYNC_EVERY {
@@ -124,21 +104,92 @@ impl GroupCommitter {
         })?;
         Ok(Self { tx, fenced })
     }
+}
 
-    /// The failure that stopped this committer from taking writes, if one did.
-    pub fn fenced(&self) -> Option<&StorageError> {
+impl Committer for GroupCommitter {
+    fn fenced(&self) -> Option<&StorageError> {
         self.fenced.get()
     }
 
     /// Queues a commit and waits until it is written (and durable, in sync mode).
-    pub async fn commit(&self, record: CommitRecord) -> Result<(), CommitFailure> {
-        if let Some(cause) = self.fenced() {
-            return Err(CommitFailure::Fenced(cause.clone()));
-        }
-        let (reply, done) = oneshot::channel();
-        let stopped = || CommitFailure::Fenced(StorageError::CommitterStopped);
-        self.tx.send((record, reply)).map_err(|_| stopped())?;
-        // A reply dropped unsent means the thread died holding it: the outcome is unknown.
-        done.await.map_err(|_| CommitFailure::Unknown(StorageError::CommitterStopped))?
+    fn commit(&self, record: CommitRecord) -> CommitFuture<'_> {
+        Box::pin(async move {
+            if let Some(cause) = self.fenced() {
+                return Err(CommitFailure::Fenced(cause.clone()));
+            }
+            let (reply, done) = oneshot::channel();
+            let stopped = || CommitFailure::Fenced(StorageError::CommitterStopped);
+            self.tx.send((record, reply)).map_err(|_| stopped())?;
+            // A reply dropped unsent means the thread died holding it: the outcome is unknown.
+            done.await.map_err(|_| CommitFailure::Unknown(StorageError::CommitterStopped))?
+        })
+    }
+}
+
+/// Writes one group: the batch, its fsync (in `sync`), then the resolution of its commits
+/// across partitions. Any failure before the commit point fences the store and leaves the
+/// group's outcome unknown; a failed resolution fences it too, but the group committed.
+fn write_group(
+    store: &dyn VersionStore,
+    records: &[CommitRecord],
+    sync: bool,
+    fence: &OnceLock<StorageError>,
+) -> Result<(), CommitFailure> {
+    if let Some(cause) = fence.get() {
+        return Err(CommitFailure::Fenced(cause.clone()));
+    }
+    let span = tracing::debug_span!("group_commit", commits = records.len(), sync);
+    let durable = span.in_scope(|| store.write_batch(records).and_then(|()| store.persist(sync))).map_err(|e| {
+        tracing::error!(error = %e, commits = records.len(), "commit group failed; the node takes no more writes");
+        let _ = fence.set(e.clone());
+        CommitFailure::Unknown(e)
+    });
+    // Past the commit point the records decide. A failed resolution is redone by recovery,
+    // but the store is suspect, so it fences too.
+    if durable.is_ok()
+        && records.iter().any(|r| r.primary.is_some())
+        && let Err(e) = store.resolve_batch(records)
+    {
+        tracing::error!(error = %e, "resolving committed intents failed; the node takes no more writes");
+        let _ = fence.set(e);
+    }
+    durable
+}
+
+/// A commit on its way to the disk.
+pub type CommitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CommitFailure>> + Send + 'a>>;
+
+/// How a node's commits reach its store: [`GroupCommitter`] (a thread that batches them) in
+/// a real node, [`DirectCommitter`] (the caller's task, one at a time) in a simulation,
+/// where no thread may run outside the seeded runtime.
+pub trait Committer: Send + Sync + 'static {
+    /// Makes `record` durable (per the durability mode); see [`CommitFailure`].
+    fn commit(&self, record: CommitRecord) -> CommitFuture<'_>;
+    /// The failure that stopped this committer from taking writes, if one did.
+    fn fenced(&self) -> Option<&StorageError>;
+}
+
+/// Writes each commit in the caller's task, with an fsync each: deterministic, for the
+/// seeded simulation. Fences exactly as the group committer does.
+pub struct DirectCommitter {
+    store: SharedStore,
+    sync: bool,
+    fenced: OnceLock<StorageError>,
+}
+
+impl DirectCommitter {
+    pub fn new(store: SharedStore, durability: Durability) -> Self {
+        Self { store, sync: durability == Durability::Sync, fenced: OnceLock::new() }
+    }
+}
+
+impl Committer for DirectCommitter {
+    fn commit(&self, record: CommitRecord) -> CommitFuture<'_> {
+        let result = write_group(&*self.store, std::slice::from_ref(&record), self.sync, &self.fenced);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn fenced(&self) -> Option<&StorageError> {
+        self.fenced.get()
     }
 }

@@ -37,7 +37,7 @@ const MEMTABLE_LIMIT: u64 = 16 * 1024 * 1024;
 const BLOCK_CACHE: u64 = 32 * 1024 * 1024;
 
 /// When a commit is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// After the commit is fsynced (concurrent commits share one fsync).
     Sync,

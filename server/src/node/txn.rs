@@ -1,11 +1,6 @@
-//! A node: the engine, its fjall store and the group committer, driven asynchronously.
-//!
-//! The engine never blocks: where it would wait (for a lock, or for a prepared commit a read
-//! must see) it hands back a listener. This module does the waiting, with the lock timeout,
-//! makes prepared commits durable before they are installed, and runs the lease reaper.
-//! HTTP handlers call only this.
+//! Transactions through the node: begin, reads and writes that wait, commit with
+//! durability, one-shots, listings, aborts and the live view of locks.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,52 +8,16 @@ use bytes::Bytes;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::Instrument;
 
-use crate::engine::clock::SystemClock;
-use crate::engine::events::{EventSink, Tee};
+use super::Node;
 use crate::engine::{
-    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineConfig, EngineError, ListPage,
-    PreparedWait, PtrId, ReadStep, StorageError, Txn, VersionRec, WriteStep,
+    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineError, ListPage, Phase, PreparedWait,
+    PtrId, ReadStep, StorageError, Txn, VersionRec, WriteStep,
 };
-use crate::metrics::Metrics;
-use crate::storage::group_commit::{CommitFailure, GroupCommitter};
-use crate::storage::{CommitRecord, Durability, SharedStore, Store};
+use crate::storage::CommitRecord;
+use crate::storage::group_commit::CommitFailure;
 
 /// Longest a read waits for a prepared commit to land before giving up.
 const PREPARED_WAIT: Duration = Duration::from_secs(10);
-
-/// Settings of a node.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub data_dir: PathBuf,
-    /// Partition count for a new data directory (`None`: 64, or what the directory has).
-    pub partitions: Option<u32>,
-    pub engine: EngineConfig,
-    /// Longest a write waits for another transaction's lock.
-    pub lock_timeout: Duration,
-    pub durability: Durability,
-    /// How often expired leases are looked for.
-    pub reap_every: Duration,
-    /// How often garbage collection looks for history below the watermark (and memory
-    /// pressure is measured).
-    pub gc_every: Duration,
-    /// Memory the engine may hold, in bytes (0: no budget, no pressure levels).
-    pub memory_budget: u64,
-}
-
-/// What garbage collection has done since the node started.
-#[derive(Debug, Clone, Default)]
-pub struct GcTotals {
-    pub passes: u64,
-    pub versions_memory: u64,
-    pub bytes_memory: u64,
-    pub versions_disk: u64,
-    pub bytes_disk: u64,
-    pub pointers_removed: u64,
-    /// The last pass that pruned anything: when (ms), to which watermark, and how long it took.
-    pub last_pass_ms: Option<u64>,
-    pub last_watermark: u64,
-    pub last_elapsed_ms: u64,
-}
 
 /// A precondition of a one-shot transaction, checked at its snapshot and validated at commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,218 +28,7 @@ pub enum Precondition {
     Exists,
 }
 
-/// A running node.
-pub struct Node {
-    pub engine: Arc<Engine>,
-    pub store: SharedStore,
-    committer: GroupCommitter,
-    pub config: NodeConfig,
-    pub metrics: Arc<Metrics>,
-    /// Transactions waiting for a lock now: txn → (pointer, since when, in ms).
-    waits: dashmap::DashMap<crate::engine::TxnId, (PtrId, u64)>,
-    gc: parking_lot::Mutex<GcTotals>,
-    /// The horizon the last completed pass pruned to; a pass with nothing new skips the walk.
-    pruned_to: std::sync::atomic::AtomicU64,
-}
-
 impl Node {
-    /// Opens the data directory, recovers, and starts the committer.
-    pub fn open(
-        config: NodeConfig,
-        events: Arc<dyn EventSink>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Node>, StorageError> {
-        Self::open_with(config, events, metrics, |store| Arc::new(store))
-    }
-
-    /// Opens the data directory and runs the node over `wrap(store)`: a test wraps the real
-    /// store in one that injects faults (`storage::fault`).
-    pub fn open_with(
-        mut config: NodeConfig,
-        events: Arc<dyn EventSink>,
-        metrics: Arc<Metrics>,
-        wrap: impl FnOnce(Store) -> SharedStore,
-    ) -> Result<Arc<Node>, StorageError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| StorageError::backend("creating the data directory", e))?;
-        let started = std::time::Instant::now();
-        let (store, recovered) =
-            Store::open(&config.data_dir, config.partitions, config.engine.hot_versions)?;
-        tracing::info!(
-            pointers = recovered.pointers.len(),
-            versions = recovered.versions,
-            partitions = recovered.partitions,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered data directory"
-        );
-        config.engine.partitions = recovered.partitions;
-        let (horizon, pins) = store.gc_state()?;
-        let store = wrap(store);
-        let engine = Arc::new(
-            Engine::new(
-                config.engine.clone(),
-                Arc::new(SystemClock),
-                store.clone(),
-                recovered.pointers,
-                recovered.max_version,
-            )
-            .with_events(Arc::new(Tee(vec![events, metrics.clone()])))
-            .with_gc_state(horizon, pins),
-        );
-        let committer = GroupCommitter::start(store.clone(), config.durability)
-            .map_err(|e| StorageError::backend("starting the commit thread", e))?;
-        Ok(Arc::new(Node {
-            engine,
-            store,
-            committer,
-            config,
-            metrics,
-            waits: Default::default(),
-            gc: Default::default(),
-            pruned_to: Default::default(),
-        }))
-    }
-
-    /// Starts the background task that garbage-collects history below the watermark.
-    pub fn spawn_gc(self: &Arc<Self>) {
-        self.spawn_every(self.config.gc_every, |node| async move {
-            node.check_pressure();
-            match tokio::task::spawn_blocking(move || node.gc_pass()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "garbage collection pass failed; retrying"),
-                Err(e) => tracing::error!(error = %e, "garbage collection pass panicked"),
-            }
-        });
-    }
-
-    /// Runs `work` every `every` for as long as the node lives.
-    fn spawn_every<F, Fut>(self: &Arc<Self>, every: Duration, work: F)
-    where
-        F: Fn(Arc<Node>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let node = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(node) = node.upgrade() else { return };
-                work(node).await;
-            }
-        });
-    }
-
-    /// Measures memory against the budget and moves the pressure level; on entering high
-    /// or critical, evicts all but the latest version of every pointer from memory.
-    pub fn check_pressure(&self) {
-        let budget = self.config.memory_budget;
-        if let Some((old, new, used)) = self.engine.update_pressure(budget) {
-            let evicted = if new > old { self.engine.evict_hot(1) } else { 0 };
-            let after = self.engine.memory_bytes();
-            tracing::warn!(
-                from = old.as_str(),
-                to = new.as_str(),
-                memory_bytes = used,
-                budget_bytes = budget,
-                evicted_versions = evicted,
-                memory_after_eviction = after,
-                "memory pressure changed"
-            );
-        }
-    }
-
-    /// One garbage-collection pass: drop expired pins, raise the horizon to the watermark
-    /// (durably, before anything goes), then prune each partition in memory and on disk, one
-    /// partition and one pointer at a time, so commits never stop.
-    pub fn gc_pass(&self) -> Result<(), StorageError> {
-        use std::sync::atomic::Ordering;
-        for pin in self.engine.expire_pins() {
-            self.store.delete_pin(&pin.id)?;
-            tracing::info!(pin = %pin.id, version = pin.version, "pin expired");
-        }
-        let saved = self.engine.horizon();
-        let watermark = self.engine.raise_horizon();
-        let horizon = self.engine.horizon();
-        if horizon > saved {
-            self.store.save_horizon(horizon)?;
-        }
-        if horizon <= self.pruned_to.load(Ordering::Relaxed) && self.gc.lock().passes > 0 {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let (mut vm, mut bm, mut vd, mut bd, mut removed) = (0, 0, 0, 0, 0);
-        for idx in 0..self.engine.partition_count() {
-            let pass = self.engine.gc_partition(idx);
-            let (v, b) = self.store.prune(&pass.disk)?;
-            vm += pass.versions;
-            bm += pass.bytes;
-            removed += pass.removed;
-            vd += v;
-            bd += b;
-        }
-        self.pruned_to.store(horizon, Ordering::Relaxed);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let mut totals = self.gc.lock();
-        totals.passes += 1;
-        if vm + vd + removed > 0 {
-            totals.versions_memory += vm;
-            totals.bytes_memory += bm;
-            totals.versions_disk += vd;
-            totals.bytes_disk += bd;
-            totals.pointers_removed += removed;
-            totals.last_pass_ms = Some(self.engine.now_millis());
-            totals.last_watermark = watermark.version;
-            totals.last_elapsed_ms = elapsed_ms;
-            drop(totals);
-            self.metrics.observe_gc(vm, bm, vd, bd, removed);
-            self.engine.report_gc(&watermark, vm.max(vd), removed, bd);
-            tracing::debug!(
-                watermark = watermark.version,
-                held_by = ?watermark.held_by,
-                versions_memory = vm,
-                versions_disk = vd,
-                bytes_disk = bd,
-                pointers_removed = removed,
-                elapsed_ms,
-                "garbage collected"
-            );
-        }
-        Ok(())
-    }
-
-    /// What garbage collection has done so far.
-    pub fn gc_totals(&self) -> GcTotals {
-        self.gc.lock().clone()
-    }
-
-    /// Pins history at `at` for `ttl_ms`, durably.
-    pub fn pin(&self, at: u64, ttl_ms: u64, note: String) -> Result<crate::engine::gc::Pin, EngineError> {
-        let id = format!("{:016x}", self.engine.now_version());
-        let pin = self.engine.pin(id, at, ttl_ms, note)?;
-        if let Err(e) = self.store.save_pin(&pin) {
-            let _ = self.engine.unpin(&pin.id);
-            return Err(EngineError::Storage(e));
-        }
-        Ok(pin)
-    }
-
-    /// Removes a pin.
-    pub fn unpin(&self, id: &str) -> Result<crate::engine::gc::Pin, EngineError> {
-        let pin = self.engine.unpin(id)?;
-        self.store.delete_pin(id).map_err(EngineError::Storage)?;
-        Ok(pin)
-    }
-
-    /// Starts the background task that aborts transactions whose lease ran out.
-    pub fn spawn_reaper(self: &Arc<Self>) {
-        self.spawn_every(self.config.reap_every, |node| async move {
-            for id in node.engine.reap_expired() {
-                tracing::info!(txn = %id, "aborted: lease expired");
-            }
-        });
-    }
-
     /// Begins a transaction. Once a failed write fenced the store, only read-only ones.
     pub fn begin(&self, opts: BeginOptions) -> Result<Arc<Txn>, EngineError> {
         if !opts.read_only
@@ -290,11 +38,6 @@ impl Node {
             return Err(EngineError::WritesFenced { cause: cause.clone() });
         }
         self.engine.begin(opts)
-    }
-
-    /// Why the node stopped taking writes, if it did.
-    pub fn fenced(&self) -> Option<&StorageError> {
-        self.committer.fenced()
     }
 
     /// Reads `ptr` in `txn` (at its snapshot), or outside any txn at version `at`.
@@ -459,28 +202,11 @@ impl Node {
         tracing::Span::current().record("restm.txn", &*txn.id);
         let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
         for (ptr, pre) in checks {
-            let seen = self.read(Some(&txn), ptr, txn.read_version()).await?;
-            let live = seen.as_ref().filter(|v| v.value.is_some());
-            let ok = match pre {
-                Precondition::Exists => live.is_some(),
-                Precondition::Version(want) => live.map(|v| v.version) == *want,
-            };
-            if !ok {
-                self.engine.abort(&txn, AbortReason::CheckFailed { ptr: ptr.clone() });
-                if *pre == Precondition::Exists {
-                    return Err(EngineError::NotFound { ptr: ptr.clone() });
+            if let Err(e) = self.check(&txn, ptr, pre).await {
+                if matches!(e, EngineError::NotFound { .. } | EngineError::CheckFailed { .. }) {
+                    self.engine.abort(&txn, AbortReason::CheckFailed { ptr: ptr.clone() });
                 }
-                let expected = match pre {
-                    Precondition::Version(v) => *v,
-                    Precondition::Exists => None,
-                };
-                return Err(EngineError::CheckFailed {
-                    txn: txn.id.clone(),
-                    ptr: ptr.clone(),
-                    expected,
-                    actual: live.map(|v| v.version),
-                    actual_txn: live.map(|v| v.txn.clone()),
-                });
+                return Err(e);
             }
         }
         for (ptr, value) in writes {
@@ -489,6 +215,68 @@ impl Node {
         let version = self.commit(&txn).await?;
         std::mem::forget(guard);
         Ok((txn, version))
+    }
+
+    /// Checks `pre` on `ptr` at `txn`'s snapshot: [`EngineError::NotFound`] when it must
+    /// exist and does not, [`EngineError::CheckFailed`] when its version is not the one
+    /// wanted. A value the txn staged itself exists, but has no version yet, so it matches
+    /// no version.
+    async fn check(&self, txn: &Arc<Txn>, ptr: &PtrId, pre: &Precondition) -> Result<(), EngineError> {
+        let seen = self.read(Some(txn), ptr, txn.read_version()).await?;
+        let live = seen.as_ref().filter(|v| v.value.is_some());
+        let version = live.filter(|v| v.txn != txn.id).map(|v| v.version);
+        match pre {
+            Precondition::Exists if live.is_none() => Err(EngineError::NotFound { ptr: ptr.clone() }),
+            Precondition::Version(want) if version != *want => Err(EngineError::CheckFailed {
+                txn: txn.id.clone(),
+                ptr: ptr.clone(),
+                expected: *want,
+                actual: version,
+                actual_txn: live.map(|v| v.txn.clone()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stages a write in `txn` once every one of `checks` holds at its snapshot (a failed
+    /// check leaves the txn as it was).
+    pub async fn write_checked(
+        &self,
+        txn: &Arc<Txn>,
+        ptr: &str,
+        value: Option<Bytes>,
+        checks: &[Precondition],
+    ) -> Result<(), EngineError> {
+        let id: PtrId = ptr.into();
+        for pre in checks {
+            self.check(txn, &id, pre).await?;
+        }
+        self.write(txn, ptr, value).await
+    }
+
+    /// Looks a transaction up (active or recently finished), without touching its lease.
+    pub fn txn(&self, id: &str) -> Result<Arc<Txn>, EngineError> {
+        self.engine.txn(id)
+    }
+
+    /// Looks up an active transaction that a request works in, and renews its lease.
+    pub fn use_txn(&self, id: &str) -> Result<Arc<Txn>, EngineError> {
+        let txn = self.engine.txn(id)?;
+        self.engine.touch(&txn)?;
+        Ok(txn)
+    }
+
+    /// Aborts `txn` for its client. Aborting twice is harmless; aborting a txn that
+    /// committed, or is committing, is refused.
+    pub fn abort(&self, txn: &Arc<Txn>) -> Result<(), EngineError> {
+        if self.engine.abort(txn, AbortReason::Client) {
+            return Ok(());
+        }
+        match txn.phase() {
+            Phase::Aborted(_) => Ok(()),
+            Phase::Committed(version) => Err(EngineError::TxnCommitted { txn: txn.id.clone(), version }),
+            Phase::Committing | Phase::Active => Err(EngineError::TxnCommitting { txn: txn.id.clone() }),
+        }
     }
 
     /// A page of live pointers under `prefix` at version `at`.
@@ -506,9 +294,7 @@ impl Node {
             }
         }
     }
-}
 
-impl Node {
     /// Every held lock with its holder and waiters, contended ones first.
     pub fn locks(&self) -> Vec<restm_shared::LockView> {
         let now = self.engine.now_millis();

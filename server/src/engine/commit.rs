@@ -1,0 +1,205 @@
+//! Commit: prepare (locks marked, intents applied across partitions), the commit version, validation, then installing a durable commit by applying `PrepareCommit`, or `TxnRecord` and `Commit` (see [`super::command`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::command::{Command, Outcome, TxnState};
+use super::error::{AbortReason, Conflict, EngineError, StorageError};
+use super::events::EventKind;
+use super::partition::partition_of;
+use super::pressure::Pressure;
+use super::txn::{Phase, Txn};
+use super::{CommitStep, Engine, PreparedCommit, PtrId, TxnId};
+
+impl Engine {
+    /// Prepares `txn` on every partition it touched, takes its commit version and validates
+    /// its reads. On a conflict the transaction is aborted and the conflict returned.
+    pub fn prepare_commit(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
+        let (writes, reads) = {
+            let mut inner = txn.inner.lock();
+            Self::ensure_active(txn, &inner.phase)?;
+            if txn.read_only || inner.writes.is_empty() {
+                // A snapshot is serializable at its read version: nothing to validate or persist.
+                // Locks taken by locking reads go now.
+                inner.phase = Phase::Committed(txn.read_version());
+                let locks = std::mem::take(&mut inner.locks);
+                drop(inner);
+                self.release(txn, locks);
+                return Ok(CommitStep::Done(txn.read_version()));
+            }
+            inner.phase = Phase::Committing;
+            let writes: Vec<(PtrId, Option<Bytes>)> =
+                inner.writes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let reads: Vec<(PtrId, Option<u64>)> = inner.reads.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (writes, reads)
+        };
+        // 1. Freeze the writes. Every read that starts after this sees the prepared mark.
+        //    Across partitions each written one also applies `Prepare`: its intents are
+        //    what the durable record of the commit resolves after a crash.
+        let prepared_above = self.hlc.last();
+        let by_partition = self.group_pairs(writes.iter().cloned());
+        let primary = (by_partition.len() > 1).then(|| writes[0].0.clone());
+        let mut prepared: Vec<usize> = Vec::new();
+        for (pidx, group) in &by_partition {
+            let _span =
+                tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = group.len())
+                    .entered();
+            let ptrs: Vec<PtrId> = group.iter().map(|(p, _)| p.clone()).collect();
+            let mut outcome = self.partitions[*pidx].prepare(&txn.id, &ptrs, prepared_above);
+            if outcome.is_ok()
+                && let Some(primary) = &primary
+            {
+                let cmd = Command::Prepare {
+                    txn: txn.id.clone(),
+                    trace_id: txn.trace_id.clone(),
+                    prepared_above,
+                    reads: self.reads_in(*pidx, &reads),
+                    writes: group.clone(),
+                    primary: primary.clone(),
+                };
+                match self.partitions[*pidx].apply(&cmd, 0) {
+                    Outcome::Prepared => prepared.push(*pidx),
+                    Outcome::Conflict(c) => outcome = Err(c),
+                    other => unreachable!("Prepare answers Prepared or Conflict, not {other:?}"),
+                }
+            }
+            if let Err(conflict) = outcome {
+                self.abort_prepared(&txn.id, &prepared);
+                self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
+            }
+        }
+        // 2. The commit version: above every version issued so far, so above every version
+        //    on the written pointers and above the prepared marks.
+        let commit_version = self.hlc.tick();
+        // 3. Validate the reads against what is committed or locked now.
+        for (pidx, group) in self.group_pairs(reads.iter().cloned()) {
+            let _span =
+                tracing::debug_span!("partition.validate", restm.partition = pidx, restm.reads = group.len())
+                    .entered();
+            if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
+                self.abort_prepared(&txn.id, &prepared);
+                self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
+            }
+        }
+        Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes, reads, primary }))
+    }
+
+    /// The reads of `reads` that fall in partition `pidx`.
+    pub(super) fn reads_in(&self, pidx: usize, reads: &[(PtrId, Option<u64>)]) -> Vec<(PtrId, Option<u64>)> {
+        let n = self.partitions.len() as u32;
+        reads.iter().filter(|(p, _)| partition_of(p, n) as usize == pidx).cloned().collect()
+    }
+
+    /// Applies `Abort` on the partitions where `txn` prepared intents.
+    pub(super) fn abort_prepared(&self, txn: &TxnId, partitions: &[usize]) {
+        let cmd = Command::Abort { txn: txn.clone() };
+        for pidx in partitions {
+            self.partitions[*pidx].apply(&cmd, 0);
+        }
+    }
+
+    /// Installs a durable commit and releases its locks. One partition applies
+    /// `PrepareCommit`; across partitions the primary's partition records the commit and
+    /// each applies `Commit` (the primary's last, which retires the record).
+    ///
+    /// The commands re-check the reads against the replicated state. On one node the
+    /// leader's locks already guarantee they pass, so a conflict here means an invariant
+    /// broke after the commit became durable: it is returned, and the txn stays committing
+    /// (its outcome is what recovery finds).
+    pub fn install_commit(&self, prepared: PreparedCommit) -> Result<u64, Conflict> {
+        let PreparedCommit { txn, commit_version, writes, reads, primary } = prepared;
+        // Under memory pressure only the latest version of each pointer stays in memory.
+        let max_hot = if self.pressure() >= Pressure::High { 1 } else { self.cfg.hot_versions };
+        let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
+        let groups = self.group_pairs(writes);
+        let n = self.partitions.len() as u32;
+        let primary_idx = primary.as_ref().map(|p| partition_of(p, n) as usize);
+        if let Some(pidx) = primary_idx {
+            let record =
+                Command::TxnRecord { txn: txn.id.clone(), state: TxnState::Committed(commit_version) };
+            self.partitions[pidx].apply(&record, max_hot);
+        }
+        // The primary's partition goes last (BTreeMap order, then the primary).
+        let mut order: Vec<_> = groups.into_iter().collect();
+        if let Some(pidx) = primary_idx
+            && let Some(at) = order.iter().position(|(i, _)| *i == pidx)
+        {
+            let p = order.remove(at);
+            order.push(p);
+        }
+        for (pidx, group) in order {
+            let _span = tracing::debug_span!(
+                "partition.commit",
+                restm.partition = pidx,
+                restm.version = commit_version
+            )
+            .entered();
+            let partition = &self.partitions[pidx];
+            let cmd = match primary_idx {
+                Some(_) => Command::Commit { txn: txn.id.clone(), commit_version },
+                None => Command::PrepareCommit {
+                    txn: txn.id.clone(),
+                    trace_id: txn.trace_id.clone(),
+                    commit_version,
+                    reads: self.reads_in(pidx, &reads),
+                    writes: group.clone(),
+                },
+            };
+            if let Outcome::Conflict(c) = partition.apply(&cmd, max_hot) {
+                tracing::error!(txn = %txn.id, version = commit_version, conflict = %c, "a durable commit failed its re-check");
+                return Err(c);
+            }
+            partition.release(&txn.id, group.iter().map(|(p, _)| p));
+        }
+        self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
+        for ptr in &released {
+            self.emit(EventKind::LockReleased, Some(&txn), Some(ptr), |e| e.version = Some(commit_version));
+        }
+        // Locks of pointers read with a lock but not written are released as they are.
+        let read_locks: Vec<PtrId> = {
+            let mut inner = txn.inner.lock();
+            let locks = std::mem::take(&mut inner.locks);
+            locks.into_iter().filter(|p| !inner.writes.contains_key(p)).collect()
+        };
+        for ptr in read_locks {
+            self.partition(&ptr).unlock(&txn.id, &ptr);
+            self.emit(EventKind::LockReleased, Some(&txn), Some(&ptr), |_| {});
+        }
+        {
+            let mut inner = txn.inner.lock();
+            inner.phase = Phase::Committed(commit_version);
+            // The txn stays queryable for a while: keep which pointers it wrote (and whether
+            // it deleted them), but not the values, which now live in the version chains.
+            for value in inner.writes.values_mut() {
+                if value.is_some() {
+                    *value = Some(Bytes::new());
+                }
+            }
+        }
+        self.finish(&txn);
+        Ok(commit_version)
+    }
+
+    /// [`Self::install_commit`] for tests and benchmarks, which drive the engine directly
+    /// and treat a failed re-check as the bug it is.
+    pub fn finish_commit(&self, prepared: PreparedCommit) -> u64 {
+        match self.install_commit(prepared) {
+            Ok(v) => v,
+            Err(c) => panic!("a durable commit failed its re-check: {c}"),
+        }
+    }
+
+    /// Undoes a prepared commit that could not be made durable.
+    pub fn fail_commit(&self, prepared: PreparedCommit, error: StorageError) {
+        if prepared.primary.is_some() {
+            let n = self.partitions.len() as u32;
+            let parts: std::collections::BTreeSet<usize> =
+                prepared.writes.iter().map(|(p, _)| partition_of(p, n) as usize).collect();
+            self.abort_prepared(&prepared.txn.id, &parts.into_iter().collect::<Vec<_>>());
+        }
+        self.abort_committing(&prepared.txn, AbortReason::Storage(error));
+    }
+}
