@@ -23,6 +23,7 @@ fn config(dir: &Path) -> NodeConfig {
         partitions: Some(4),
         engine: EngineConfig { partitions: 4, ..EngineConfig::default() },
         lock_timeout: Duration::from_millis(200),
+        prepared_wait: Duration::from_secs(10),
         durability: Durability::Sync,
         reap_every: Duration::from_millis(50),
         gc_every: Duration::from_secs(3600),

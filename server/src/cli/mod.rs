@@ -128,6 +128,7 @@ impl ServeArgs {
                 ..EngineConfig::default()
             },
             lock_timeout: self.lock_timeout,
+            prepared_wait: Duration::from_secs(10),
             durability: match self.durability {
                 DurabilityArg::Sync => Durability::Sync,
                 DurabilityArg::Async => Durability::Async,

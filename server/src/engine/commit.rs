@@ -148,11 +148,11 @@ impl Engine {
                     writes: group.clone(),
                 },
             };
-            if let Outcome::Conflict(c) = partition.apply(&cmd, max_hot) {
+            // Installed and released in one visit of each pointer.
+            if let Outcome::Conflict(c) = partition.apply_releasing(&cmd, max_hot, Some(&txn.id)) {
                 tracing::error!(txn = %txn.id, version = commit_version, conflict = %c, "a durable commit failed its re-check");
                 return Err(c);
             }
-            partition.release(&txn.id, group.iter().map(|(p, _)| p));
         }
         self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
         for ptr in &released {

@@ -285,8 +285,7 @@ impl Partition {
             reads: Vec::new(),
             writes: writes.to_vec(),
         };
-        self.apply(&cmd, max_hot);
-        self.release(txn, writes.iter().map(|(p, _)| p));
+        self.apply_releasing(&cmd, max_hot, Some(txn));
     }
 
     /// The leader's side of a commit or abort: releases `txn`'s locks on `ptrs` and wakes
@@ -311,50 +310,60 @@ impl Partition {
     /// only says how many versions stay in memory; older ones are read from cold storage,
     /// so it changes no answer.
     pub fn apply(&self, cmd: &Command, max_hot: usize) -> Outcome {
+        self.apply_releasing(cmd, max_hot, None)
+    }
+
+    /// [`Self::apply`], and on the leader, in the same visit of each pointer a commit
+    /// installs, releases the lock `leader` holds on it (waking its waiters): one lookup and
+    /// one critical section per pointer instead of two.
+    pub fn apply_releasing(&self, cmd: &Command, max_hot: usize, leader: Option<&TxnId>) -> Outcome {
         match cmd {
             Command::Prepare { txn, trace_id, prepared_above, reads, writes, .. } => {
-                if let Err(c) = self.check(txn, reads, writes, None) {
-                    return Outcome::Conflict(c);
-                }
-                for (ptr, value) in writes {
+                let cells = match self.check(txn, reads, writes, None) {
+                    Ok(cells) => cells,
+                    Err(c) => return Outcome::Conflict(c),
+                };
+                for ((ptr, value), cell) in writes.iter().zip(cells) {
                     let intent = Intent {
                         txn: txn.clone(),
                         trace_id: trace_id.clone(),
                         prepared_above: *prepared_above,
                         value: value.clone(),
                     };
-                    self.with_cell(ptr, |_, st| st.intent = Some(intent));
+                    self.with_cell(ptr, cell, |_, st| st.intent = Some(intent));
                 }
                 self.prepared.lock().insert(txn.clone(), writes.iter().map(|(p, _)| p.clone()).collect());
                 Outcome::Prepared
             }
             Command::PrepareCommit { txn, trace_id, commit_version, reads, writes } => {
-                if let Err(c) = self.check(txn, reads, writes, Some(*commit_version)) {
-                    return Outcome::Conflict(c);
-                }
-                for (ptr, value) in writes {
+                let cells = match self.check(txn, reads, writes, Some(*commit_version)) {
+                    Ok(cells) => cells,
+                    Err(c) => return Outcome::Conflict(c),
+                };
+                for ((ptr, value), cell) in writes.iter().zip(cells) {
                     let rec = VersionRec {
                         version: *commit_version,
                         txn: txn.clone(),
                         trace_id: trace_id.clone(),
                         value: value.clone(),
                     };
-                    self.with_cell(ptr, |ptr, st| self.install(ptr, st, rec, max_hot));
+                    self.with_cell(ptr, cell, |ptr, st| self.install(ptr, st, rec, max_hot, leader));
                 }
                 Outcome::Committed(*commit_version)
             }
             Command::Commit { txn, commit_version } => {
                 let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
                 for ptr in &ptrs {
-                    self.with_cell(ptr, |ptr, st| {
+                    self.with_cell(ptr, None, |ptr, st| {
                         if let Some(i) = st.intent.take_if(|i| i.txn == *txn) {
+                            st.released = true; // readers waiting on the intent go on
                             let rec = VersionRec {
                                 version: *commit_version,
                                 txn: i.txn,
                                 trace_id: i.trace_id,
                                 value: i.value,
                             };
-                            self.install(ptr, st, rec, max_hot);
+                            self.install(ptr, st, rec, max_hot, leader);
                         }
                     });
                 }
@@ -365,7 +374,10 @@ impl Partition {
                 let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
                 for ptr in &ptrs {
                     if let Some(cell) = self.cell(ptr) {
-                        cell.state.lock().intent.take_if(|i| i.txn == *txn);
+                        let dropped = cell.state.lock().intent.take_if(|i| i.txn == *txn).is_some();
+                        if dropped {
+                            cell.notify_released();
+                        }
                     }
                 }
                 self.records.lock().remove(txn);
@@ -389,23 +401,29 @@ impl Partition {
     /// seen. A `PrepareCommit` carries its commit version: versions above it are later
     /// commits that serialize after this txn, so only a hot version between the one seen
     /// and the commit version is a conflict.
+    ///
+    /// Returns the cells of the written pointers that exist, in order, for the change that
+    /// follows to reuse.
     fn check(
         &self,
         txn: &TxnId,
         reads: &[(PtrId, Option<u64>)],
         writes: &[(PtrId, Option<Bytes>)],
         below: Option<u64>,
-    ) -> Result<(), Conflict> {
+    ) -> Result<Vec<Option<Arc<PointerCell>>>, Conflict> {
         let foreign = |ptr: &PtrId, st: &PointerState| match &st.intent {
             Some(i) if i.txn != *txn && below.is_none_or(|cv| i.prepared_above < cv) => {
                 Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() })
             }
             _ => Ok(()),
         };
+        let mut cells = Vec::with_capacity(writes.len());
         for (ptr, _) in writes {
-            if let Some(cell) = self.cell(ptr) {
+            let cell = self.cell(ptr);
+            if let Some(cell) = &cell {
                 foreign(ptr, &cell.state.lock())?;
             }
+            cells.push(cell);
         }
         for (ptr, seen) in reads {
             let Some(cell) = self.cell(ptr) else {
@@ -431,29 +449,60 @@ impl Partition {
                 return Err(Conflict::Collected { ptr: ptr.clone() });
             }
         }
-        Ok(())
+        Ok(cells)
     }
 
-    /// Runs `f` on `ptr`'s live cell, creating it if need be.
-    fn with_cell<R>(&self, ptr: &PtrId, f: impl FnOnce(&PtrId, &mut PointerState) -> R) -> R {
+    /// Runs `f` on `ptr`'s live cell (`known`, if it is still live), creating it if need
+    /// be. If `f` sets [`PointerState::released`], the waiters are woken once the cell's
+    /// mutex is dropped.
+    fn with_cell<R>(
+        &self,
+        ptr: &PtrId,
+        known: Option<Arc<PointerCell>>,
+        f: impl FnOnce(&PtrId, &mut PointerState) -> R,
+    ) -> R {
+        let mut known = known;
         loop {
-            let cell = self.pointers.get_or_insert_with(ptr.clone(), Default::default).value().clone();
+            let cell = match known.take() {
+                Some(cell) => cell,
+                None => self.pointers.get_or_insert_with(ptr.clone(), Default::default).value().clone(),
+            };
             let mut st = cell.state.lock();
             if st.dead {
                 drop(st);
                 std::thread::yield_now();
                 continue;
             }
-            return f(ptr, &mut st);
+            let out = f(ptr, &mut st);
+            let released = std::mem::take(&mut st.released);
+            drop(st);
+            if released {
+                cell.notify_released();
+            }
+            return out;
         }
     }
 
-    /// Pushes a committed version onto a chain, keeping the accounting and the GC bound.
-    fn install(&self, ptr: &PtrId, st: &mut PointerState, rec: VersionRec, max_hot: usize) {
+    /// Pushes a committed version onto a chain, keeping the accounting and the GC bound;
+    /// releases `leader`'s lock on the pointer, if it holds it.
+    fn install(
+        &self,
+        ptr: &PtrId,
+        st: &mut PointerState,
+        rec: VersionRec,
+        max_hot: usize,
+        leader: Option<&TxnId>,
+    ) {
         let before = footprint(ptr, &st.chain);
         st.chain.push(rec, max_hot);
         self.account(before, footprint(ptr, &st.chain));
         self.lower_prunable_at(&st.chain);
+        if let Some(txn) = leader
+            && st.lock.as_ref().is_some_and(|l| l.txn == *txn)
+        {
+            st.lock = None;
+            st.released = true;
+        }
     }
 
     /// The replicated state in canonical order: two replicas that applied the same commands

@@ -245,6 +245,8 @@ pub struct PointerState {
     pub lock: Option<LockEntry>,
     /// The cell was unlinked from its partition; whoever holds it must look the pointer up again.
     pub dead: bool,
+    /// The lock was just released under this mutex: wake the waiters once it is dropped.
+    pub released: bool,
 }
 
 /// A pointer: its state and the event its waiters park on.
@@ -277,7 +279,7 @@ impl PointerState {
 impl PointerCell {
     pub fn with_chain(chain: VersionChain) -> Self {
         Self {
-            state: Mutex::new(PointerState { chain, intent: None, lock: None, dead: false }),
+            state: Mutex::new(PointerState { chain, intent: None, lock: None, dead: false, released: false }),
             released: Event::new(),
             unlocked: Event::new(),
         }

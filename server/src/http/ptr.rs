@@ -99,7 +99,8 @@ pub async fn get_ptr(
         (status = 409, description = "conflict or lock timeout; the txn is aborted", body = Problem),
         (status = 412, description = "If-Match did not hold", body = Problem),
         (status = 413, description = "body too large", body = Problem),
-        (status = 400, description = "malformed JSON, id or header", body = Problem)))]
+        (status = 400, description = "malformed JSON, id or header", body = Problem),
+        (status = 503, description = "`outcome-unknown` (a one-shot whose write or fsync failed: read to learn it) or `unavailable` (the node takes no writes)", body = Problem)))]
 pub async fn put_ptr(
     State(state): State<AppState>,
     PtrPath(ptr): PtrPath,

@@ -74,7 +74,8 @@ fn txn_path(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<st
     params(("id" = String, Path, description = "transaction id")),
     responses((status = 200, body = CommitResponse),
         (status = 409, description = "conflict (the txn is aborted), or already committed or aborted", body = Problem),
-        (status = 404, description = "unknown txn", body = Problem)))]
+        (status = 404, description = "unknown txn", body = Problem),
+        (status = 503, description = "`outcome-unknown`: the write or fsync failed and the commit may or may not be durable (read to learn it); or `unavailable`: the node stopped taking writes after such a failure", body = Problem)))]
 pub async fn commit(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

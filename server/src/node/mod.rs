@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     /// Longest a write waits for another transaction's lock.
     pub lock_timeout: Duration,
+    /// Longest a read waits for a prepared commit it must see to land.
+    pub prepared_wait: Duration,
     pub durability: Durability,
     /// How often expired leases are looked for.
     pub reap_every: Duration,

@@ -16,9 +16,6 @@ use crate::engine::{
 use crate::storage::CommitRecord;
 use crate::storage::group_commit::CommitFailure;
 
-/// Longest a read waits for a prepared commit to land before giving up.
-const PREPARED_WAIT: Duration = Duration::from_secs(10);
-
 /// A precondition of a one-shot transaction, checked at its snapshot and validated at commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
@@ -50,7 +47,7 @@ impl Node {
         loop {
             match self.engine.read(txn, ptr, at)? {
                 ReadStep::Done(v) => return Ok(v),
-                ReadStep::Wait(wait) => wait_prepared(wait).await?,
+                ReadStep::Wait(wait) => wait_prepared(wait, self.config.prepared_wait).await?,
             }
         }
     }
@@ -290,7 +287,7 @@ impl Node {
         loop {
             match self.engine.list(prefix, after, at, limit)? {
                 Ok(page) => return Ok(page),
-                Err(wait) => wait_prepared(wait).await?,
+                Err(wait) => wait_prepared(wait, self.config.prepared_wait).await?,
             }
         }
     }
@@ -340,12 +337,12 @@ fn conflict_span(txn: &str, conflict: &Conflict) {
     span.in_scope(|| tracing::debug!("conflict"));
 }
 
-async fn wait_prepared(wait: PreparedWait) -> Result<(), EngineError> {
+async fn wait_prepared(wait: PreparedWait, limit: Duration) -> Result<(), EngineError> {
     let PreparedWait { ptr, holder, listener } = wait;
-    timeout(PREPARED_WAIT, listener).await.map_err(|_| EngineError::PreparedWaitTimeout {
+    timeout(limit, listener).await.map_err(|_| EngineError::PreparedWaitTimeout {
         ptr,
         holder,
-        waited_ms: PREPARED_WAIT.as_millis() as u64,
+        waited_ms: limit.as_millis() as u64,
     })
 }
 

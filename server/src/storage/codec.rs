@@ -7,9 +7,9 @@
 //! Value: `flags` (bit 0: deleted), then the writer txn id and trace id each as a length
 //! byte and its bytes, then the JSON text of the value (empty for a deletion).
 //!
-//! Intents (keyspace `intents`, prepared writes of a txn spanning partitions): key = the
-//! partition (4 bytes big-endian), the txn id as a length byte and its bytes, then the
-//! pointer id; value as a version's. Txn records (keyspace `txns`, on the primary's
+//! Intents (keyspace `intents`, the provisional versions of a txn spanning partitions): key
+//! = the partition (4 bytes big-endian), the txn id as a length byte and its bytes, then the
+//! pointer id; value = the provisional version (8 bytes big-endian). Txn records (keyspace `txns`, on the primary's
 //! partition): key = the partition and the txn id; value = a state byte (1: committed)
 //! and the commit version (8 bytes big-endian).
 

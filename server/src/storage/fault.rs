@@ -8,9 +8,10 @@
 //!   show them: the outcome is unknown, never "aborted" (PostgreSQL's fsyncgate).
 //! - [`Fault::TornBatch`]: only the first `keep` commits of a group are written, then the
 //!   write fails, as a crash in the middle of a non-atomic write would leave it.
-//! - [`Fault::LoseResolution`]: a group's commits across partitions are durable (intents
-//!   and committed records), but resolving them into versions is lost, as a crash right
-//!   after the commit point would lose it. Recovery must resolve them by their records.
+//! - [`Fault::LoseResolution`]: a group's commits across partitions are durable (versions,
+//!   intents and committed records), but the resolution that retires their intents is
+//!   lost, as a crash right after the commit point would lose it. Recovery must resolve
+//!   them by their records.
 
 use std::collections::VecDeque;
 
@@ -38,6 +39,9 @@ pub struct FaultyStore<S> {
     sync_pending: Mutex<bool>,
     /// The next resolution is dropped (see [`Fault::LoseResolution`]).
     lose_resolution: Mutex<bool>,
+    /// Hand writes to the OS instead of fsyncing them: a simulation models process crashes
+    /// (the page cache survives) and needs thousands of runs, not a disk's latency.
+    skip_fsync: bool,
 }
 
 impl<S: VersionStore> FaultyStore<S> {
@@ -47,7 +51,13 @@ impl<S: VersionStore> FaultyStore<S> {
             armed: Mutex::new(VecDeque::new()),
             sync_pending: Mutex::new(false),
             lose_resolution: Mutex::new(false),
+            skip_fsync: false,
         }
+    }
+
+    /// The same, but never really fsyncing (see `skip_fsync`); faults still fire.
+    pub fn without_fsync(inner: S) -> Self {
+        Self { skip_fsync: true, ..Self::new(inner) }
     }
 
     /// Fires `fault` on the next commit batch (faults fire in the order they were armed).
@@ -67,31 +77,34 @@ impl<S: VersionStore> ColdStore for FaultyStore<S> {
 }
 
 impl<S: VersionStore> VersionStore for FaultyStore<S> {
-    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
+        // A resolution armed to be lost is dropped from whichever batch carries it.
+        let lost = !resolved.is_empty() && std::mem::take(&mut *self.lose_resolution.lock());
+        let resolved = if lost { &[] } else { resolved };
         match self.armed.lock().pop_front() {
-            None => self.inner.write_batch(group),
+            None => self.inner.write_batch(group, resolved),
             Some(Fault::WriteFails) => Err(Self::injected("the batch write failed")),
             Some(Fault::TornBatch { keep }) => {
-                self.inner.write_batch(&group[..keep.min(group.len())])?;
+                self.inner.write_batch(&group[..keep.min(group.len())], resolved)?;
                 Err(Self::injected("the batch was torn"))
             }
             Some(Fault::SyncFails) => {
-                self.inner.write_batch(group)?;
+                self.inner.write_batch(group, resolved)?;
                 *self.sync_pending.lock() = true;
                 Ok(())
             }
             Some(Fault::LoseResolution) => {
                 *self.lose_resolution.lock() = true;
-                self.inner.write_batch(group)
+                self.inner.write_batch(group, resolved)
             }
         }
     }
 
-    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
-        if std::mem::take(&mut *self.lose_resolution.lock()) {
-            return Err(Self::injected("the process died before resolving the group"));
+    fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError> {
+        if !resolved.is_empty() && std::mem::take(&mut *self.lose_resolution.lock()) {
+            return Ok(()); // "lost": the process died before it reached the disk
         }
-        self.inner.resolve_batch(group)
+        self.inner.resolve_batch(resolved)
     }
 
     fn persist(&self, sync: bool) -> Result<(), StorageError> {
@@ -100,7 +113,7 @@ impl<S: VersionStore> VersionStore for FaultyStore<S> {
             self.inner.persist(false)?;
             return Err(StorageError::SyncFailed { detail: "injected: fdatasync returned EIO".into() });
         }
-        self.inner.persist(sync)
+        self.inner.persist(sync && !self.skip_fsync)
     }
 
     fn history(

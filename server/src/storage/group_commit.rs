@@ -56,6 +56,7 @@ impl GroupCommitter {
         std::thread::Builder::new().name("restm-commit".into()).spawn(move || {
             let mut dirty = false;
             let mut last_sync = Instant::now();
+            let mut unresolved = Unresolved::default();
             let sync = durability == Durability::Sync;
             let background_sync = |fence: &OnceLock<StorageError>| {
                 if let Err(e) = store.persist(true) {
@@ -68,6 +69,7 @@ impl GroupCommitter {
                 let first = match rx.recv_timeout(ASYNC_SYNC_EVERY) {
                     Ok(item) => item,
                     Err(RecvTimeoutError::Timeout) => {
+                        unresolved.flush(&*store, &fence);
                         if dirty && fence.get().is_none() {
                             background_sync(&fence);
                             dirty = false;
@@ -85,7 +87,11 @@ impl GroupCommitter {
                     }
                 }
                 let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let result = write_group(&*store, &records, sync, &fence);
+                let result = write_group(&*store, &records, &unresolved.0, sync, &fence);
+                if result.is_ok() {
+                    unresolved.0.clear();
+                    unresolved.add(records);
+                }
                 if !sync && result.is_ok() {
                     dirty = true;
                     if last_sync.elapsed() >= ASYNC_SYNC_EVERY {
@@ -98,6 +104,7 @@ impl GroupCommitter {
                     let _ = reply.send(result.clone());
                 }
             }
+            unresolved.flush(&*store, &fence);
             if fence.get().is_none() {
                 let _ = store.persist(true);
             }
@@ -132,6 +139,7 @@ impl Committer for GroupCommitter {
 fn write_group(
     store: &dyn VersionStore,
     records: &[CommitRecord],
+    resolved: &[CommitRecord],
     sync: bool,
     fence: &OnceLock<StorageError>,
 ) -> Result<(), CommitFailure> {
@@ -139,21 +147,36 @@ fn write_group(
         return Err(CommitFailure::Fenced(cause.clone()));
     }
     let span = tracing::debug_span!("group_commit", commits = records.len(), sync);
-    let durable = span.in_scope(|| store.write_batch(records).and_then(|()| store.persist(sync))).map_err(|e| {
+    span.in_scope(|| store.write_batch(records, resolved).and_then(|()| store.persist(sync))).map_err(|e| {
         tracing::error!(error = %e, commits = records.len(), "commit group failed; the node takes no more writes");
         let _ = fence.set(e.clone());
         CommitFailure::Unknown(e)
-    });
-    // Past the commit point the records decide. A failed resolution is redone by recovery,
-    // but the store is suspect, so it fences too.
-    if durable.is_ok()
-        && records.iter().any(|r| r.primary.is_some())
-        && let Err(e) = store.resolve_batch(records)
-    {
-        tracing::error!(error = %e, "resolving committed intents failed; the node takes no more writes");
-        let _ = fence.set(e);
+    })
+}
+
+/// Durable commits across partitions whose intents and records are still to be retired;
+/// the next group's batch carries that, or an idle moment does.
+#[derive(Default)]
+struct Unresolved(Vec<CommitRecord>);
+
+impl Unresolved {
+    /// After a group is durable: its commits across partitions wait for resolution.
+    fn add(&mut self, records: Vec<CommitRecord>) {
+        self.0.extend(records.into_iter().filter(|r| r.primary.is_some()));
     }
-    durable
+
+    /// Resolves them on their own. Past the commit point the records decide, so a failure
+    /// is redone by recovery; but the store is suspect, so it fences.
+    fn flush(&mut self, store: &dyn VersionStore, fence: &OnceLock<StorageError>) {
+        if self.0.is_empty() || fence.get().is_some() {
+            return;
+        }
+        if let Err(e) = store.resolve_batch(&self.0) {
+            tracing::error!(error = %e, "retiring committed intents failed; the node takes no more writes");
+            let _ = fence.set(e);
+        }
+        self.0.clear();
+    }
 }
 
 /// A commit on its way to the disk.
@@ -185,7 +208,13 @@ impl DirectCommitter {
 
 impl Committer for DirectCommitter {
     fn commit(&self, record: CommitRecord) -> CommitFuture<'_> {
-        let result = write_group(&*self.store, std::slice::from_ref(&record), self.sync, &self.fenced);
+        let records = std::slice::from_ref(&record);
+        let result = write_group(&*self.store, records, &[], self.sync, &self.fenced);
+        if result.is_ok() {
+            let mut unresolved = Unresolved::default();
+            unresolved.add(vec![record]);
+            unresolved.flush(&*self.store, &self.fenced);
+        }
         Box::pin(std::future::ready(result))
     }
 

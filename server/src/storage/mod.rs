@@ -59,9 +59,9 @@ pub struct CommitRecord {
     pub trace_id: Arc<str>,
     pub commit_version: u64,
     pub writes: Vec<(PtrId, Option<Bytes>)>,
-    /// Set when the writes span partitions: the commit is written first as intents on each
-    /// partition plus a committed record on the primary's (the commit point, fsynced), then
-    /// resolved into versions (see [`VersionStore::resolve_batch`]).
+    /// Set when the writes span partitions: with its versions, the commit writes an intent on
+    /// each partition and a committed record on the primary's (its commit point), resolved
+    /// later (see [`VersionStore::resolve_batch`]).
     pub primary: Option<PtrId>,
 }
 
@@ -173,10 +173,10 @@ impl Store {
         Ok(())
     }
 
-    /// Resolves the txns a crash left prepared, by their records: the intents of a txn whose
-    /// primary recorded it committed become versions at its commit version; any other
-    /// intents are dropped (the coordinator, this node, is gone, so none can still commit).
-    /// Returns the txns committed and aborted.
+    /// Resolves the txns a crash left prepared, by their records: the provisional versions
+    /// of a txn whose primary recorded it committed stay; those of any other txn are removed
+    /// (its coordinator, this node, is gone, so it can no longer commit). The intents and
+    /// records go. Returns the txns committed and aborted.
     fn resolve_prepared(&self) -> Result<(u64, u64), StorageError> {
         let mut fate: std::collections::HashMap<String, Option<u64>> = Default::default();
         let mut batch = self.db.batch();
@@ -193,14 +193,16 @@ impl Store {
             let (k, v) = item.into_inner()?;
             let (_, txn, ptr) =
                 codec::decode_intent_key(&k).ok_or_else(|| StorageError::Corrupt(format!("intent {k:?}")))?;
-            match fate.get(&txn).copied().flatten() {
-                Some(version) => {
-                    batch.insert(&self.versions, codec::version_key(&ptr, version), v);
-                    committed.insert(txn);
-                }
-                None => {
-                    aborted.insert(txn);
-                }
+            let at = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt(format!("intent {k:?}")))?;
+            if fate.get(&txn).copied().flatten() == Some(at) {
+                committed.insert(txn);
+            } else {
+                batch.remove(&self.versions, codec::version_key(&ptr, at));
+                aborted.insert(txn);
             }
             batch.remove(&self.intents, k);
         }
@@ -296,11 +298,12 @@ impl Store {
 /// wraps any store with injected failures, so that tests can show what the node does when
 /// a write or an fsync fails.
 pub trait VersionStore: ColdStore {
-    /// Writes a group of commits as one atomic batch. It is not durable until [`Self::persist`].
-    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
-    /// After the group is durable: turns the intents of its commits across partitions into
-    /// versions. A crash before this is resolved at the next open, by the records.
-    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
+    /// Writes a group of commits as one atomic batch, with the resolution of `resolved`
+    /// (earlier durable commits). It is not durable until [`Self::persist`].
+    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError>;
+    /// Resolves durable commits across partitions on their own. A crash before a resolution
+    /// is written is resolved at the next open, by the records.
+    fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError>;
     /// Makes everything written so far durable (`sync`: fsync), or only hands it to the OS.
     fn persist(&self, sync: bool) -> Result<(), StorageError>;
     /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
@@ -329,16 +332,23 @@ pub trait VersionStore: ColdStore {
 }
 
 impl Store {
-    /// Writes a group of commits as one atomic batch: a one-partition commit as its
-    /// versions, a commit across partitions as its intents and its committed record.
-    pub fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+    /// Writes a group of commits as one atomic batch: each commit's versions and, for a
+    /// commit across partitions, an intent per pointer on its partition (naming the
+    /// provisional version) and the committed record on the primary's. `resolved` are
+    /// earlier groups' commits across partitions, durable already: their intents and
+    /// records go in the same batch (see [`Self::resolve_batch`]).
+    pub fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         for rec in group {
             for (ptr, value) in &rec.writes {
                 let value = codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref());
-                match &rec.primary {
-                    None => batch.insert(&self.versions, codec::version_key(ptr, rec.commit_version), value),
-                    Some(_) => batch.insert(&self.intents, self.intent_key(&rec.txn, ptr), value),
+                batch.insert(&self.versions, codec::version_key(ptr, rec.commit_version), value);
+                if rec.primary.is_some() {
+                    batch.insert(
+                        &self.intents,
+                        self.intent_key(&rec.txn, ptr),
+                        rec.commit_version.to_be_bytes(),
+                    );
                 }
             }
             if let Some(primary) = &rec.primary {
@@ -346,30 +356,30 @@ impl Store {
                 batch.insert(&self.txns, key, codec::committed_record(rec.commit_version));
             }
         }
+        self.add_resolutions(&mut batch, resolved);
         batch.commit().map_err(|e| StorageError::backend("writing a commit batch", e))
+    }
+
+    fn add_resolutions(&self, batch: &mut fjall::OwnedWriteBatch, resolved: &[CommitRecord]) {
+        for rec in resolved {
+            let Some(primary) = &rec.primary else { continue };
+            for (ptr, _) in &rec.writes {
+                batch.remove(&self.intents, self.intent_key(&rec.txn, ptr));
+            }
+            batch.remove(&self.txns, codec::record_key(partition_of(primary, self.partitions), &rec.txn));
+        }
     }
 
     fn intent_key(&self, txn: &str, ptr: &str) -> Vec<u8> {
         codec::intent_key(partition_of(ptr, self.partitions), txn, ptr)
     }
 
-    /// Resolves the commits across partitions of a durable group: their intents become
-    /// versions and their records go, in one batch. Not fsynced: until it is, recovery
-    /// resolves them again from the records.
-    pub fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+    /// Resolves durable commits across partitions: their intents and records go (their
+    /// versions stay). Not fsynced: until it is, recovery resolves them again by the
+    /// records. The committer does this inside the next group's batch, or when idle.
+    pub fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
-        for rec in group {
-            let Some(primary) = &rec.primary else { continue };
-            for (ptr, value) in &rec.writes {
-                batch.insert(
-                    &self.versions,
-                    codec::version_key(ptr, rec.commit_version),
-                    codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref()),
-                );
-                batch.remove(&self.intents, self.intent_key(&rec.txn, ptr));
-            }
-            batch.remove(&self.txns, codec::record_key(partition_of(primary, self.partitions), &rec.txn));
-        }
+        self.add_resolutions(&mut batch, resolved);
         if batch.is_empty() {
             return Ok(());
         }
@@ -499,15 +509,15 @@ impl Store {
 
     /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
     pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
-        self.write_batch(group)?;
+        self.write_batch(group, &[])?;
         self.persist(sync)?;
         self.resolve_batch(group)
     }
 }
 
 impl VersionStore for Store {
-    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
-        Store::write_batch(self, group)
+    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
+        Store::write_batch(self, group, resolved)
     }
 
     fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
@@ -614,7 +624,7 @@ mod tests {
         };
         {
             let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
-            store.write_batch(&[rec("0000000000000001", 10), rec("0000000000000002", 20)]).unwrap();
+            store.write_batch(&[rec("0000000000000001", 10), rec("0000000000000002", 20)], &[]).unwrap();
             // The first txn's record is lost (its primary never recorded the commit).
             let primary = partition_of("p", 4);
             store.txns.remove(codec::record_key(primary, "0000000000000001")).unwrap();
