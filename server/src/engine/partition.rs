@@ -93,6 +93,28 @@ pub struct PartitionDump {
     pub records: BTreeMap<TxnId, TxnState>,
 }
 
+/// Whether a read of `ptr` that saw `seen` still holds on `chain`: no version newer than
+/// `seen` (below `below`, when a commit version bounds what can serialize before it), and,
+/// when a version was seen, the chain not emptied by garbage collection (the latest version
+/// is always hot, so an empty chain means a tombstone read was collected).
+fn changed(ptr: &PtrId, chain: &VersionChain, seen: Option<u64>, below: Option<u64>) -> Result<(), Conflict> {
+    let newer = match below {
+        None => chain.latest().filter(|v| Some(v.version) != seen),
+        Some(cv) => chain.newer_below(seen, cv),
+    };
+    if let Some(v) = newer {
+        return Err(Conflict::Stale {
+            ptr: ptr.clone(),
+            winner_txn: v.txn.clone(),
+            winner_version: v.version,
+        });
+    }
+    if seen.is_some() && chain.is_empty() {
+        return Err(Conflict::Collected { ptr: ptr.clone() });
+    }
+    Ok(())
+}
+
 /// Memory a pointer costs with a chain of `chain_bytes` (nothing while it has no version).
 fn footprint(ptr: &str, chain: &VersionChain) -> u64 {
     if chain.hot_len() == 0 { 0 } else { POINTER_OVERHEAD + ptr.len() as u64 + chain.bytes() }
@@ -251,20 +273,7 @@ impl Partition {
             {
                 return Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() });
             }
-            let latest = st.chain.latest();
-            if latest.map(|v| v.version) != *seen {
-                // A newer version replaced the one read, or garbage collection removed the
-                // tombstone that was read (the latest version is always hot, so an empty
-                // chain means that), as when the whole pointer is gone above.
-                return Err(match latest {
-                    Some(v) => Conflict::Stale {
-                        ptr: ptr.clone(),
-                        winner_txn: v.txn.clone(),
-                        winner_version: v.version,
-                    },
-                    None => Conflict::Collected { ptr: ptr.clone() },
-                });
-            }
+            changed(ptr, &st.chain, *seen, None)?;
         }
         Ok(())
     }
@@ -434,20 +443,7 @@ impl Partition {
             };
             let st = cell.state.lock();
             foreign(ptr, &st)?;
-            let newer = match below {
-                None => st.chain.latest().filter(|v| Some(v.version) != *seen),
-                Some(cv) => st.chain.newer_below(*seen, cv),
-            };
-            if let Some(v) = newer {
-                return Err(Conflict::Stale {
-                    ptr: ptr.clone(),
-                    winner_txn: v.txn.clone(),
-                    winner_version: v.version,
-                });
-            }
-            if seen.is_some() && st.chain.is_empty() {
-                return Err(Conflict::Collected { ptr: ptr.clone() });
-            }
+            changed(ptr, &st.chain, *seen, below)?;
         }
         Ok(cells)
     }
