@@ -1,7 +1,6 @@
 //! The `restm` command line: `serve` starts a node; `get`, `put`, `del` and `history` talk
 //! to one, so a user need not hand-write curl; `worker` and `tasks` drive the task engine.
 
-pub mod bench;
 pub mod client;
 pub mod tasks;
 
@@ -45,7 +44,7 @@ pub enum Command {
     #[command(subcommand)]
     Tasks(tasks::TasksCommand),
     /// Put load on a node and measure it (optionally against etcd).
-    Bench(bench::BenchArgs),
+    Bench(restm_bench::BenchArgs),
 }
 
 /// Options of `restm serve`.
@@ -225,7 +224,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => client::events(args).await,
             Command::Worker(args) => tasks::worker(args).await,
             Command::Tasks(cmd) => tasks::run(cmd).await,
-            Command::Bench(args) => bench::main(args).await,
+            Command::Bench(args) => restm_bench::main(args).await,
         }
     });
     drop(telemetry);

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::cli::client::Target;
+use super::Endpoint as Target;
 
 /// What a soak needs (from `restm bench soak`'s options).
 #[derive(Debug)]

@@ -11,6 +11,15 @@
 
 mod etcd;
 mod restm;
+
+/// A node to put load on.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Base URL of the node.
+    pub target: String,
+    /// Bearer token.
+    pub token: Option<String>,
+}
 mod run;
 pub mod soak;
 
@@ -422,7 +431,7 @@ fn targets(reports: &[Report]) -> Vec<Target> {
 
 async fn soak_main(a: BenchArgs) -> Result<(), String> {
     soak::soak(soak::SoakArgs {
-        target: crate::cli::client::Target { target: a.target, token: a.token, txn: None },
+        target: Endpoint { target: a.target, token: a.token },
         duration: a.duration.unwrap_or(Duration::from_secs(300)),
         clients: a.clients.unwrap_or(8),
         cold: a.cold,
