@@ -6,6 +6,11 @@
 //! 20 ms retention) and eviction run in between: reads at or above the horizon must still
 //! match the unpruned model exactly, reads below it must be refused, and the horizon must
 //! never pass an open transaction's snapshot.
+//!
+//! A commit may also be split in two steps with others in between: `Prepare` (prepared on
+//! every partition, its commit version taken and its reads validated) and `Finish` (made
+//! durable and installed). Meanwhile the engine must make every read that could see the
+//! prepared writes wait (and only those), and hold the prepared txn's locks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use restm::engine::clock::ManualClock;
-use restm::engine::{BeginOptions, CommitStep, Engine, EngineConfig, EngineError, ReadStep, Txn, WriteStep};
+use restm::engine::{
+    BeginOptions, CommitStep, Engine, EngineConfig, EngineError, PreparedCommit, ReadStep, Txn, WriteStep,
+};
 use restm::storage::{CommitRecord, Store};
 
 const SLOTS: u8 = 3;
@@ -27,6 +34,8 @@ enum Op {
     Write(u8, u8, i64),
     Delete(u8, u8),
     Commit(u8),
+    Prepare(u8),
+    Finish(u8),
     Abort(u8),
     Tick(u64),
     ReadAt(u8, usize),
@@ -43,6 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..SLOTS, 0..PTRS, -50i64..50).prop_map(|(s, p, v)| Op::Write(s, p, v)),
         1 => (0..SLOTS, 0..PTRS).prop_map(|(s, p)| Op::Delete(s, p)),
         3 => (0..SLOTS).prop_map(Op::Commit),
+        2 => (0..SLOTS).prop_map(Op::Prepare),
+        2 => (0..SLOTS).prop_map(Op::Finish),
         1 => (0..SLOTS).prop_map(Op::Abort),
         2 => (0u64..30).prop_map(Op::Tick),
         3 => (0..PTRS, any::<usize>()).prop_map(|(p, k)| Op::ReadAt(p, k)),
@@ -60,6 +71,9 @@ struct MTxn {
     txn: Arc<Txn>,
     reads: BTreeMap<u8, Option<u64>>,
     writes: BTreeMap<u8, Option<i64>>,
+    /// Prepared, not yet durable: the commit, and the last version issued before it was
+    /// prepared (its writes' mark: readers above it must wait for them).
+    prepared: Option<(PreparedCommit, u64)>,
 }
 
 #[derive(Default)]
@@ -81,6 +95,17 @@ impl Model {
     fn release(&mut self, s: u8) {
         self.holders.retain(|_, h| *h != s);
         self.slots.remove(&s);
+    }
+    /// Whether a read of `p` at `at` by slot `reader` (if any) must wait for another slot's
+    /// prepared commit.
+    fn waits(&self, p: u8, at: u64, reader: Option<u8>) -> bool {
+        self.slots.iter().any(|(s, t)| {
+            Some(*s) != reader
+                && t.prepared.as_ref().is_some_and(|(_, mark)| at > *mark && t.writes.contains_key(&p))
+        })
+    }
+    fn is_prepared(&self, s: u8) -> bool {
+        self.slots.get(&s).is_some_and(|t| t.prepared.is_some())
     }
 }
 
@@ -114,12 +139,24 @@ fn run(ops: Vec<Op>) {
             Op::Begin(s) => {
                 if let std::collections::btree_map::Entry::Vacant(e) = m.slots.entry(s) {
                     let txn = engine.begin(BeginOptions::default()).unwrap();
-                    e.insert(MTxn { txn, reads: BTreeMap::new(), writes: BTreeMap::new() });
+                    e.insert(MTxn { txn, reads: BTreeMap::new(), writes: BTreeMap::new(), prepared: None });
                 }
             }
             Op::Read(s, p) => {
                 let Some(t) = m.slots.get(&s) else { continue };
-                let got = value_of(engine.read(Some(&t.txn), &name(p), t.txn.read_version()).unwrap());
+                if t.prepared.is_some() {
+                    assert!(matches!(
+                        engine.read(Some(&t.txn), &name(p), 0),
+                        Err(EngineError::TxnCommitting { .. })
+                    ));
+                    continue;
+                }
+                let step = engine.read(Some(&t.txn), &name(p), t.txn.read_version()).unwrap();
+                if !t.writes.contains_key(&p) && m.waits(p, t.txn.read_version(), Some(s)) {
+                    assert!(matches!(step, ReadStep::Wait(_)), "a read of p{p} above a prepared write waits");
+                    continue;
+                }
+                let got = value_of(step);
                 if let Some(own) = t.writes.get(&p) {
                     assert_eq!(got.and_then(|g| g.1), *own, "read your own write of p{p}");
                 } else {
@@ -131,6 +168,9 @@ fn run(ops: Vec<Op>) {
             }
             Op::LockRead(s, p) => {
                 let Some(t) = m.slots.get(&s) else { continue };
+                if t.prepared.is_some() {
+                    continue;
+                }
                 let before = t.txn.read_version();
                 let stale = m.latest(p).is_some_and(|v| v > before);
                 let doomed = t
@@ -175,6 +215,9 @@ fn run(ops: Vec<Op>) {
             }
             Op::Write(s, p, _) | Op::Delete(s, p) => {
                 let Some(t) = m.slots.get(&s) else { continue };
+                if t.prepared.is_some() {
+                    continue;
+                }
                 let value = match op {
                     Op::Write(_, _, v) => Some(v),
                     _ => None,
@@ -194,8 +237,13 @@ fn run(ops: Vec<Op>) {
                 }
                 m.slots.get_mut(&s).unwrap().writes.insert(p, value);
             }
-            Op::Commit(s) => {
+            Op::Commit(s) | Op::Prepare(s) => {
                 let Some(t) = m.slots.get(&s) else { continue };
+                if t.prepared.is_some() {
+                    assert!(matches!(engine.prepare_commit(&t.txn), Err(EngineError::TxnCommitting { .. })));
+                    continue;
+                }
+                let mark = engine.last_version();
                 let conflict = t
                     .reads
                     .iter()
@@ -205,6 +253,11 @@ fn run(ops: Vec<Op>) {
                     Ok(CommitStep::Done(v)) => {
                         assert!(t.writes.is_empty());
                         assert_eq!(v, t.txn.read_version());
+                    }
+                    Ok(CommitStep::Prepared(p)) if matches!(op, Op::Prepare(_)) => {
+                        assert!(!conflict, "prepared despite a conflict");
+                        m.slots.get_mut(&s).unwrap().prepared = Some((p, mark));
+                        continue;
                     }
                     Ok(CommitStep::Prepared(p)) => {
                         assert!(!conflict, "committed despite a conflict");
@@ -225,8 +278,34 @@ fn run(ops: Vec<Op>) {
                 }
                 m.release(s);
             }
+            Op::Finish(s) => {
+                let Some((p, _)) = m.slots.get_mut(&s).and_then(|t| t.prepared.take()) else { continue };
+                // Versions are unique and follow commit order, though others committed
+                // between this txn's prepare and now (with higher versions).
+                assert!(!m.versions.contains(&p.commit_version));
+                store.write_group(&[CommitRecord::of(&p)], false).unwrap();
+                let v = engine.finish_commit(p);
+                let t = &m.slots[&s];
+                for (ptr, val) in t.writes.clone() {
+                    let chain = m.chains.entry(ptr).or_default();
+                    assert!(
+                        chain.last().is_none_or(|(last, _)| *last < v),
+                        "p{ptr} committed above {v} while locked"
+                    );
+                    chain.push((v, val));
+                }
+                m.versions.push(v);
+                m.versions.sort_unstable();
+                m.release(s);
+            }
             Op::Abort(s) => {
-                if let Some(t) = m.slots.get(&s) {
+                if m.is_prepared(s) {
+                    let t = &m.slots[&s];
+                    assert!(
+                        !engine.abort(&t.txn, restm::engine::AbortReason::Client),
+                        "a prepared txn is not aborted"
+                    );
+                } else if let Some(t) = m.slots.get(&s) {
                     assert!(engine.abort(&t.txn, restm::engine::AbortReason::Client));
                     m.release(s);
                 }
@@ -237,6 +316,12 @@ fn run(ops: Vec<Op>) {
                 candidates.push(engine.last_version());
                 let v = candidates[k % candidates.len()];
                 match engine.read(None, &name(p), v) {
+                    Ok(ReadStep::Wait(_)) => {
+                        assert!(
+                            v >= engine.horizon() && m.waits(p, v, None),
+                            "p{p} at {v} waited for nothing"
+                        );
+                    }
                     Err(EngineError::Gone { horizon, .. }) => {
                         assert!(
                             v < horizon && horizon == engine.horizon(),
@@ -245,6 +330,7 @@ fn run(ops: Vec<Op>) {
                     }
                     Ok(step) => {
                         assert!(v >= engine.horizon(), "answered below the horizon");
+                        assert!(!m.waits(p, v, None), "p{p} at {v} did not wait for a prepared write");
                         assert_eq!(value_of(step), m.at(p, v), "as-of read of p{p} at {v}");
                     }
                     Err(e) => panic!("unexpected {e}"),
@@ -281,9 +367,13 @@ fn run(ops: Vec<Op>) {
             Op::ExpireAll => {
                 clock.advance(5_000);
                 let reaped = engine.reap_expired();
-                assert_eq!(reaped.len(), m.slots.len());
-                m.holders.clear();
-                m.slots.clear();
+                // A prepared txn is past its lease's reach: it commits (or the node does).
+                let active: Vec<u8> =
+                    m.slots.iter().filter(|(_, t)| t.prepared.is_none()).map(|(s, _)| *s).collect();
+                assert_eq!(reaped.len(), active.len());
+                for s in active {
+                    m.release(s);
+                }
             }
         }
     }
