@@ -41,12 +41,12 @@ impl Engine {
         let by_partition = self.group_pairs(writes.iter().cloned());
         let primary = (by_partition.len() > 1).then(|| writes[0].0.clone());
         let mut prepared: Vec<usize> = Vec::new();
-        for (pidx, group) in &by_partition {
+        for (pidx, group) in by_partition {
             let _span =
                 tracing::debug_span!("partition.prepare", restm.partition = pidx, restm.writes = group.len())
                     .entered();
             let ptrs: Vec<PtrId> = group.iter().map(|(p, _)| p.clone()).collect();
-            let mut outcome = self.partitions[*pidx].prepare(&txn.id, &ptrs, prepared_above);
+            let mut outcome = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above);
             if outcome.is_ok()
                 && let Some(primary) = &primary
             {
@@ -54,14 +54,14 @@ impl Engine {
                     txn: txn.id.clone(),
                     trace_id: txn.trace_id.clone(),
                     prepared_above,
-                    reads: self.reads_in(*pidx, &reads),
-                    writes: group.clone(),
+                    reads: self.reads_in(pidx, &reads),
+                    writes: group,
                     primary: primary.clone(),
                 };
-                match self.partitions[*pidx].apply(&cmd, 0) {
-                    Outcome::Prepared => prepared.push(*pidx),
+                // `Prepare` answers `Prepared` or the conflict.
+                match self.partitions[pidx].apply(&cmd, 0) {
                     Outcome::Conflict(c) => outcome = Err(c),
-                    other => unreachable!("Prepare answers Prepared or Conflict, not {other:?}"),
+                    _ => prepared.push(pidx),
                 }
             }
             if let Err(conflict) = outcome {
@@ -145,7 +145,7 @@ impl Engine {
                     trace_id: txn.trace_id.clone(),
                     commit_version,
                     reads: self.reads_in(pidx, &reads),
-                    writes: group.clone(),
+                    writes: group,
                 },
             };
             // Installed and released in one visit of each pointer.

@@ -8,10 +8,10 @@
 //! byte and its bytes, then the JSON text of the value (empty for a deletion).
 //!
 //! Intents (keyspace `intents`, the provisional versions of a txn spanning partitions): key
-//! = the partition (4 bytes big-endian), the txn id as a length byte and its bytes, then the
-//! pointer id; value = the provisional version (8 bytes big-endian). Txn records (keyspace `txns`, on the primary's
-//! partition): key = the partition and the txn id; value = a state byte (1: committed)
-//! and the commit version (8 bytes big-endian).
+//! = the txn id reversed, `0x00`, the partition (4 bytes big-endian), then the pointer id;
+//! value = the provisional version (8 bytes big-endian). Txn records (keyspace `txns`, on
+//! the primary's partition): key = the txn id reversed, `0x00` and the partition; value = a
+//! state byte (1: committed) and the commit version (8 bytes big-endian).
 
 use std::sync::Arc;
 
@@ -42,28 +42,42 @@ pub fn version_key(ptr: &str, version: u64) -> Vec<u8> {
     k
 }
 
+/// The txn id reversed, then a NUL (txn ids have none) and the partition: consecutive
+/// txn ids differ in their last digits, so reversed they part at the first byte, and the
+/// memtable's comparisons stay short under a stream of commits.
+fn txn_partition(k: &mut Vec<u8>, txn: &str, partition: u32) {
+    k.extend(txn.bytes().rev());
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+}
+
+/// Splits what [`txn_partition`] wrote off the front of `key`.
+fn split_txn_partition(key: &[u8]) -> Option<(String, u32, &[u8])> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let txn: String = std::str::from_utf8(&key[..nul]).ok()?.chars().rev().collect();
+    let partition = u32::from_be_bytes(key.get(nul + 1..nul + 5)?.try_into().ok()?);
+    Some((txn, partition, key.get(nul + 5..)?))
+}
+
 /// The key of `txn`'s intent on `ptr` in `partition`.
 pub fn intent_key(partition: u32, txn: &str, ptr: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5 + txn.len() + ptr.len());
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.push(txn.len().min(255) as u8);
-    k.extend_from_slice(&txn.as_bytes()[..txn.len().min(255)]);
+    let mut k = Vec::with_capacity(6 + txn.len() + ptr.len());
+    txn_partition(&mut k, txn, partition);
     k.extend_from_slice(ptr.as_bytes());
     k
 }
 
 /// Splits an intent key into its partition, txn id and pointer id.
 pub fn decode_intent_key(key: &[u8]) -> Option<(u32, String, String)> {
-    let partition = u32::from_be_bytes(key.get(0..4)?.try_into().ok()?);
-    let len = *key.get(4)? as usize;
-    let txn = std::str::from_utf8(key.get(5..5 + len)?).ok()?.to_string();
-    let ptr = std::str::from_utf8(key.get(5 + len..)?).ok()?.to_string();
-    Some((partition, txn, ptr))
+    let (txn, partition, rest) = split_txn_partition(key)?;
+    Some((partition, txn, std::str::from_utf8(rest).ok()?.to_string()))
 }
 
 /// The key of `txn`'s record in its primary's `partition`.
 pub fn record_key(partition: u32, txn: &str) -> Vec<u8> {
-    [&partition.to_be_bytes()[..], txn.as_bytes()].concat()
+    let mut k = Vec::with_capacity(5 + txn.len());
+    txn_partition(&mut k, txn, partition);
+    k
 }
 
 /// A committed record's value.
@@ -75,7 +89,10 @@ pub fn committed_record(commit_version: u64) -> Vec<u8> {
 
 /// The txn id and, if committed, the commit version of a record.
 pub fn decode_record(key: &[u8], value: &[u8]) -> Option<(String, Option<u64>)> {
-    let txn = std::str::from_utf8(key.get(4..)?).ok()?.to_string();
+    let (txn, _, rest) = split_txn_partition(key)?;
+    if !rest.is_empty() {
+        return None;
+    }
     let version = match value.first()? {
         1 => Some(u64::from_be_bytes(value.get(1..9)?.try_into().ok()?)),
         _ => None,
@@ -147,6 +164,16 @@ pub fn decode_value(version: u64, raw: &[u8]) -> Option<VersionRec> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn intent_and_record_keys_round_trip() {
+        let k = intent_key(7, "0000019ad5c3e001", "a\u{0}b/ü");
+        assert_eq!(decode_intent_key(&k), Some((7, "0000019ad5c3e001".into(), "a\u{0}b/ü".into())));
+        let r = record_key(3, "0000019ad5c3e001");
+        assert_eq!(decode_record(&r, &committed_record(42)), Some(("0000019ad5c3e001".into(), Some(42))));
+        assert_eq!(decode_record(&k, &committed_record(42)), None, "an intent key is not a record key");
+        assert_ne!(intent_key(0, "0000019ad5c3e001", "p")[0], intent_key(0, "0000019ad5c3e002", "p")[0]);
+    }
 
     proptest! {
         #[test]
