@@ -5,7 +5,8 @@
 //! yield to each other, which fault fires when, and at which step the process "dies". The
 //! node runs on a current-thread tokio runtime with an injected clock and the direct
 //! committer (no commit thread), over a store that injects faults, so one seed is one
-//! schedule. What is checked after recovery:
+//! schedule; tokio's clock is paused, so the node's timers (lock and prepared-commit
+//! waits) fire in the seeded order, never by wall time. What is checked after recovery:
 //! - every acknowledged commit is on disk at its commit version, whole;
 //! - nothing of a txn answered with an error (other than `outcome-unknown`) is on disk;
 //! - a txn whose outcome is unknown (the answer said so, or the process died while it
@@ -108,9 +109,17 @@ fn run(seed: u64, dir: &Path) -> Vec<Record> {
         }),
         committer: CommitMode::Direct,
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    // Time is paused: a timer (a lock or prepared-commit wait running out) fires only when
+    // every task is idle, and the clock then jumps to it, so no wall time enters the run.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
     let records: Rc<RefCell<Vec<Record>>> = Rc::default();
     let steps = Rc::new(RefCell::new(0usize));
+    // Told when the steps reach `crash_at`: the process dies then.
+    let crash = Rc::new(tokio::sync::Notify::new());
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let node =
@@ -121,13 +130,14 @@ fn run(seed: u64, dir: &Path) -> Vec<Record> {
         let mut handles = Vec::new();
         for c in 0..clients {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(c as u64));
-            let (node, records, steps, commits, faults, faulty) = (
+            let (node, records, steps, commits, faults, faulty, crash) = (
                 node.clone(),
                 records.clone(),
                 steps.clone(),
                 commits.clone(),
                 faults.clone(),
                 faulty.clone(),
+                crash.clone(),
             );
             handles.push(tokio::task::spawn_local(async move {
                 for t in 0..txns_each {
@@ -141,6 +151,9 @@ fn run(seed: u64, dir: &Path) -> Vec<Record> {
                     });
                     let step = || {
                         *steps.borrow_mut() += 1;
+                        if Some(*steps.borrow()) == crash_at {
+                            crash.notify_one();
+                        }
                         tokio::task::yield_now()
                     };
                     let set = |f: &dyn Fn(&mut Record)| f(&mut records.borrow_mut()[at]);
@@ -211,22 +224,10 @@ fn run(seed: u64, dir: &Path) -> Vec<Record> {
                 let _ = h.await;
             }
         };
-        match crash_at {
-            None => {
-                all.await;
-            }
-            Some(limit) => {
-                let steps = steps.clone();
-                let crash = async move {
-                    while *steps.borrow() < limit {
-                        tokio::task::yield_now().await;
-                    }
-                };
-                tokio::select! {
-                    _ = all => {}
-                    _ = crash => {}
-                }
-            }
+        // (A busy wait here would keep the paused clock from ever moving on.)
+        tokio::select! {
+            _ = all => {}
+            _ = crash.notified() => {}
         }
         drop(node);
     });
