@@ -77,34 +77,33 @@ impl<S: VersionStore> ColdStore for FaultyStore<S> {
 }
 
 impl<S: VersionStore> VersionStore for FaultyStore<S> {
-    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
-        // A resolution armed to be lost is dropped from whichever batch carries it.
-        let lost = !resolved.is_empty() && std::mem::take(&mut *self.lose_resolution.lock());
-        let resolved = if lost { &[] } else { resolved };
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         match self.armed.lock().pop_front() {
-            None => self.inner.write_batch(group, resolved),
+            None => self.inner.write_batch(group),
             Some(Fault::WriteFails) => Err(Self::injected("the batch write failed")),
             Some(Fault::TornBatch { keep }) => {
-                self.inner.write_batch(&group[..keep.min(group.len())], resolved)?;
+                self.inner.write_batch(&group[..keep.min(group.len())])?;
                 Err(Self::injected("the batch was torn"))
             }
             Some(Fault::SyncFails) => {
-                self.inner.write_batch(group, resolved)?;
+                self.inner.write_batch(group)?;
                 *self.sync_pending.lock() = true;
                 Ok(())
             }
             Some(Fault::LoseResolution) => {
                 *self.lose_resolution.lock() = true;
-                self.inner.write_batch(group, resolved)
+                self.inner.write_batch(group)
             }
         }
     }
 
-    fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError> {
-        if !resolved.is_empty() && std::mem::take(&mut *self.lose_resolution.lock()) {
-            return Ok(()); // "lost": the process died before it reached the disk
+    fn retire_resolved(&self) -> Result<(), StorageError> {
+        // Once a resolution is "lost" (the process died before it reached the disk),
+        // nothing is retired any more, as nothing would be after such a death.
+        if *self.lose_resolution.lock() {
+            return Ok(());
         }
-        self.inner.resolve_batch(resolved)
+        self.inner.retire_resolved()
     }
 
     fn persist(&self, sync: bool) -> Result<(), StorageError> {

@@ -87,10 +87,12 @@ impl GroupCommitter {
                     }
                 }
                 let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let result = write_group(&*store, &records, &unresolved.0, sync, &fence);
+                let result = write_group(&*store, &records, sync, &fence);
                 if result.is_ok() {
-                    unresolved.0.clear();
-                    unresolved.add(records);
+                    unresolved.add(&records);
+                    if unresolved.0 >= RETIRE_EVERY {
+                        unresolved.flush(&*store, &fence);
+                    }
                 }
                 if !sync && result.is_ok() {
                     dirty = true;
@@ -139,7 +141,6 @@ impl Committer for GroupCommitter {
 fn write_group(
     store: &dyn VersionStore,
     records: &[CommitRecord],
-    resolved: &[CommitRecord],
     sync: bool,
     fence: &OnceLock<StorageError>,
 ) -> Result<(), CommitFailure> {
@@ -147,35 +148,39 @@ fn write_group(
         return Err(CommitFailure::Fenced(cause.clone()));
     }
     let span = tracing::debug_span!("group_commit", commits = records.len(), sync);
-    span.in_scope(|| store.write_batch(records, resolved).and_then(|()| store.persist(sync))).map_err(|e| {
+    span.in_scope(|| store.write_batch(records).and_then(|()| store.persist(sync))).map_err(|e| {
         tracing::error!(error = %e, commits = records.len(), "commit group failed; the node takes no more writes");
         let _ = fence.set(e.clone());
         CommitFailure::Unknown(e)
     })
 }
 
-/// Durable commits across partitions whose intents and records are still to be retired;
-/// the next group's batch carries that, or an idle moment does.
+/// Durable commits across partitions whose intents and records are still on disk. They
+/// are retired all at once (`VersionStore::retire_resolved`) when the committer is idle, or
+/// once enough have gathered: every commit written so far is durable then.
 #[derive(Default)]
-struct Unresolved(Vec<CommitRecord>);
+struct Unresolved(usize);
+
+/// Retire once this many commits across partitions have gathered, even under steady load.
+const RETIRE_EVERY: usize = 4096;
 
 impl Unresolved {
-    /// After a group is durable: its commits across partitions wait for resolution.
-    fn add(&mut self, records: Vec<CommitRecord>) {
-        self.0.extend(records.into_iter().filter(|r| r.primary.is_some()));
+    /// After a group is durable: count its commits across partitions.
+    fn add(&mut self, records: &[CommitRecord]) {
+        self.0 += records.iter().filter(|r| r.primary.is_some()).count();
     }
 
-    /// Resolves them on their own. Past the commit point the records decide, so a failure
-    /// is redone by recovery; but the store is suspect, so it fences.
+    /// Retires them. Past the commit point the records decide, so a failure is redone by
+    /// recovery; but the store is suspect, so it fences.
     fn flush(&mut self, store: &dyn VersionStore, fence: &OnceLock<StorageError>) {
-        if self.0.is_empty() || fence.get().is_some() {
+        if self.0 == 0 || fence.get().is_some() {
             return;
         }
-        if let Err(e) = store.resolve_batch(&self.0) {
+        if let Err(e) = store.retire_resolved() {
             tracing::error!(error = %e, "retiring committed intents failed; the node takes no more writes");
             let _ = fence.set(e);
         }
-        self.0.clear();
+        self.0 = 0;
     }
 }
 
@@ -209,10 +214,10 @@ impl DirectCommitter {
 impl Committer for DirectCommitter {
     fn commit(&self, record: CommitRecord) -> CommitFuture<'_> {
         let records = std::slice::from_ref(&record);
-        let result = write_group(&*self.store, records, &[], self.sync, &self.fenced);
+        let result = write_group(&*self.store, records, self.sync, &self.fenced);
         if result.is_ok() {
             let mut unresolved = Unresolved::default();
-            unresolved.add(vec![record]);
+            unresolved.add(records);
             unresolved.flush(&*self.store, &self.fenced);
         }
         Box::pin(std::future::ready(result))

@@ -60,8 +60,8 @@ pub struct CommitRecord {
     pub commit_version: u64,
     pub writes: Vec<(PtrId, Option<Bytes>)>,
     /// Set when the writes span partitions: with its versions, the commit writes an intent on
-    /// each partition and a committed record on the primary's (its commit point), resolved
-    /// later (see [`VersionStore::resolve_batch`]).
+    /// each partition and a committed record on the primary's (its commit point), retired
+    /// later (see [`VersionStore::retire_resolved`]).
     pub primary: Option<PtrId>,
 }
 
@@ -298,12 +298,12 @@ impl Store {
 /// wraps any store with injected failures, so that tests can show what the node does when
 /// a write or an fsync fails.
 pub trait VersionStore: ColdStore {
-    /// Writes a group of commits as one atomic batch, with the resolution of `resolved`
-    /// (earlier durable commits). It is not durable until [`Self::persist`].
-    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError>;
-    /// Resolves durable commits across partitions on their own. A crash before a resolution
-    /// is written is resolved at the next open, by the records.
-    fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError>;
+    /// Writes a group of commits as one atomic batch. It is not durable until [`Self::persist`].
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError>;
+    /// Retires the intents and records of every commit written so far; only called once all
+    /// of them are durable. A crash before it lands is resolved at the next open, by the
+    /// records.
+    fn retire_resolved(&self) -> Result<(), StorageError>;
     /// Makes everything written so far durable (`sync`: fsync), or only hands it to the OS.
     fn persist(&self, sync: bool) -> Result<(), StorageError>;
     /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
@@ -334,21 +334,16 @@ pub trait VersionStore: ColdStore {
 impl Store {
     /// Writes a group of commits as one atomic batch: each commit's versions and, for a
     /// commit across partitions, an intent per pointer on its partition (naming the
-    /// provisional version) and the committed record on the primary's. `resolved` are
-    /// earlier groups' commits across partitions, durable already: their intents and
-    /// records go in the same batch (see [`Self::resolve_batch`]).
-    pub fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
+    /// provisional version) and the committed record on the primary's.
+    pub fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         for rec in group {
             for (ptr, value) in &rec.writes {
                 let value = codec::encode_value(&rec.txn, &rec.trace_id, value.as_deref());
                 batch.insert(&self.versions, codec::version_key(ptr, rec.commit_version), value);
                 if rec.primary.is_some() {
-                    batch.insert(
-                        &self.intents,
-                        self.intent_key(&rec.txn, ptr),
-                        rec.commit_version.to_be_bytes(),
-                    );
+                    let key = codec::intent_key(partition_of(ptr, self.partitions), &rec.txn, ptr);
+                    batch.insert(&self.intents, key, rec.commit_version.to_be_bytes());
                 }
             }
             if let Some(primary) = &rec.primary {
@@ -356,34 +351,17 @@ impl Store {
                 batch.insert(&self.txns, key, codec::committed_record(rec.commit_version));
             }
         }
-        self.add_resolutions(&mut batch, resolved);
         batch.commit().map_err(|e| StorageError::backend("writing a commit batch", e))
     }
 
-    fn add_resolutions(&self, batch: &mut fjall::OwnedWriteBatch, resolved: &[CommitRecord]) {
-        for rec in resolved {
-            let Some(primary) = &rec.primary else { continue };
-            for (ptr, _) in &rec.writes {
-                batch.remove(&self.intents, self.intent_key(&rec.txn, ptr));
-            }
-            batch.remove(&self.txns, codec::record_key(partition_of(primary, self.partitions), &rec.txn));
-        }
-    }
-
-    fn intent_key(&self, txn: &str, ptr: &str) -> Vec<u8> {
-        codec::intent_key(partition_of(ptr, self.partitions), txn, ptr)
-    }
-
-    /// Resolves durable commits across partitions: their intents and records go (their
-    /// versions stay). Not fsynced: until it is, recovery resolves them again by the
-    /// records. The committer does this inside the next group's batch, or when idle.
-    pub fn resolve_batch(&self, resolved: &[CommitRecord]) -> Result<(), StorageError> {
-        let mut batch = self.db.batch();
-        self.add_resolutions(&mut batch, resolved);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        batch.commit().map_err(|e| StorageError::backend("resolving prepared commits", e))
+    /// Retires every intent and record written so far, at once: the caller (the
+    /// committer, their only writer) knows that every commit that wrote them is durable, so
+    /// their versions stand without them. One journal entry per keyspace instead of a
+    /// delete per key. Not fsynced: until it is, recovery resolves them again by the
+    /// records, to the same result.
+    pub fn retire_resolved(&self) -> Result<(), StorageError> {
+        self.intents.clear().map_err(|e| StorageError::backend("retiring intents", e))?;
+        self.txns.clear().map_err(|e| StorageError::backend("retiring txn records", e))
     }
 
     pub fn persist(&self, sync: bool) -> Result<(), StorageError> {
@@ -509,19 +487,19 @@ impl Store {
 
     /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
     pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
-        self.write_batch(group, &[])?;
+        self.write_batch(group)?;
         self.persist(sync)?;
-        self.resolve_batch(group)
+        self.retire_resolved()
     }
 }
 
 impl VersionStore for Store {
-    fn write_batch(&self, group: &[CommitRecord], resolved: &[CommitRecord]) -> Result<(), StorageError> {
-        Store::write_batch(self, group, resolved)
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+        Store::write_batch(self, group)
     }
 
-    fn resolve_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
-        Store::resolve_batch(self, group)
+    fn retire_resolved(&self) -> Result<(), StorageError> {
+        Store::retire_resolved(self)
     }
 
     fn persist(&self, sync: bool) -> Result<(), StorageError> {
@@ -624,7 +602,7 @@ mod tests {
         };
         {
             let (store, _) = Store::open(&dir, Some(4), 2).unwrap();
-            store.write_batch(&[rec("0000000000000001", 10), rec("0000000000000002", 20)], &[]).unwrap();
+            store.write_batch(&[rec("0000000000000001", 10), rec("0000000000000002", 20)]).unwrap();
             // The first txn's record is lost (its primary never recorded the commit).
             let primary = partition_of("p", 4);
             store.txns.remove(codec::record_key(primary, "0000000000000001")).unwrap();
