@@ -7,7 +7,6 @@ use bytes::Bytes;
 use super::command::{Command, Outcome, TxnState};
 use super::error::{AbortReason, Conflict, EngineError, StorageError};
 use super::events::EventKind;
-use super::partition::partition_of;
 use super::pressure::Pressure;
 use super::txn::{Phase, Txn};
 use super::{CommitStep, Engine, PreparedCommit, PtrId, TxnId};
@@ -38,6 +37,7 @@ impl Engine {
         //    Across partitions each written one also applies `Prepare`: its intents are
         //    what the durable record of the commit resolves after a crash.
         let prepared_above = self.hlc.last();
+        let mut reads_by_partition = self.group_pairs(reads.iter().cloned());
         let by_partition = self.group_pairs(writes.iter().cloned());
         let primary = (by_partition.len() > 1).then(|| writes[0].0.clone());
         let mut prepared: Vec<usize> = Vec::new();
@@ -54,7 +54,7 @@ impl Engine {
                     txn: txn.id.clone(),
                     trace_id: txn.trace_id.clone(),
                     prepared_above,
-                    reads: self.reads_in(pidx, &reads),
+                    reads: reads_by_partition.get(&pidx).cloned().unwrap_or_default(),
                     writes: group,
                     primary: primary.clone(),
                 };
@@ -74,7 +74,7 @@ impl Engine {
         //    on the written pointers and above the prepared marks.
         let commit_version = self.hlc.tick();
         // 3. Validate the reads against what is committed or locked now.
-        for (pidx, group) in self.group_pairs(reads.iter().cloned()) {
+        for (pidx, group) in std::mem::take(&mut reads_by_partition) {
             let _span =
                 tracing::debug_span!("partition.validate", restm.partition = pidx, restm.reads = group.len())
                     .entered();
@@ -85,12 +85,6 @@ impl Engine {
             }
         }
         Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes, reads, primary }))
-    }
-
-    /// The reads of `reads` that fall in partition `pidx`.
-    pub(super) fn reads_in(&self, pidx: usize, reads: &[(PtrId, Option<u64>)]) -> Vec<(PtrId, Option<u64>)> {
-        let n = self.partitions.len() as u32;
-        reads.iter().filter(|(p, _)| partition_of(p, n) as usize == pidx).cloned().collect()
     }
 
     /// Applies `Abort` on the partitions where `txn` prepared intents.
@@ -115,8 +109,8 @@ impl Engine {
         let max_hot = if self.pressure() >= Pressure::High { 1 } else { self.cfg.hot_versions };
         let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
         let groups = self.group_pairs(writes);
-        let n = self.partitions.len() as u32;
-        let primary_idx = primary.as_ref().map(|p| partition_of(p, n) as usize);
+        let mut reads_by_partition = self.group_pairs(reads);
+        let primary_idx = primary.as_ref().map(|p| self.partition_index(p));
         if let Some(pidx) = primary_idx {
             let record =
                 Command::TxnRecord { txn: txn.id.clone(), state: TxnState::Committed(commit_version) };
@@ -144,7 +138,7 @@ impl Engine {
                     txn: txn.id.clone(),
                     trace_id: txn.trace_id.clone(),
                     commit_version,
-                    reads: self.reads_in(pidx, &reads),
+                    reads: reads_by_partition.remove(&pidx).unwrap_or_default(),
                     writes: group,
                 },
             };
@@ -195,10 +189,11 @@ impl Engine {
     /// Undoes a prepared commit that could not be made durable.
     pub fn fail_commit(&self, prepared: PreparedCommit, error: StorageError) {
         if prepared.primary.is_some() {
-            let n = self.partitions.len() as u32;
-            let parts: std::collections::BTreeSet<usize> =
-                prepared.writes.iter().map(|(p, _)| partition_of(p, n) as usize).collect();
-            self.abort_prepared(&prepared.txn.id, &parts.into_iter().collect::<Vec<_>>());
+            let mut parts: Vec<usize> =
+                prepared.writes.iter().map(|(p, _)| self.partition_index(p)).collect();
+            parts.sort_unstable();
+            parts.dedup();
+            self.abort_prepared(&prepared.txn.id, &parts);
         }
         self.abort_committing(&prepared.txn, AbortReason::Storage(error));
     }

@@ -85,11 +85,6 @@ impl Engine {
         self.partition(ptr).pass_on(ptr);
     }
 
-    /// The transaction holding `ptr`'s lock.
-    pub fn lock_holder(&self, ptr: &str) -> Option<TxnId> {
-        self.partition(ptr).holder(ptr)
-    }
-
     /// Aborts an active transaction, releasing its locks. Returns false if it was not active.
     pub fn abort(&self, txn: &Arc<Txn>, reason: AbortReason) -> bool {
         self.end_aborted(txn, reason, false)

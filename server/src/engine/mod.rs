@@ -267,7 +267,12 @@ impl Engine {
     }
 
     pub(super) fn partition(&self, ptr: &str) -> &Partition {
-        &self.partitions[partition_of(ptr, self.partitions.len() as u32) as usize]
+        &self.partitions[self.partition_index(ptr)]
+    }
+
+    /// The index of `ptr`'s partition.
+    pub(super) fn partition_index(&self, ptr: &str) -> usize {
+        partition_of(ptr, self.partitions.len() as u32) as usize
     }
 
     /// The newest version any read can see right now; a fresh snapshot.
@@ -295,10 +300,9 @@ impl Engine {
         &self,
         pairs: impl IntoIterator<Item = (PtrId, T)>,
     ) -> BTreeMap<usize, Vec<(PtrId, T)>> {
-        let n = self.partitions.len() as u32;
         let mut out: BTreeMap<usize, Vec<(PtrId, T)>> = BTreeMap::new();
         for (p, t) in pairs {
-            out.entry(partition_of(&p, n) as usize).or_default().push((p, t));
+            out.entry(self.partition_index(&p)).or_default().push((p, t));
         }
         out
     }

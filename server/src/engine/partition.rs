@@ -177,6 +177,16 @@ impl Partition {
         self.pointers.get(ptr).map(|e| e.value().clone())
     }
 
+    /// The cell of a pointer read at version `seen`, for a check that the read still holds:
+    /// `None` when it is gone and was read as absent (nothing to check). Gone after it was
+    /// read as present, only garbage collection of a tombstone removes a pointer whole.
+    fn read_cell(&self, ptr: &PtrId, seen: Option<u64>) -> Result<Option<Arc<PointerCell>>, Conflict> {
+        match self.cell(ptr) {
+            None if seen.is_some() => Err(Conflict::Collected { ptr: ptr.clone() }),
+            cell => Ok(cell),
+        }
+    }
+
     /// Number of pointers, hot versions and locks held; for introspection.
     pub fn stats(&self) -> (usize, usize) {
         let mut versions = 0;
@@ -231,11 +241,6 @@ impl Partition {
         }
     }
 
-    /// The transaction holding `ptr`'s lock, if any.
-    pub fn holder(&self, ptr: &str) -> Option<TxnId> {
-        self.cell(ptr).and_then(|c| c.state.lock().lock.as_ref().map(|l| l.txn.clone()))
-    }
-
     /// `Prepare { txn, ptrs }`: freezes the txn's staged writes. Its commit version will be
     /// above `prepared_above`. Fails on the first pointer whose lock the txn does not hold.
     pub fn prepare(&self, txn: &TxnId, ptrs: &[PtrId], prepared_above: u64) -> Result<(), Conflict> {
@@ -255,13 +260,7 @@ impl Partition {
     /// and must not be locked by another transaction.
     pub fn validate(&self, txn: &TxnId, reads: &[(PtrId, Option<u64>)]) -> Result<(), Conflict> {
         for (ptr, seen) in reads {
-            let Some(cell) = self.cell(ptr) else {
-                if seen.is_none() {
-                    continue;
-                }
-                // The pointer vanished entirely; only garbage collection of a tombstone does that.
-                return Err(Conflict::Collected { ptr: ptr.clone() });
-            };
+            let Some(cell) = self.read_cell(ptr, *seen)? else { continue };
             let st = cell.state.lock();
             if let Some(l) = &st.lock
                 && l.txn != *txn
@@ -295,21 +294,6 @@ impl Partition {
             writes: writes.to_vec(),
         };
         self.apply_releasing(&cmd, max_hot, Some(txn));
-    }
-
-    /// The leader's side of a commit or abort: releases `txn`'s locks on `ptrs` and wakes
-    /// their waiters (every reader, the longest lock waiter).
-    pub fn release<'a>(&self, txn: &TxnId, ptrs: impl IntoIterator<Item = &'a PtrId>) {
-        for ptr in ptrs {
-            let Some(cell) = self.cell(ptr) else { continue };
-            let mut st = cell.state.lock();
-            if st.lock.as_ref().is_none_or(|l| l.txn != *txn) {
-                continue;
-            }
-            st.lock = None;
-            drop(st);
-            cell.notify_released();
-        }
     }
 
     // ------------------------------------------------------------ the replicated state
@@ -435,12 +419,7 @@ impl Partition {
             cells.push(cell);
         }
         for (ptr, seen) in reads {
-            let Some(cell) = self.cell(ptr) else {
-                if seen.is_none() {
-                    continue;
-                }
-                return Err(Conflict::Collected { ptr: ptr.clone() });
-            };
+            let Some(cell) = self.read_cell(ptr, *seen)? else { continue };
             let st = cell.state.lock();
             foreign(ptr, &st)?;
             changed(ptr, &st.chain, *seen, below)?;
