@@ -21,7 +21,7 @@ use restm::engine::clock::ManualClock;
 use restm::engine::{
     BeginOptions, CommitStep, Engine, EngineConfig, EngineError, PreparedCommit, ReadStep, Txn, WriteStep,
 };
-use restm::storage::{CommitRecord, Store};
+use restm::storage::{CommitRecord, Store, VersionStore};
 
 const SLOTS: u8 = 3;
 const PTRS: u8 = 4;

@@ -34,7 +34,7 @@ use restm::engine::{BeginOptions, EngineConfig, EngineError};
 use restm::metrics::Metrics;
 use restm::node::{CommitMode, Node, NodeConfig, NodeEnv};
 use restm::storage::fault::{Fault, FaultyStore};
-use restm::storage::{Durability, SharedStore, Store};
+use restm::storage::{Durability, SharedStore, Store, VersionStore};
 
 const KEYS: usize = 6;
 const PARTITIONS: u32 = 4;

@@ -15,7 +15,7 @@ use restm::engine::{BeginOptions, EngineConfig, EngineError, Phase, StorageError
 use restm::metrics::Metrics;
 use restm::node::{Node, NodeConfig};
 use restm::storage::fault::{Fault, FaultyStore};
-use restm::storage::{Durability, SharedStore, Store};
+use restm::storage::{Durability, SharedStore, Store, VersionStore};
 
 fn config(dir: &Path) -> NodeConfig {
     NodeConfig {

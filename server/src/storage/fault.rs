@@ -37,7 +37,7 @@ pub struct FaultyStore<S> {
     armed: Mutex<VecDeque<Fault>>,
     /// A sync fault armed by the last batch, fired by the next `persist(true)`.
     sync_pending: Mutex<bool>,
-    /// The next resolution is dropped (see [`Fault::LoseResolution`]).
+    /// A resolution was lost (see [`Fault::LoseResolution`]): none is retired from then on.
     lose_resolution: Mutex<bool>,
     /// Hand writes to the OS instead of fsyncing them: a simulation models process crashes
     /// (the page cache survives) and needs thousands of runs, not a disk's latency.

@@ -135,9 +135,8 @@ impl Committer for GroupCommitter {
     }
 }
 
-/// Writes one group: the batch, its fsync (in `sync`), then the resolution of its commits
-/// across partitions. Any failure before the commit point fences the store and leaves the
-/// group's outcome unknown; a failed resolution fences it too, but the group committed.
+/// Writes one group: the batch, then its fsync (in `sync`). A failure of either fences the
+/// store and leaves the group's outcome unknown.
 fn write_group(
     store: &dyn VersionStore,
     records: &[CommitRecord],

@@ -331,11 +331,11 @@ pub trait VersionStore: ColdStore {
     fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError>;
 }
 
-impl Store {
+impl VersionStore for Store {
     /// Writes a group of commits as one atomic batch: each commit's versions and, for a
     /// commit across partitions, an intent per pointer on its partition (naming the
     /// provisional version) and the committed record on the primary's.
-    pub fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
+    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         for rec in group {
             for (ptr, value) in &rec.writes {
@@ -359,12 +359,12 @@ impl Store {
     /// their versions stand without them. One journal entry per keyspace instead of a
     /// delete per key. Not fsynced: until it is, recovery resolves them again by the
     /// records, to the same result.
-    pub fn retire_resolved(&self) -> Result<(), StorageError> {
+    fn retire_resolved(&self) -> Result<(), StorageError> {
         self.intents.clear().map_err(|e| StorageError::backend("retiring intents", e))?;
         self.txns.clear().map_err(|e| StorageError::backend("retiring txn records", e))
     }
 
-    pub fn persist(&self, sync: bool) -> Result<(), StorageError> {
+    fn persist(&self, sync: bool) -> Result<(), StorageError> {
         if sync {
             self.db
                 .persist(PersistMode::SyncData)
@@ -376,7 +376,7 @@ impl Store {
 
     /// Versions of `ptr` strictly after `after` and at or below `upto`, ascending, at most
     /// `limit`; the flag says whether more follow.
-    pub fn history(
+    fn history(
         &self,
         ptr: &str,
         after: Option<u64>,
@@ -408,26 +408,26 @@ impl Store {
     }
 
     /// Whether `ptr` was ever written (any version at all).
-    pub fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
+    fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
         Ok(self.versions.prefix(codec::pointer_prefix(ptr)).next().is_some())
     }
 
     /// Versions stored, approximately (fjall's estimate).
-    pub fn approximate_versions(&self) -> usize {
+    fn approximate_versions(&self) -> usize {
         self.versions.approximate_len()
     }
 
     /// Saves the GC horizon, fsynced: nothing below it is pruned before it is durable, so
     /// after a crash reads below it are still refused rather than answered from half-pruned
     /// history.
-    pub fn save_horizon(&self, horizon: u64) -> Result<(), StorageError> {
+    fn save_horizon(&self, horizon: u64) -> Result<(), StorageError> {
         self.meta.insert(META_HORIZON, horizon.to_be_bytes())?;
         self.db.persist(PersistMode::SyncData)?;
         Ok(())
     }
 
     /// Saves a pin, fsynced.
-    pub fn save_pin(&self, pin: &Pin) -> Result<(), StorageError> {
+    fn save_pin(&self, pin: &Pin) -> Result<(), StorageError> {
         let mut value = Vec::with_capacity(24 + pin.note.len());
         value.extend_from_slice(&pin.version.to_be_bytes());
         value.extend_from_slice(&pin.created_ms.to_be_bytes());
@@ -439,7 +439,7 @@ impl Store {
     }
 
     /// Forgets a pin.
-    pub fn delete_pin(&self, id: &str) -> Result<(), StorageError> {
+    fn delete_pin(&self, id: &str) -> Result<(), StorageError> {
         self.meta.remove([META_PIN, id.as_bytes()].concat())?;
         self.db.persist(PersistMode::SyncData)?;
         Ok(())
@@ -448,7 +448,7 @@ impl Store {
     /// Deletes what a GC pass pruned, as one batch. Returns the versions and the bytes
     /// (keys and values) deleted. Only versions no readable snapshot sees are named, and
     /// commits only add newer versions, so this never races with a commit.
-    pub fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError> {
+    fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError> {
         let mut batch = self.db.batch();
         let (mut versions, mut bytes) = (0u64, 0u64);
         for op in ops {
@@ -481,67 +481,18 @@ impl Store {
     }
 
     /// Bytes on disk.
-    pub fn disk_bytes(&self) -> u64 {
+    fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+}
 
+/// For tests and benchmarks, which write commits without a committer.
+impl Store {
     /// Writes a group of commits as one atomic batch; with `sync`, fsyncs it before returning.
     pub fn write_group(&self, group: &[CommitRecord], sync: bool) -> Result<(), StorageError> {
         self.write_batch(group)?;
         self.persist(sync)?;
         self.retire_resolved()
-    }
-}
-
-impl VersionStore for Store {
-    fn write_batch(&self, group: &[CommitRecord]) -> Result<(), StorageError> {
-        Store::write_batch(self, group)
-    }
-
-    fn retire_resolved(&self) -> Result<(), StorageError> {
-        Store::retire_resolved(self)
-    }
-
-    fn persist(&self, sync: bool) -> Result<(), StorageError> {
-        Store::persist(self, sync)
-    }
-
-    fn history(
-        &self,
-        ptr: &str,
-        after: Option<u64>,
-        upto: u64,
-        limit: usize,
-    ) -> Result<(Vec<VersionRec>, bool), StorageError> {
-        Store::history(self, ptr, after, upto, limit)
-    }
-
-    fn ever_written(&self, ptr: &str) -> Result<bool, StorageError> {
-        Store::ever_written(self, ptr)
-    }
-
-    fn approximate_versions(&self) -> usize {
-        Store::approximate_versions(self)
-    }
-
-    fn save_horizon(&self, horizon: u64) -> Result<(), StorageError> {
-        Store::save_horizon(self, horizon)
-    }
-
-    fn save_pin(&self, pin: &Pin) -> Result<(), StorageError> {
-        Store::save_pin(self, pin)
-    }
-
-    fn delete_pin(&self, id: &str) -> Result<(), StorageError> {
-        Store::delete_pin(self, id)
-    }
-
-    fn prune(&self, ops: &[DiskPrune]) -> Result<(u64, u64), StorageError> {
-        Store::prune(self, ops)
-    }
-
-    fn disk_bytes(&self) -> u64 {
-        Store::disk_bytes(self)
     }
 }
 
