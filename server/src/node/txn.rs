@@ -148,19 +148,17 @@ impl Node {
             restm.writes = prepared.writes.len()
         );
         let (txn_id, commit_version) = (txn.id.clone(), prepared.commit_version);
+        let id = txn_id.clone();
         let task = tokio::spawn(
             async move {
                 match committer.commit(record).instrument(persist).await {
-                    Ok(()) => {
-                        let (txn, commit_version) = (prepared.txn.id.clone(), prepared.commit_version);
-                        engine.install_commit(prepared).map_err(|conflict| EngineError::OutcomeUnknown {
-                            txn,
-                            commit_version,
-                            cause: StorageError::Corrupt(format!(
-                                "the durable commit failed its re-check in memory ({conflict}); restart the node"
-                            )),
-                        })
-                    }
+                    Ok(()) => engine.install_commit(prepared).map_err(|conflict| EngineError::OutcomeUnknown {
+                        txn: id,
+                        commit_version,
+                        cause: StorageError::Corrupt(format!(
+                            "the durable commit failed its re-check in memory ({conflict}); restart the node"
+                        )),
+                    }),
                     Err(CommitFailure::Fenced(cause)) => {
                         // Nothing of it was written: a clean abort.
                         engine.fail_commit(prepared, cause.clone());
@@ -170,9 +168,8 @@ impl Node {
                         // It may be on disk. It stays prepared (its locks held, readers that
                         // could see it waiting), never reported as aborted: the store is fenced,
                         // and a restart's recovery decides.
-                        let txn = prepared.txn.id.clone();
-                        tracing::error!(txn = %txn, version = prepared.commit_version, error = %cause, "commit outcome unknown");
-                        Err(EngineError::OutcomeUnknown { txn, commit_version: prepared.commit_version, cause })
+                        tracing::error!(txn = %id, version = commit_version, error = %cause, "commit outcome unknown");
+                        Err(EngineError::OutcomeUnknown { txn: id, commit_version, cause })
                     }
                 }
             }
@@ -195,7 +192,8 @@ impl Node {
         trace_id: Option<Arc<str>>,
     ) -> Result<(Arc<Txn>, u64), EngineError> {
         let frees_memory = !writes.is_empty() && writes.iter().all(|(_, v)| v.is_none());
-        let txn = self.engine.begin(BeginOptions { trace_id, frees_memory, ..Default::default() })?;
+        // Through the node's door, so a fenced store refuses it before any work.
+        let txn = self.begin(BeginOptions { trace_id, frees_memory, ..Default::default() })?;
         tracing::Span::current().record("restm.txn", &*txn.id);
         let guard = AbortOnDrop { engine: &self.engine, txn: &txn };
         for (ptr, pre) in checks {
