@@ -10,5 +10,6 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod raft;
 pub mod storage;
 pub mod telemetry;

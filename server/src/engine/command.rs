@@ -28,7 +28,7 @@ use super::error::Conflict;
 use super::{PtrId, TxnId};
 
 /// A transaction's fate as its primary partition records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TxnState {
     /// Prepared somewhere, not decided: a resolver that finds the coordinator gone aborts it.
     Open,
@@ -38,7 +38,7 @@ pub enum TxnState {
 }
 
 /// One change to a partition. The pointers named are all of this partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     Prepare {
         txn: TxnId,
@@ -74,7 +74,7 @@ pub enum Command {
 }
 
 /// What applying a command answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// `Prepare`: the intents are recorded.
     Prepared,

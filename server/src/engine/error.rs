@@ -56,7 +56,7 @@ impl fmt::Display for AbortReason {
 }
 
 /// A serialization conflict: who lost, on which pointer, and who won.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Conflict {
     /// Another transaction holds the pointer's lock.
     Locked { ptr: PtrId, holder: TxnId },

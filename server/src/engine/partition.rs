@@ -85,7 +85,7 @@ pub struct Partition {
 }
 
 /// A partition's replicated state in a canonical order, for comparing replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PartitionDump {
     /// Pointer → its hot versions (ascending), whether older ones exist, and its intent.
     pub pointers: BTreeMap<PtrId, (Vec<VersionRec>, bool, Option<Intent>)>,
@@ -495,6 +495,29 @@ impl Partition {
         let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
         PartitionDump { pointers, prepared, records }
+    }
+
+    /// Replaces the replicated state wholesale with `image` (a snapshot a replica installs).
+    /// Every live cell is unlinked first, so a holder looks its pointer up again; the
+    /// leader's locks on them are gone, which only aborts the txns that held them.
+    pub fn restore(&self, image: PartitionDump) {
+        for e in self.pointers.iter() {
+            let cell = e.value().clone();
+            cell.state.lock().dead = true;
+            cell.notify_dead();
+            e.remove();
+        }
+        self.bytes.store(0, Ordering::Relaxed);
+        self.prunable_at.store(0, Ordering::SeqCst);
+        for (ptr, (hot, cold, intent)) in image.pointers {
+            let chain = VersionChain::recovered(hot, cold);
+            self.bytes.fetch_add(footprint(&ptr, &chain), Ordering::Relaxed);
+            let cell = PointerCell::with_chain(chain);
+            cell.state.lock().intent = intent;
+            self.pointers.insert(ptr, Arc::new(cell));
+        }
+        *self.prepared.lock() = image.prepared.into_iter().collect();
+        *self.records.lock() = image.records.into_iter().collect();
     }
 
     /// Reads the version of `ptr` visible at `at` for `reader` (which may be `None`).

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::TxnId;
 
 /// One committed version of a pointer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionRec {
     pub version: u64,
     /// The transaction that wrote it.
@@ -224,7 +224,7 @@ pub struct LockEntry {
 
 /// A prepared transaction's write of a pointer, not yet installed: replicated state, set by
 /// `Prepare` and resolved by `Commit` or `Abort` (see [`super::command`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Intent {
     pub txn: TxnId,
     pub trace_id: Arc<str>,

@@ -1,0 +1,160 @@
+//! One node's member of a group: its `Raft`, the partitions it applies to, and proposing.
+//!
+//! [`Replica::start`] opens the group's log and state machine in the node's database, starts
+//! openraft over the node's [`Peers`] and registers the group with the node's [`Groups`], so
+//! the peer port serves it. [`Replica::propose`] appends a command to the group's log and
+//! answers what applying it answered, once a majority of the voters hold it durably.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjall::Database;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, RaftMetrics, ServerState};
+
+use super::log_store::{Flusher, LogStore};
+use super::network::Network;
+use super::state_machine::{PartitionMachine, Partitions};
+use super::transport::{Groups, Peers};
+use super::{BasicNode, GroupId, NodeId, RaftConfig, Restm};
+use crate::engine::command::{Command, Outcome};
+
+/// Why a replica could not start or a proposal did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("opening the raft log: {0}")]
+    Open(#[from] fjall::Error),
+    #[error("raft storage: {0}")]
+    Storage(#[from] openraft::StorageError<NodeId>),
+    #[error("invalid raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft stopped: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+    /// Only the leader appends; `leader` is who it is, if known.
+    #[error("this node is not the group's leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId>, addr: Option<String> },
+    #[error("group {group} holds no partition {partition}")]
+    NoPartition { group: GroupId, partition: u32 },
+    #[error("{0}")]
+    Raft(String),
+}
+
+/// One node's member of one group.
+pub struct Replica {
+    node: NodeId,
+    group: GroupId,
+    raft: Raft<Restm>,
+    partitions: Partitions,
+    groups: Arc<Groups>,
+}
+
+/// Timing for tests and local clusters: fast heartbeats and elections on loopback.
+pub fn loopback_config(cluster: &str) -> RaftConfig {
+    RaftConfig {
+        cluster_name: cluster.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+}
+
+impl Replica {
+    /// Starts this node's member of `group` over `partitions`, with its log and state in `db`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node: NodeId,
+        group: GroupId,
+        db: &Database,
+        flusher: Flusher,
+        partitions: Partitions,
+        peers: Arc<Peers>,
+        groups: Arc<Groups>,
+        config: RaftConfig,
+    ) -> Result<Self, ReplicaError> {
+        let config = Arc::new(config.validate()?);
+        let log = LogStore::open(db, group, flusher)?;
+        let machine = PartitionMachine::open(db, group, partitions.clone())?;
+        let raft = Raft::new(node, config, Network::new(peers, group), log, machine).await?;
+        groups.insert(group, raft.clone());
+        Ok(Self { node, group, raft, partitions, groups })
+    }
+
+    /// Makes `members` the group's first voters (on one node of a new cluster). A group
+    /// that already has a membership keeps it.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), ReplicaError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// Appends `command` for `partition` to the log; answers what applying it answered, once
+    /// a majority of the voters hold the entry durably and it is applied here.
+    pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
+        if self.partitions.get(partition as usize).is_none() {
+            return Err(ReplicaError::NoPartition { group: self.group, partition });
+        }
+        match self.raft.client_write(super::Proposal { partition, command }).await {
+            Ok(resp) => resp.data.ok_or_else(|| ReplicaError::Raft("the entry applied to nothing".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
+            }
+            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// Adds `node` (its peer address `addr`) as a learner and waits until it has caught up
+    /// with the log or a snapshot. Only the leader can.
+    pub async fn add_learner(&self, node: NodeId, addr: &str) -> Result<(), ReplicaError> {
+        match self.raft.add_learner(node, BasicNode { addr: addr.to_string() }, true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
+            }
+            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
+    }
+
+    /// The partitions this member applies to.
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
+    }
+
+    /// The replicated state of every partition, to compare replicas.
+    pub fn dumps(&self) -> Vec<(u32, crate::engine::partition::PartitionDump)> {
+        self.partitions.iter().map(|p| (p.id, p.dump())).collect()
+    }
+
+    /// openraft's view of the group from this member.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Waits until this member has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ReplicaError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "catching up")
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::Raft(e.to_string()))
+    }
+
+    /// Stops the member and unregisters it from the peer port.
+    pub async fn shutdown(self) {
+        self.groups.remove(self.group);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.node, group = self.group, error = %e, "raft shutdown");
+        }
+    }
+}

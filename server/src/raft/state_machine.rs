@@ -1,0 +1,247 @@
+//! A group's state machine: its partitions, changed only by applying the log's proposals.
+//!
+//! [`PartitionMachine::apply`] hands each [`Proposal`] to its partition's
+//! [`Partition::apply`], which is deterministic, so every replica that applies the same log
+//! holds the same partitions. The leader's locks live in the same cells but are never part
+//! of the machine's state: an image leaves them out, and installing one drops them.
+//!
+//! A snapshot is an image of every partition's replicated state at one applied log id. It
+//! is taken between two applies (so it is consistent), written to the `raft_snapshot`
+//! keyspace and fsynced before openraft may purge the log it covers. Installing one replaces
+//! every partition wholesale and sets the applied log id in the same step, under the
+//! machine's `&mut self`; on open, the stored snapshot is installed and openraft re-applies
+//! the committed entries after it.
+//!
+//! The machine keeps every version in memory (it does not yet spill old versions to the
+//! node's version store); the node's store takes over that role when the engine runs on
+//! replicated partitions.
+
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{BasicNode, GroupId, NodeId, Restm, StorageError, decode, encode, storage_error};
+use crate::engine::command::Outcome;
+use crate::engine::partition::{Partition, PartitionDump};
+
+/// Versions a chain keeps in memory while applying: all of them, since the machine has no
+/// cold store behind it yet (see the module doc).
+const KEEP_ALL: usize = usize::MAX;
+
+/// The partitions of a group, indexed by partition id.
+pub type Partitions = Arc<[Partition]>;
+
+/// `count` empty partitions, ids `0..count`.
+pub fn partitions(count: u32) -> Partitions {
+    (0..count).map(Partition::new).collect()
+}
+
+/// The state of a group at one applied log id: what a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    /// Each partition that holds anything, by id.
+    pub partitions: Vec<(u32, PartitionDump)>,
+}
+
+/// A snapshot as stored: its meta and its data (a postcard [`Image`]).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine of one group on one node.
+pub struct PartitionMachine {
+    group: GroupId,
+    partitions: Partitions,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    snapshots: Keyspace,
+    db: Database,
+    /// Snapshots taken, to name the next one uniquely.
+    taken: u64,
+}
+
+fn snapshot_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    storage_error(ErrorSubject::Snapshot(None), verb, e)
+}
+
+impl PartitionMachine {
+    /// The machine of `group` over `partitions`, restored from the snapshot stored in `db`,
+    /// if there is one.
+    pub fn open(db: &Database, group: GroupId, partitions: Partitions) -> Result<Self, StorageError> {
+        let snapshots = db
+            .keyspace("raft_snapshot", KeyspaceCreateOptions::default)
+            .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        let mut m = Self {
+            group,
+            partitions,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshots,
+            db: db.clone(),
+            taken: 0,
+        };
+        if let Some(stored) = m.stored()? {
+            m.restore(&stored.meta, &stored.data)?;
+        }
+        Ok(m)
+    }
+
+    /// The partitions this machine applies to (shared with whoever reads them).
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
+    }
+
+    /// The image of the state now.
+    pub fn image(&self) -> Image {
+        Image {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| (p.id, p.dump()))
+                .filter(|(_, d)| *d != PartitionDump::default())
+                .collect(),
+        }
+    }
+
+    fn stored(&self) -> Result<Option<Stored>, StorageError> {
+        match self.snapshots.get(self.group.to_be_bytes()).map_err(|e| snapshot_err(ErrorVerb::Read, e))? {
+            None => Ok(None),
+            Some(v) => decode(&v).map(Some).map_err(|e| snapshot_err(ErrorVerb::Read, e)),
+        }
+    }
+
+    /// Replaces every partition with the image in `data`, and the applied state with `meta`'s.
+    fn restore(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
+        let image: Image = decode(data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        if let Some((id, _)) =
+            image.partitions.iter().find(|(id, _)| self.partitions.get(*id as usize).is_none())
+        {
+            return Err(snapshot_err(
+                ErrorVerb::Read,
+                format!("the snapshot holds partition {id}, which group {} does not", self.group),
+            ));
+        }
+        let mut by_id: std::collections::HashMap<u32, PartitionDump> = image.partitions.into_iter().collect();
+        for p in self.partitions.iter() {
+            p.restore(by_id.remove(&p.id).unwrap_or_default());
+        }
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+}
+
+/// Writes `snapshot` as the group's current one, durably.
+fn store(db: &Database, snapshots: &Keyspace, group: GroupId, snapshot: &Stored) -> Result<(), StorageError> {
+    let bytes = encode(snapshot).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+    snapshots.insert(group.to_be_bytes(), bytes).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+    db.persist(PersistMode::SyncAll).map_err(|e| snapshot_err(ErrorVerb::Write, e))
+}
+
+/// Builds a snapshot from an image taken between two applies.
+pub struct Builder {
+    image: Image,
+    id: String,
+    group: GroupId,
+    db: Database,
+    snapshots: Keyspace,
+}
+
+impl RaftSnapshotBuilder<Restm> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<Restm>, StorageError> {
+        let data = encode(&self.image).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.image.last_applied,
+            last_membership: self.image.membership.clone(),
+            snapshot_id: self.id.clone(),
+        };
+        let stored = Stored { meta, data };
+        store(&self.db, &self.snapshots, self.group, &stored)?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(stored.data) })
+    }
+}
+
+impl RaftStateMachine<Restm> for PartitionMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<Restm>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            out.push(match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    None
+                }
+                EntryPayload::Normal(p) => match self.partitions.get(p.partition as usize) {
+                    Some(part) => Some(part.apply(&p.command, KEEP_ALL)),
+                    None => {
+                        // Proposers check the partition first; an entry for another is
+                        // skipped the same way on every replica.
+                        tracing::error!(
+                            group = self.group,
+                            partition = p.partition,
+                            "entry for a partition the group does not hold"
+                        );
+                        None
+                    }
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.taken += 1;
+        let id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}-{}", self.group, l.leader_id.term, l.index, self.taken),
+            None => format!("{}-none-{}", self.group, self.taken),
+        };
+        Builder {
+            image: self.image(),
+            id,
+            group: self.group,
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        self.restore(meta, &snapshot)?;
+        store(&self.db, &self.snapshots, self.group, &Stored { meta: meta.clone(), data: *snapshot })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Restm>>, StorageError> {
+        Ok(self.stored()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(s.data) }))
+    }
+}

@@ -1,0 +1,382 @@
+//! The peer transport: one TCP connection per pair of nodes, shared by every group.
+//!
+//! Frames are length-delimited (tokio-util's codec) `postcard` messages. A connection opens
+//! with a [`Hello`] naming the cluster, the dialling node, the node it means to reach and the
+//! peer token; the listener answers [`Greeting::Welcome`] or refuses, logs why, and closes.
+//! After that each request is `(id, Request)` and each answer `(id, Response)`, so many
+//! requests of many groups are in flight on one connection at once.
+//!
+//! [`PeerServer`] serves the groups of this node; [`Peers`] holds this node's connection to
+//! each other node, dialled on first use and again after it breaks.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use openraft::error::{Fatal, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{Raft, SnapshotMeta, Vote};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::{BasicNode, GroupId, NodeId, Restm, decode, encode};
+
+/// The largest frame: a snapshot travels in one.
+const MAX_FRAME: usize = 1 << 30;
+/// How long dialling a peer and its greeting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+}
+
+/// Who this node is to its peers: what a [`Hello`] must match.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The cluster's name: nodes of two clusters never talk.
+    pub cluster: String,
+    pub node: NodeId,
+    /// The shared peer token; `None` admits any peer that names the cluster and the node.
+    pub token: Option<String>,
+}
+
+/// The first frame on a connection, from the dialling node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub cluster: String,
+    pub from: NodeId,
+    /// The node the dialler believes it reaches.
+    pub to: NodeId,
+    pub token: Option<String>,
+}
+
+/// The listener's answer to a [`Hello`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Greeting {
+    Welcome,
+    Refused(String),
+}
+
+/// A request to a peer, for one group.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Append { group: GroupId, rpc: AppendEntriesRequest<Restm> },
+    Vote { group: GroupId, rpc: VoteRequest<NodeId> },
+    Snapshot { group: GroupId, vote: Vote<NodeId>, meta: SnapshotMeta<NodeId, BasicNode>, data: Vec<u8> },
+}
+
+/// A peer's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// The group has no member on the peer.
+    NoGroup(GroupId),
+}
+
+impl Identity {
+    /// Why `hello` may not talk to this node, if it may not.
+    fn refuse(&self, hello: &Hello) -> Option<String> {
+        use subtle::ConstantTimeEq;
+        if hello.cluster != self.cluster {
+            return Some(format!(
+                "cluster {:?} is not this node's cluster {:?}",
+                hello.cluster, self.cluster
+            ));
+        }
+        if hello.to != self.node {
+            return Some(format!(
+                "node {} dialled node {}, but this is node {}",
+                hello.from, hello.to, self.node
+            ));
+        }
+        if let Some(token) = &self.token {
+            let given = hello.token.as_deref().unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                return Some(format!("node {} gave no valid peer token", hello.from));
+            }
+        }
+        None
+    }
+}
+
+/// The groups this node holds a member of, by id.
+#[derive(Default)]
+pub struct Groups {
+    rafts: RwLock<HashMap<GroupId, Raft<Restm>>>,
+}
+
+impl Groups {
+    pub fn insert(&self, group: GroupId, raft: Raft<Restm>) {
+        self.rafts.write().insert(group, raft);
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<Raft<Restm>> {
+        self.rafts.write().remove(&group)
+    }
+
+    fn get(&self, group: GroupId) -> Option<Raft<Restm>> {
+        self.rafts.read().get(&group).cloned()
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Append { group, rpc } => match self.get(group) {
+                Some(r) => Response::Append(r.append_entries(rpc).await),
+                None => Response::NoGroup(group),
+            },
+            Request::Vote { group, rpc } => match self.get(group) {
+                Some(r) => Response::Vote(r.vote(rpc).await),
+                None => Response::NoGroup(group),
+            },
+            Request::Snapshot { group, vote, meta, data } => match self.get(group) {
+                Some(r) => Response::Snapshot(
+                    r.install_full_snapshot(vote, openraft::Snapshot { meta, snapshot: Box::new(data) })
+                        .await,
+                ),
+                None => Response::NoGroup(group),
+            },
+        }
+    }
+}
+
+/// Serves the peer port: answers other nodes' requests for this node's groups. Dropping
+/// it (or [`PeerServer::stop`]) closes the port and every connection on it.
+pub struct PeerServer {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl PeerServer {
+    /// Starts accepting peers on `listener`.
+    pub fn spawn(listener: TcpListener, me: Arc<Identity>, groups: Arc<Groups>) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut halt = stopped.clone();
+            loop {
+                let (stream, remote) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a peer connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = halt.changed() => return,
+                };
+                let (me, groups, mut halt) = (me.clone(), groups.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        ended = Self::connection(stream, &me, groups) => if let Err(e) = ended {
+                            tracing::debug!(%remote, error = %e, "peer connection ended");
+                        },
+                        _ = halt.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { stop }
+    }
+
+    /// Closes the port and every connection on it.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl PeerServer {
+    async fn connection(stream: TcpStream, me: &Identity, groups: Arc<Groups>) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let remote = stream.peer_addr()?;
+        let (r, w) = stream.into_split();
+        let (mut rd, mut wr) = (FramedRead::new(r, codec()), FramedWrite::new(w, codec()));
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, rd.next())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no hello"))?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed before hello"))??;
+        let hello: Hello = decode(&first)?;
+        if let Some(why) = me.refuse(&hello) {
+            tracing::warn!(%remote, from = hello.from, reason = %why, "refused a peer");
+            wr.send(Bytes::from(encode(&Greeting::Refused(why.clone()))?)).await?;
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        wr.send(Bytes::from(encode(&Greeting::Welcome)?)).await?;
+        tracing::debug!(%remote, from = hello.from, "peer connected");
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.send(b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(frame) = rd.next().await {
+            let (id, req): (u64, Request) = decode(&frame?)?;
+            let (groups, tx) = (groups.clone(), tx.clone());
+            tokio::spawn(async move {
+                let resp = groups.handle(req).await;
+                match encode(&(id, resp)) {
+                    Ok(b) => {
+                        let _ = tx.send(Bytes::from(b)).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "encoding a peer response"),
+                }
+            });
+        }
+        drop(tx);
+        let _ = writer.await;
+        Ok(())
+    }
+}
+
+/// One open connection to a peer.
+struct Conn {
+    tx: mpsc::Sender<Bytes>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
+    next: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+/// This node's connection to one peer, dialled on first use and after it breaks.
+pub struct PeerClient {
+    me: Arc<Identity>,
+    target: NodeId,
+    addr: String,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+fn broken(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, what.to_string())
+}
+
+impl PeerClient {
+    async fn connect(&self) -> io::Result<Arc<Conn>> {
+        let addr = self.addr.trim_start_matches("http://").trim_start_matches("https://");
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("dialling {addr}")))??;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let (mut rd, mut wr) = (FramedRead::new(r, codec()), FramedWrite::new(w, codec()));
+        let hello = Hello {
+            cluster: self.me.cluster.clone(),
+            from: self.me.node,
+            to: self.target,
+            token: self.me.token.clone(),
+        };
+        wr.send(Bytes::from(encode(&hello)?)).await?;
+        let greeting = tokio::time::timeout(CONNECT_TIMEOUT, rd.next())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no greeting"))?
+            .ok_or_else(|| broken("closed before greeting"))??;
+        if let Greeting::Refused(why) = decode(&greeting)? {
+            tracing::warn!(peer = self.target, %addr, reason = %why, "a peer refused this node");
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if wr.send(b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (p, c) = (pending.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = rd.next().await {
+                match decode::<(u64, Response)>(&frame) {
+                    Ok((id, resp)) => {
+                        if let Some(waiter) = p.lock().remove(&id) {
+                            let _ = waiter.send(resp);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable peer response");
+                        break;
+                    }
+                }
+            }
+            c.store(true, Ordering::SeqCst);
+            p.lock().clear(); // every waiter learns the connection broke
+        });
+        Ok(Arc::new(Conn { tx, pending, next: AtomicU64::new(0), closed }))
+    }
+
+    async fn conn(&self) -> io::Result<Arc<Conn>> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.closed.load(Ordering::SeqCst)) {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let c = self.connect().await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends `req` and waits at most `ttl` for the answer.
+    pub async fn call(&self, req: &Request, ttl: Duration) -> io::Result<Response> {
+        let conn = self.conn().await?;
+        let id = conn.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(id, tx);
+        let frame = Bytes::from(encode(&(id, req))?);
+        if conn.tx.send(frame).await.is_err() {
+            conn.closed.store(true, Ordering::SeqCst);
+            return Err(broken("peer connection closed"));
+        }
+        match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(broken("peer connection broke")),
+            Err(_) => {
+                conn.pending.lock().remove(&id);
+                Err(io::Error::new(io::ErrorKind::TimedOut, "peer did not answer in time"))
+            }
+        }
+    }
+}
+
+/// This node's connections to its peers: one per peer, shared by every group.
+pub struct Peers {
+    me: Arc<Identity>,
+    clients: Mutex<HashMap<NodeId, Arc<PeerClient>>>,
+}
+
+impl Peers {
+    pub fn new(me: Arc<Identity>) -> Arc<Self> {
+        Arc::new(Self { me, clients: Mutex::default() })
+    }
+
+    /// The connection to `target` at `addr` (a new address replaces the old connection).
+    pub fn client(&self, target: NodeId, addr: &str) -> Arc<PeerClient> {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&target).filter(|c| c.addr == addr) {
+            return c.clone();
+        }
+        let c = Arc::new(PeerClient {
+            me: self.me.clone(),
+            target,
+            addr: addr.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+        });
+        clients.insert(target, c.clone());
+        c
+    }
+}

@@ -1,0 +1,262 @@
+//! A partition group under openraft: its storage against openraft's own conformance suite,
+//! and three members on loopback TCP (the real transport, each with its own fjall database)
+//! that apply one log to identical partitions, lose their leader, and catch a restarted
+//! member up from the log or a snapshot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjall::Database;
+use openraft::SnapshotPolicy;
+use openraft::testing::{StoreBuilder, Suite};
+use restm::engine::command::{Command, Outcome};
+use restm::engine::partition::partition_of;
+use restm::raft::log_store::{Flusher, LogStore};
+use restm::raft::replica::{Replica, ReplicaError, loopback_config};
+use restm::raft::state_machine::{PartitionMachine, partitions};
+use restm::raft::transport::{Groups, Identity, PeerServer, Peers};
+use restm::raft::{BasicNode, NodeId, Restm, StorageError};
+use tokio::net::TcpListener;
+
+const PARTITIONS: u32 = 8;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "restm-raft-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn open_db(dir: &Path) -> Database {
+    Database::builder(dir).open().expect("open fjall")
+}
+
+/// Removes a suite store's directory when the suite is done with it.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Fresh;
+
+impl StoreBuilder<Restm, LogStore, PartitionMachine, DirGuard> for Fresh {
+    async fn build(&self) -> Result<(DirGuard, LogStore, PartitionMachine), StorageError> {
+        let dir = temp_dir("suite");
+        let db = open_db(&dir);
+        let log = LogStore::open(&db, 3, Flusher::start(db.clone())).expect("log store");
+        let machine = PartitionMachine::open(&db, 3, partitions(PARTITIONS))?;
+        Ok((DirGuard(dir), log, machine))
+    }
+}
+
+#[test]
+fn log_store_and_state_machine_pass_openraft_suite() {
+    Suite::test_all(Fresh).expect("openraft's storage suite");
+}
+
+/// One node of the test cluster.
+struct Member {
+    id: NodeId,
+    dir: PathBuf,
+    addr: String,
+    replica: Replica,
+    _server: PeerServer,
+}
+
+fn identity(id: NodeId) -> Arc<Identity> {
+    Arc::new(Identity { cluster: "raft-test".into(), node: id, token: Some("secret".into()) })
+}
+
+async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Member {
+    let addr = listener.local_addr().expect("addr").to_string();
+    let db = open_db(dir);
+    let groups = Arc::new(Groups::default());
+    let server = PeerServer::spawn(listener, identity(id), groups.clone());
+    let mut config = loopback_config("raft-test");
+    config.snapshot_policy = SnapshotPolicy::LogsSinceLast(40);
+    config.max_in_snapshot_log_to_keep = 0;
+    let replica = Replica::start(
+        id,
+        0,
+        &db,
+        Flusher::start(db.clone()),
+        partitions(PARTITIONS),
+        Peers::new(identity(id)),
+        groups,
+        config,
+    )
+    .await
+    .expect("start replica");
+    Member { id, dir: dir.to_path_buf(), addr, replica, _server: server }
+}
+
+/// Waits for a leader among `members` and returns its position.
+async fn leader(members: &[Member]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(i) = members.iter().position(|m| m.replica.is_leader()) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no leader within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A blind one-partition write of `ptr` at `version`.
+fn write(ptr: &str, version: u64) -> (u32, Command) {
+    let ptr: Arc<str> = ptr.into();
+    (
+        partition_of(&ptr, PARTITIONS),
+        Command::PrepareCommit {
+            txn: format!("t{version}").into(),
+            trace_id: "trace".into(),
+            commit_version: version,
+            reads: vec![],
+            writes: vec![(ptr, Some(Bytes::from(version.to_string())))],
+        },
+    )
+}
+
+/// Proposes `count` writes from version `from` on the leader, riding out a leader change.
+async fn propose_writes(members: &[Member], from: u64, count: u64) {
+    for v in from..from + count {
+        let (partition, cmd) = write(&format!("p{}", v % 23), v);
+        loop {
+            let l = leader(members).await;
+            match members[l].replica.propose(partition, cmd.clone()).await {
+                Ok(out) => {
+                    assert_eq!(out, Outcome::Committed(v));
+                    break;
+                }
+                Err(ReplicaError::NotLeader { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("proposing version {v}: {e}"),
+            }
+        }
+    }
+}
+
+/// Waits until every member applied what the leader has, then checks they hold the same.
+/// (The leader's metrics may trail its last apply by a moment, so this polls.)
+async fn converge(members: &[Member]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let l = leader(members).await;
+        let index = members[l].replica.metrics().last_applied.expect("applied").index;
+        for m in members {
+            m.replica.wait_applied(index, Duration::from_secs(15)).await.expect("catch up");
+        }
+        let want = members[l].replica.dumps();
+        let differ: Vec<NodeId> =
+            members.iter().filter(|m| m.replica.dumps() != want).map(|m| m.id).collect();
+        if differ.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nodes {differ:?} still differ from the leader after 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_apply_one_log_and_survive_losing_the_leader() {
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("n{i}"))).collect();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+    let mut members = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        members.push(start(i as NodeId + 1, &dirs[i], l).await);
+    }
+    let voters: BTreeMap<NodeId, BasicNode> =
+        members.iter().map(|m| (m.id, BasicNode { addr: m.addr.clone() })).collect();
+    members[0].replica.initialize(voters).await.expect("initialize");
+
+    propose_writes(&members, 1, 120).await;
+    converge(&members).await;
+    assert!(
+        members.iter().all(|m| m.replica.metrics().snapshot.is_some()),
+        "120 entries with a snapshot every 40 leave a snapshot on every member"
+    );
+
+    // The leader goes; the other two elect one and go on.
+    let l = leader(&members).await;
+    let gone = members.remove(l);
+    let (gone_id, gone_dir, gone_addr) = (gone.id, gone.dir.clone(), gone.addr.clone());
+    gone.replica.shutdown().await;
+    drop(gone._server);
+    propose_writes(&members, 121, 100).await;
+    converge(&members).await;
+
+    // It comes back on its own directory and catches up from the log (the leader keeps what
+    // a known member has not acknowledged).
+    assert_eq!(gone_addr, addrs[gone_id as usize - 1]);
+    let listener = TcpListener::bind(&gone_addr).await.expect("rebind");
+    members.push(start(gone_id, &gone_dir, listener).await);
+    propose_writes(&members, 221, 10).await;
+    converge(&members).await;
+
+    // A new member joins as a learner after the log's start was purged into a snapshot:
+    // the snapshot is what it gets.
+    let l = leader(&members).await;
+    let purged = members[l].replica.metrics().purged.expect("the leader purged its log").index;
+    assert!(purged > 1, "the log's start is gone ({purged})");
+    let dir4 = temp_dir("n4");
+    let learner = start(4, &dir4, TcpListener::bind("127.0.0.1:0").await.expect("bind")).await;
+    members[l].replica.add_learner(4, &learner.addr).await.expect("add learner");
+    members.push(learner);
+    converge(&members).await;
+    let _ = std::fs::remove_dir_all(&dir4);
+
+    for m in members {
+        m.replica.shutdown().await;
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_token_or_cluster_is_refused() {
+    use restm::raft::transport::Request;
+    let groups = Arc::new(Groups::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let _server = PeerServer::spawn(listener, identity(1), groups);
+    let vote = openraft::raft::VoteRequest { vote: openraft::Vote::new(1, 2), last_log_id: None };
+    let ask_node = |me: Identity, target: NodeId| {
+        let vote = vote.clone();
+        let addr = addr.clone();
+        async move {
+            Peers::new(Arc::new(me))
+                .client(target, &addr)
+                .call(&Request::Vote { group: 0, rpc: vote }, Duration::from_secs(2))
+                .await
+        }
+    };
+    let ask = |me: Identity| ask_node(me, 1);
+    // A node that believes it dials node 3 reached node 1: a typo in --initial-cluster.
+    let wrong_node =
+        ask_node(Identity { cluster: "raft-test".into(), node: 2, token: Some("secret".into()) }, 3).await;
+    assert_eq!(wrong_node.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
+    let wrong_token =
+        ask(Identity { cluster: "raft-test".into(), node: 2, token: Some("guess".into()) }).await;
+    assert_eq!(wrong_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
+    let no_token = ask(Identity { cluster: "raft-test".into(), node: 2, token: None }).await;
+    assert_eq!(no_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
+    let other_cluster =
+        ask(Identity { cluster: "other".into(), node: 2, token: Some("secret".into()) }).await;
+    assert_eq!(other_cluster.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
+    // The right cluster and token get through: the node answers that it holds no group 0.
+    let welcome = ask(Identity { cluster: "raft-test".into(), node: 2, token: Some("secret".into()) }).await;
+    assert!(matches!(welcome, Ok(restm::raft::transport::Response::NoGroup(0))), "{welcome:?}");
+}
