@@ -5,6 +5,7 @@
 //! - [`http`]: the axum routes of the HTTP contract, a thin room around the node.
 
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod http;

@@ -215,6 +215,66 @@ pub struct Health {
     pub version: String,
 }
 
+/// Answer of `GET /cluster`: the members and the data group, as this node sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStatus {
+    /// The cluster's name (`--cluster-name`).
+    pub cluster: String,
+    /// The node that answered.
+    pub node_id: u64,
+    /// `false` for a node started without cluster flags (a cluster of one, unreplicated).
+    pub replicated: bool,
+    pub members: Vec<MemberStatus>,
+    /// The replication groups; today one data group holds every partition.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MemberStatus {
+    pub node_id: u64,
+    /// The address peers dial (from `--initial-cluster`).
+    pub peer_url: String,
+    /// `up` or `down`: whether this node heard from it (a request or an answer) in the last
+    /// 2 s. A leader calls every member each heartbeat; a follower hears only the leader, so
+    /// it says `unknown` of the other followers it has not heard from.
+    pub state: String,
+    /// Milliseconds since this node last heard from it (`None`: never, since it started).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// One replication group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupStatus {
+    pub group: u32,
+    /// The partitions it holds.
+    pub partitions: Vec<u32>,
+    pub leader: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub term: u64,
+    /// This node's role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Milliseconds since a majority last acknowledged the leader (leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Per follower: how many entries it trails the leader's log by (leader only).
+    pub follower_lag: Vec<FollowerLag>,
+}
+
+/// How far one follower trails.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FollowerLag {
+    pub node_id: u64,
+    pub matched_index: Option<u64>,
+    pub lag: Option<u64>,
+}
+
 /// An RFC 9457 problem, the body of every 4xx and 5xx answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::cluster::ClusterConfig;
 use crate::engine::EngineConfig;
 use crate::http::ServeConfig;
 use crate::node::NodeConfig;
@@ -102,6 +103,56 @@ pub struct ServeArgs {
     /// `cargo xtask serve` builds it into target/ui and passes it here.
     #[arg(long, env = "RESTM_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+    /// This node's id in its cluster. With --peer-listen and --initial-cluster, the node
+    /// replicates its partitions with the other members; without them it is a cluster of one.
+    #[arg(long, env = "RESTM_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: Option<u64>,
+    /// Where this node listens for its peers (Raft and forwarded requests).
+    #[arg(long, env = "RESTM_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The first members and the addresses peers dial them at, as etcd's flag of the same
+    /// name: `1=http://127.0.0.1:7081,2=http://127.0.0.1:7082,3=http://127.0.0.1:7083`.
+    #[arg(long, env = "RESTM_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
+    pub initial_cluster: Option<InitialCluster>,
+    /// The secret every peer must present; required when --peer-listen is not loopback.
+    #[arg(long, env = "RESTM_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+    /// The cluster's name: nodes of two clusters refuse each other.
+    #[arg(long, env = "RESTM_CLUSTER_NAME", default_value = "restm")]
+    pub cluster_name: String,
+    /// The URL peers hand clients' requests on to (default: http:// and --listen).
+    #[arg(long, env = "RESTM_ADVERTISE_CLIENT_URL")]
+    pub advertise_client_url: Option<String>,
+}
+
+/// `--initial-cluster`: member id → the address peers dial it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialCluster(pub std::collections::BTreeMap<u64, String>);
+
+fn parse_initial_cluster(s: &str) -> Result<InitialCluster, String> {
+    let mut members = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not id=url (for example 1=http://127.0.0.1:7081)"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| format!("{id:?} is not a node id (a whole number from 1)"))?;
+        let addr = url.trim().trim_start_matches("http://").trim_start_matches("https://");
+        if addr.parse::<SocketAddr>().is_err() {
+            return Err(format!("{url:?} is not http://ip:port"));
+        }
+        if members.insert(id, url.trim().to_string()).is_some() {
+            return Err(format!("node {id} is named twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("name at least one member".into());
+    }
+    Ok(InitialCluster(members))
 }
 
 /// `--durability`.
@@ -115,8 +166,46 @@ pub enum DurabilityArg {
 }
 
 impl ServeArgs {
+    /// The cluster flags, checked together: all of --node-id, --peer-listen and
+    /// --initial-cluster, or none.
+    fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
+        let (id, peer, initial) = match (self.node_id, self.peer_listen, &self.initial_cluster) {
+            (None, None, None) => return Ok(None),
+            (Some(id), Some(peer), Some(initial)) => (id, peer, initial),
+            _ => {
+                return Err(
+                    "a cluster member needs all of --node-id, --peer-listen and --initial-cluster".into()
+                );
+            }
+        };
+        if !initial.0.contains_key(&id) {
+            return Err(format!("--initial-cluster does not name this node ({id})"));
+        }
+        if self.peer_token.as_deref().is_some_and(str::is_empty) {
+            return Err("--peer-token must not be empty".into());
+        }
+        if !peer.ip().is_loopback() && self.peer_token.is_none() {
+            return Err(format!(
+                "refusing to listen for peers on {peer} without --peer-token (or RESTM_PEER_TOKEN): anyone who \
+                 can reach it could join the cluster"
+            ));
+        }
+        Ok(Some(ClusterConfig {
+            node_id: id,
+            name: self.cluster_name.clone(),
+            peer_listen: peer,
+            initial: initial.0.clone(),
+            token: self.peer_token.clone(),
+            client_url: self
+                .advertise_client_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.listen)),
+        }))
+    }
+
     /// The node and listener these options describe.
-    pub fn into_config(self) -> ServeConfig {
+    pub fn into_config(self) -> Result<ServeConfig, String> {
+        let cluster = self.cluster()?;
         let node = NodeConfig {
             data_dir: self.data_dir,
             partitions: self.partitions,
@@ -136,7 +225,7 @@ impl ServeArgs {
             gc_every: self.gc_interval,
             memory_budget: self.memory_budget.bytes(),
         };
-        ServeConfig {
+        Ok(ServeConfig {
             listen: self.listen,
             node,
             auth_token: self.auth_token,
@@ -145,7 +234,8 @@ impl ServeArgs {
             event_subscriber_buffer: self.event_subscriber_buffer as usize,
             max_body: self.max_body,
             ui_dir: self.ui_dir,
-        }
+            cluster,
+        })
     }
 }
 
@@ -216,7 +306,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => crate::http::serve(args.into_config()).await,
+            Command::Serve(args) => match args.into_config() {
+                Ok(config) => crate::http::serve(config).await,
+                Err(e) => Err(e),
+            },
             Command::Get(args) => client::get(args).await,
             Command::Put(args) => client::put(args).await,
             Command::Del(args) => client::del(args).await,

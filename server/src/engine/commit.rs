@@ -9,12 +9,24 @@ use super::error::{AbortReason, Conflict, EngineError, StorageError};
 use super::events::EventKind;
 use super::pressure::Pressure;
 use super::txn::{Phase, Txn};
-use super::{CommitStep, Engine, PreparedCommit, PtrId, TxnId};
+use super::{CommitPlan, CommitStep, Engine, PreparedCommit, PtrId, TxnId};
 
 impl Engine {
     /// Prepares `txn` on every partition it touched, takes its commit version and validates
     /// its reads. On a conflict the transaction is aborted and the conflict returned.
     pub fn prepare_commit(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
+        self.prepare(txn, true)
+    }
+
+    /// [`Self::prepare_commit`] for replicated partitions: the leader's layer only (prepared
+    /// marks, the commit version, validation). Nothing is applied: the caller proposes
+    /// [`Self::commit_plan`] to the partitions' logs, then ends the txn with
+    /// [`Self::complete_replicated`] or [`Self::fail_replicated`].
+    pub fn prepare_replicated(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
+        self.prepare(txn, false)
+    }
+
+    fn prepare(&self, txn: &Arc<Txn>, apply: bool) -> Result<CommitStep, EngineError> {
         let (writes, reads) = {
             let mut inner = txn.inner.lock();
             Self::ensure_active(txn, &inner.phase)?;
@@ -48,6 +60,7 @@ impl Engine {
             let ptrs: Vec<PtrId> = group.iter().map(|(p, _)| p.clone()).collect();
             let mut outcome = self.partitions[pidx].prepare(&txn.id, &ptrs, prepared_above);
             if outcome.is_ok()
+                && apply
                 && let Some(primary) = &primary
             {
                 let cmd = Command::Prepare {
@@ -84,7 +97,14 @@ impl Engine {
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
             }
         }
-        Ok(CommitStep::Prepared(PreparedCommit { txn: txn.clone(), commit_version, writes, reads, primary }))
+        Ok(CommitStep::Prepared(PreparedCommit {
+            txn: txn.clone(),
+            commit_version,
+            writes,
+            reads,
+            primary,
+            prepared_above,
+        }))
     }
 
     /// Applies `Abort` on the partitions where `txn` prepared intents.
@@ -104,7 +124,7 @@ impl Engine {
     /// broke after the commit became durable: it is returned, and the txn stays committing
     /// (its outcome is what recovery finds).
     pub fn install_commit(&self, prepared: PreparedCommit) -> Result<u64, Conflict> {
-        let PreparedCommit { txn, commit_version, writes, reads, primary } = prepared;
+        let PreparedCommit { txn, commit_version, writes, reads, primary, .. } = prepared;
         // Under memory pressure only the latest version of each pointer stays in memory.
         let max_hot = if self.pressure() >= Pressure::High { 1 } else { self.cfg.hot_versions };
         let released: Vec<PtrId> = writes.iter().map(|(p, _)| p.clone()).collect();
@@ -148,9 +168,79 @@ impl Engine {
                 return Err(c);
             }
         }
-        self.emit(EventKind::Commit, Some(&txn), None, |e| e.version = Some(commit_version));
+        self.installed(&txn, &released, commit_version);
+        Ok(commit_version)
+    }
+
+    /// The commands that make `prepared` on replicated partitions (see [`CommitPlan`]).
+    pub fn commit_plan(&self, prepared: &PreparedCommit) -> CommitPlan {
+        let txn = &prepared.txn;
+        let cv = prepared.commit_version;
+        let groups = self.group_pairs(prepared.writes.iter().cloned());
+        let mut reads = self.group_pairs(prepared.reads.iter().cloned());
+        let Some(primary) = &prepared.primary else {
+            let install = groups
+                .into_iter()
+                .map(|(pidx, writes)| {
+                    let cmd = Command::PrepareCommit {
+                        txn: txn.id.clone(),
+                        trace_id: txn.trace_id.clone(),
+                        commit_version: cv,
+                        reads: reads.remove(&pidx).unwrap_or_default(),
+                        writes,
+                    };
+                    (pidx as u32, cmd)
+                })
+                .collect();
+            return CommitPlan { prepare: vec![], record: None, install };
+        };
+        let primary_idx = self.partition_index(primary) as u32;
+        let mut prepare = Vec::new();
+        let mut install = Vec::new();
+        for (pidx, writes) in groups {
+            let cmd = Command::Prepare {
+                txn: txn.id.clone(),
+                trace_id: txn.trace_id.clone(),
+                prepared_above: prepared.prepared_above,
+                reads: reads.remove(&pidx).unwrap_or_default(),
+                writes,
+                primary: primary.clone(),
+            };
+            prepare.push((pidx as u32, cmd));
+            if pidx as u32 != primary_idx {
+                install.push((pidx as u32, Command::Commit { txn: txn.id.clone(), commit_version: cv }));
+            }
+        }
+        install.push((primary_idx, Command::Commit { txn: txn.id.clone(), commit_version: cv }));
+        let record = Command::TxnRecord { txn: txn.id.clone(), state: TxnState::Committed(cv) };
+        CommitPlan { prepare, record: Some((primary_idx, record)), install }
+    }
+
+    /// Ends a commit whose plan the partitions' logs applied: releases the locks of its
+    /// writes (the log's apply installs versions but leaves the leader's locks), and the
+    /// rest as [`Self::install_commit`] does.
+    pub fn complete_replicated(&self, prepared: PreparedCommit) -> u64 {
+        let released: Vec<PtrId> = prepared.writes.iter().map(|(p, _)| p.clone()).collect();
         for ptr in &released {
-            self.emit(EventKind::LockReleased, Some(&txn), Some(ptr), |e| e.version = Some(commit_version));
+            self.partition(ptr).unlock(&prepared.txn.id, ptr);
+        }
+        self.installed(&prepared.txn, &released, prepared.commit_version);
+        prepared.commit_version
+    }
+
+    /// Ends a commit whose plan did not go through the logs (a conflict found by `Prepare`,
+    /// or the logs unavailable before the commit point): aborted, locks released. The caller
+    /// has proposed `Abort` where intents were prepared.
+    pub fn fail_replicated(&self, prepared: PreparedCommit, reason: AbortReason) {
+        self.abort_committing(&prepared.txn, reason);
+    }
+
+    /// What follows installing a commit: events, the locks of pointers read for update,
+    /// the txn's phase.
+    fn installed(&self, txn: &Arc<Txn>, released: &[PtrId], commit_version: u64) {
+        self.emit(EventKind::Commit, Some(txn), None, |e| e.version = Some(commit_version));
+        for ptr in released {
+            self.emit(EventKind::LockReleased, Some(txn), Some(ptr), |e| e.version = Some(commit_version));
         }
         // Locks of pointers read with a lock but not written are released as they are.
         let read_locks: Vec<PtrId> = {
@@ -160,7 +250,7 @@ impl Engine {
         };
         for ptr in read_locks {
             self.partition(&ptr).unlock(&txn.id, &ptr);
-            self.emit(EventKind::LockReleased, Some(&txn), Some(&ptr), |_| {});
+            self.emit(EventKind::LockReleased, Some(txn), Some(&ptr), |_| {});
         }
         {
             let mut inner = txn.inner.lock();
@@ -173,8 +263,7 @@ impl Engine {
                 }
             }
         }
-        self.finish(&txn);
-        Ok(commit_version)
+        self.finish(txn);
     }
 
     /// [`Self::install_commit`] for tests and benchmarks, which drive the engine directly

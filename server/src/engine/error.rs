@@ -22,6 +22,9 @@ pub enum AbortReason {
     Storage(StorageError),
     /// The request driving a one-shot transaction went away before it finished.
     Cancelled,
+    /// The node that coordinated it stopped leading its partitions (its locks went with
+    /// the lead), or could not reach a majority of their replicas before the commit point.
+    LeadershipLost,
 }
 
 impl AbortReason {
@@ -35,6 +38,7 @@ impl AbortReason {
             AbortReason::CheckFailed { .. } => "check_failed",
             AbortReason::Storage(_) => "storage",
             AbortReason::Cancelled => "cancelled",
+            AbortReason::LeadershipLost => "leadership_lost",
         }
     }
 }
@@ -51,6 +55,11 @@ impl fmt::Display for AbortReason {
             AbortReason::CheckFailed { ptr } => write!(f, "the check on {ptr:?} did not hold"),
             AbortReason::Storage(e) => write!(f, "the commit could not be persisted: {e}"),
             AbortReason::Cancelled => write!(f, "the request was cancelled"),
+            AbortReason::LeadershipLost => write!(
+                f,
+                "its coordinator stopped leading the partitions, or could not reach a majority of their \
+                 replicas; begin it again"
+            ),
         }
     }
 }
@@ -172,6 +181,9 @@ pub enum EngineError {
     Gone { requested: u64, horizon: u64 },
     #[error("no pin {0:?} (it never existed, expired or was removed)")]
     PinNotFound(String),
+    /// This node does not lead the partitions (and could not hand the request on).
+    #[error("this node does not lead the partitions (leader: {}); retry, on any node", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
+    NotLeader { leader: Option<u64> },
     #[error(
         "memory pressure is critical: new read-write transactions are refused until memory is back \
          (reads, read-only transactions and deletes still work)"

@@ -25,7 +25,10 @@ impl Engine {
         let timeout_ms =
             opts.timeout_ms.unwrap_or(self.cfg.default_timeout_ms).clamp(1, self.cfg.max_timeout_ms);
         let trace_id = opts.trace_id.unwrap_or_else(|| format!("{:032x}", u128::from(start)).into());
-        let id: TxnId = format!("{start:016x}").into();
+        let id: TxnId = match self.cfg.node_id {
+            None => format!("{start:016x}").into(),
+            Some(node) => format!("n{node}-{start:016x}").into(),
+        };
         let mut txn = Txn::new(
             id,
             read_version,

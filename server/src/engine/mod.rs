@@ -79,6 +79,9 @@ pub struct EngineConfig {
     pub finished_max: usize,
     /// History kept behind now, in milliseconds, unless a transaction or pin holds more.
     pub retention_ms: u64,
+    /// The node's id in a cluster: its txn ids name it (`n2-…`), since two nodes' clocks can
+    /// tick the same value. `None` on a node of its own.
+    pub node_id: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
             finished_keep_ms: 600_000,
             finished_max: 100_000,
             retention_ms: 24 * 3_600_000,
+            node_id: None,
         }
     }
 }
@@ -169,6 +173,20 @@ pub struct PreparedCommit {
     /// intents, and its partition's record decides the txn. `None`: one partition, which
     /// validates and installs in one `PrepareCommit`.
     pub primary: Option<PtrId>,
+    /// The commit version is above this (the `Prepare` commands carry it).
+    pub prepared_above: u64,
+}
+
+/// The commands that make a prepared commit, partition by partition, when partitions are
+/// replicated: each is proposed to its partition's log, and the steps go in order.
+#[derive(Debug, Clone)]
+pub struct CommitPlan {
+    /// `Prepare` on every written partition (empty for a one-partition commit).
+    pub prepare: Vec<(u32, command::Command)>,
+    /// The committed record on the primary's partition: the commit point.
+    pub record: Option<(u32, command::Command)>,
+    /// `Commit` on every written partition, the primary's last; or the one `PrepareCommit`.
+    pub install: Vec<(u32, command::Command)>,
 }
 
 /// Outcome of [`Engine::prepare_commit`].
@@ -183,7 +201,7 @@ pub enum CommitStep {
 pub struct Engine {
     cfg: EngineConfig,
     hlc: Hlc,
-    partitions: Vec<Partition>,
+    partitions: Arc<[Partition]>,
     txns: TxnTable,
     cold: Arc<dyn ColdStore>,
     events: Arc<dyn EventSink>,
@@ -203,7 +221,7 @@ impl Engine {
         recovered: impl IntoIterator<Item = RecoveredPointer>,
         max_version: u64,
     ) -> Self {
-        let partitions: Vec<Partition> = (0..cfg.partitions.max(1)).map(Partition::new).collect();
+        let partitions: Arc<[Partition]> = (0..cfg.partitions.max(1)).map(Partition::new).collect();
         let n = partitions.len() as u32;
         for p in recovered {
             let idx = partition_of(&p.ptr, n) as usize;
@@ -264,6 +282,17 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// The partitions, shared: a replicated node's state machine applies to them.
+    pub fn shared_partitions(&self) -> Arc<[Partition]> {
+        self.partitions.clone()
+    }
+
+    /// Moves the clock above `version` (a version applied from a replicated log, so that
+    /// this node's next versions are above it should it lead).
+    pub fn observe_version(&self, version: u64) {
+        self.hlc.observe(version);
     }
 
     pub(super) fn partition(&self, ptr: &str) -> &Partition {

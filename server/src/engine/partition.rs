@@ -383,6 +383,37 @@ impl Partition {
         }
     }
 
+    /// The writes `txn` holds intents for here (pointer, value), ascending, with its trace:
+    /// what a `Commit` of it will install.
+    pub fn intents_of(&self, txn: &str) -> Vec<(PtrId, Option<Bytes>)> {
+        let ptrs = self.prepared.lock().get(txn).cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(ptrs.len());
+        for ptr in ptrs {
+            if let Some(cell) = self.cell(&ptr)
+                && let Some(i) = cell.state.lock().intent.as_ref().filter(|i| &*i.txn == txn)
+            {
+                out.push((ptr.clone(), i.value.clone()));
+            }
+        }
+        out
+    }
+
+    /// The trace of `txn`'s intents here, if it holds any.
+    pub fn trace_of_intents(&self, txn: &str) -> Option<Arc<str>> {
+        let ptr = self.prepared.lock().get(txn)?.first()?.clone();
+        let cell = self.cell(&ptr)?;
+        let st = cell.state.lock();
+        st.intent.as_ref().filter(|i| &*i.txn == txn).map(|i| i.trace_id.clone())
+    }
+
+    /// The txns that hold intents here, ascending (a new leader resolves them by their
+    /// records).
+    pub fn prepared_txns(&self) -> Vec<TxnId> {
+        let mut v: Vec<TxnId> = self.prepared.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// The record of `txn`, if its primary is here and it is not yet resolved.
     pub fn record(&self, txn: &str) -> Option<TxnState> {
         self.records.lock().get(txn).copied()

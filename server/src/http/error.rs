@@ -28,6 +28,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("the bearer token is not valid for this node")]
     Forbidden,
+    /// The partitions' leader cannot be reached from this node, or none is elected.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -88,6 +91,7 @@ impl ApiError {
                 | EngineError::WritesFenced { .. }
                 | EngineError::Storage(_)
                 | EngineError::PinNotFound(_)
+                | EngineError::NotLeader { .. }
                 | EngineError::Overloaded => {}
             },
             ApiError::PointerNotFound { ptr } | ApiError::PreconditionFailed { ptr, .. } => {
@@ -131,7 +135,13 @@ impl ApiError {
                 EngineError::Overloaded => {
                     (S::SERVICE_UNAVAILABLE, codes::OVERLOADED, "Memory pressure is critical")
                 }
+                EngineError::NotLeader { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "Not the partitions' leader")
+                }
             },
+            ApiError::Unavailable(_) => {
+                (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "Partitions unavailable")
+            }
             ApiError::BadRequest(_) => (S::BAD_REQUEST, codes::BAD_REQUEST, "Bad request"),
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, codes::TOO_LARGE, "Request body too large"),
             ApiError::RouteNotFound(_) => (S::NOT_FOUND, codes::NOT_FOUND, "No such route"),
@@ -172,7 +182,8 @@ impl IntoResponse for ApiError {
                 EngineError::Overloaded
                     | EngineError::PreparedWaitTimeout { .. }
                     | EngineError::WritesFenced { .. }
-            )
+                    | EngineError::NotLeader { .. }
+            ) | ApiError::Unavailable(_)
         ) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ptr;
 pub mod request;
+pub mod route;
 pub mod txn;
 pub mod ui;
 
@@ -36,6 +37,10 @@ pub struct Shared {
     pub events: Arc<crate::events::EventHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub auth_token: Option<Arc<str>>,
+    /// Hands requests on to the leader (see [`route`]).
+    pub forwarder: reqwest::Client,
+    /// Largest request body in bytes.
+    pub max_body: usize,
 }
 
 impl AppState {
@@ -56,6 +61,7 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/cluster", get(cluster_status))
         .route("/events", get(events::events))
         .route("/metrics", get(observe::metrics))
         .route("/txns", get(observe::txns))
@@ -90,6 +96,29 @@ pub async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
+/// The members and the data group as this node sees them: leader, voters, term, log and
+/// applied indexes, and how far each follower trails.
+#[utoipa::path(get, path = "/cluster", tag = "node", responses((status = 200, body = restm_shared::ClusterStatus)))]
+pub async fn cluster_status(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Json<restm_shared::ClusterStatus> {
+    Json(match state.node.cluster() {
+        Some(c) => c.status(),
+        None => restm_shared::ClusterStatus {
+            cluster: "restm".into(),
+            node_id: 1,
+            replicated: false,
+            members: vec![restm_shared::MemberStatus {
+                node_id: 1,
+                peer_url: String::new(),
+                state: "up".into(),
+                last_contact_ms: Some(0),
+            }],
+            groups: vec![],
+        },
+    })
+}
+
 /// What [`serve`] needs: the node's settings and the listener's. The CLI fills it.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -107,6 +136,8 @@ pub struct ServeConfig {
     pub max_body: usize,
     /// Directory of the built explorer, served at `/ui/`.
     pub ui_dir: Option<std::path::PathBuf>,
+    /// The cluster to join (`None`: a cluster of one, unreplicated).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Opens the node and serves until Ctrl-C or SIGTERM.
@@ -125,11 +156,23 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
     let durability = args.node.durability;
     let events = Arc::new(crate::events::EventHub::new(args.event_buffer, args.event_subscriber_buffer));
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let node = Node::open(args.node, events.clone(), metrics.clone())
-        .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+    let node = match args.cluster {
+        None => Node::open(args.node, events.clone(), metrics.clone())
+            .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?,
+        Some(cluster) => Node::open_cluster(args.node, events.clone(), metrics.clone(), cluster)
+            .await
+            .map_err(|e| format!("cannot join the cluster from {}: {e}", data_dir.display()))?,
+    };
     node.spawn_reaper();
     node.spawn_gc();
-    let state = AppState::new(Shared { node, events, metrics, auth_token: args.auth_token.map(Arc::from) });
+    let state = AppState::new(Shared {
+        node,
+        events,
+        metrics,
+        auth_token: args.auth_token.map(Arc::from),
+        forwarder: route::forwarder(),
+        max_body: args.max_body,
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

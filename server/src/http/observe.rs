@@ -53,7 +53,7 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     let method = req.method().clone();
     let started = Instant::now();
     let mut resp = match super::auth::check(&state, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => super::route::dispatch(&state, req, next).await,
         Err(e) => e.into_response(),
     };
     let status = resp.status().as_u16();

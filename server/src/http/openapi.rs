@@ -11,7 +11,7 @@ use restm_shared as wire;
     info(title = "reSTM", description = "Distributed software transactional memory over HTTP. \
         Every 4xx/5xx body is application/problem+json with a documented `code`."),
     paths(
-        super::health, document, super::events::events, super::observe::metrics, super::observe::txns, super::observe::locks,
+        super::health, super::cluster_status, document, super::events::events, super::observe::metrics, super::observe::txns, super::observe::locks,
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
         super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list, super::ui::page,
         super::gc::status, super::gc::create_pin, super::gc::list_pins, super::gc::get_pin, super::gc::delete_pin,
@@ -22,6 +22,7 @@ use restm_shared as wire;
         wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
         wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event, wire::ActiveTxns, wire::LockWaiter,
         wire::LockView, wire::Locks, wire::GcStatus, wire::WatermarkHolder, wire::PinRequest, wire::PinView, wire::Pins,
+        wire::ClusterStatus, wire::MemberStatus, wire::GroupStatus, wire::FollowerLag,
     )),
     tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"), (name = "gc"))
 )]

@@ -8,6 +8,7 @@
 //! garbage collection. Transactions live in [`txn`], garbage collection and pins in [`gc`].
 
 mod gc;
+mod replicated;
 mod txn;
 
 pub use gc::GcTotals;
@@ -89,6 +90,10 @@ pub struct Node {
     gc: parking_lot::Mutex<GcTotals>,
     /// The horizon the last completed pass pruned to; a pass with nothing new skips the walk.
     pruned_to: std::sync::atomic::AtomicU64,
+    /// The store's database (a replicated node keeps its Raft log in it).
+    database: Option<fjall::Database>,
+    /// The cluster, when the node's partitions are replicated.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Node {
@@ -114,10 +119,22 @@ impl Node {
 
     /// Opens the data directory in `env`: the clock, the store and the committer.
     pub fn open_in(
+        config: NodeConfig,
+        events: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+        env: NodeEnv,
+    ) -> Result<Arc<Node>, StorageError> {
+        Self::assemble(config, events, metrics, env, true)
+    }
+
+    /// Opens the store and builds the node; `recover`: load the store's newest versions into
+    /// the partitions (a replicated node's come from its log instead).
+    fn assemble(
         mut config: NodeConfig,
         events: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
         env: NodeEnv,
+        recover: bool,
     ) -> Result<Arc<Node>, StorageError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StorageError::backend("creating the data directory", e))?;
@@ -135,17 +152,13 @@ impl Node {
         );
         config.engine.partitions = recovered.partitions;
         let (horizon, pins) = store.gc_state()?;
+        let database = Some(store.database());
+        let pointers = if recover { recovered.pointers } else { Vec::new() };
         let store = (env.wrap_store)(store);
         let engine = Arc::new(
-            Engine::new(
-                config.engine.clone(),
-                env.clock,
-                store.clone(),
-                recovered.pointers,
-                recovered.max_version,
-            )
-            .with_events(Arc::new(Tee(vec![events, metrics.clone()])))
-            .with_gc_state(horizon, pins),
+            Engine::new(config.engine.clone(), env.clock, store.clone(), pointers, recovered.max_version)
+                .with_events(Arc::new(Tee(vec![events, metrics.clone()])))
+                .with_gc_state(horizon, pins),
         );
         let committer: Arc<dyn Committer> = match env.committer {
             CommitMode::Group => Arc::new(
@@ -163,7 +176,37 @@ impl Node {
             waits: Default::default(),
             gc: Default::default(),
             pruned_to: Default::default(),
+            cluster: Default::default(),
+            database,
         }))
+    }
+
+    /// Opens the data directory as a member of a cluster: the partitions start empty and
+    /// are rebuilt by the data group's snapshot and log (the version store keeps history and
+    /// cold versions), and commits go through the log.
+    pub async fn open_cluster(
+        mut config: NodeConfig,
+        events: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
+        cluster: crate::cluster::ClusterConfig,
+    ) -> Result<Arc<Node>, crate::cluster::ClusterError> {
+        config.engine.node_id = Some(cluster.node_id);
+        let node = Self::assemble(config, events, metrics, NodeEnv::real(), false)?;
+        let observer = Arc::new(replicated::StoreObserver {
+            store: node.store.clone(),
+            engine: Arc::downgrade(&node.engine),
+        });
+        let db = node.database.clone().ok_or_else(|| {
+            crate::cluster::ClusterError::Storage(StorageError::backend(
+                "opening the raft log",
+                "no database",
+            ))
+        })?;
+        let c =
+            crate::cluster::Cluster::start(cluster, db, node.engine.shared_partitions(), observer).await?;
+        let _ = node.cluster.set(c.clone());
+        node.spawn_leadership_watch(c);
+        Ok(node)
     }
 
     /// Runs `work` every `every` for as long as the node lives.

@@ -128,6 +128,9 @@ impl Node {
     }
 
     async fn commit_inner(&self, txn: &Arc<Txn>) -> Result<u64, EngineError> {
+        if let Some(cluster) = self.cluster.get() {
+            return self.commit_replicated(txn, cluster.clone()).await;
+        }
         let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_commit(txn));
         let prepared = match step {
             Ok(CommitStep::Done(v)) => return Ok(v),
@@ -322,7 +325,7 @@ impl Node {
 }
 
 /// Records a conflict as a span of its own, naming the pointer and the winner.
-fn conflict_span(txn: &str, conflict: &Conflict) {
+pub(super) fn conflict_span(txn: &str, conflict: &Conflict) {
     let winner = conflict.winner();
     let span = tracing::debug_span!(
         "conflict",

@@ -15,7 +15,7 @@ use openraft::{Raft, RaftMetrics, ServerState};
 
 use super::log_store::{Flusher, LogStore};
 use super::network::Network;
-use super::state_machine::{PartitionMachine, Partitions};
+use super::state_machine::{Observer, PartitionMachine, Partitions};
 use super::transport::{Groups, Peers};
 use super::{BasicNode, GroupId, NodeId, RaftConfig, Restm};
 use crate::engine::command::{Command, Outcome};
@@ -38,6 +38,31 @@ pub enum ReplicaError {
     NoPartition { group: GroupId, partition: u32 },
     #[error("{0}")]
     Raft(String),
+    #[error("waited {after:?} for {what}")]
+    Timeout { what: &'static str, after: Duration },
+}
+
+/// What every group of a node shares: the database its logs live in, the flusher that
+/// fsyncs them, the connections to the peers and the registry the peer port serves.
+pub struct Host {
+    pub node: NodeId,
+    pub db: Database,
+    pub flusher: Flusher,
+    pub peers: Arc<Peers>,
+    pub groups: Arc<Groups>,
+}
+
+impl Host {
+    /// The host of `node` over `db`, dialling peers as `me`.
+    pub fn new(db: Database, me: Arc<super::transport::Identity>) -> Self {
+        Self {
+            node: me.node,
+            flusher: Flusher::start(db.clone()),
+            db,
+            peers: Peers::new(me),
+            groups: Arc::new(Groups::default()),
+        }
+    }
 }
 
 /// One node's member of one group.
@@ -62,24 +87,22 @@ pub fn loopback_config(cluster: &str) -> RaftConfig {
 }
 
 impl Replica {
-    /// Starts this node's member of `group` over `partitions`, with its log and state in `db`.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts `host`'s member of `group` over `partitions`, with its log and state in the
+    /// host's database, telling `observer` what it applies.
     pub async fn start(
-        node: NodeId,
+        host: &Host,
         group: GroupId,
-        db: &Database,
-        flusher: Flusher,
         partitions: Partitions,
-        peers: Arc<Peers>,
-        groups: Arc<Groups>,
+        observer: Arc<dyn Observer>,
         config: RaftConfig,
     ) -> Result<Self, ReplicaError> {
         let config = Arc::new(config.validate()?);
-        let log = LogStore::open(db, group, flusher)?;
-        let machine = PartitionMachine::open(db, group, partitions.clone())?;
-        let raft = Raft::new(node, config, Network::new(peers, group), log, machine).await?;
-        groups.insert(group, raft.clone());
-        Ok(Self { node, group, raft, partitions, groups })
+        let log = LogStore::open(&host.db, group, host.flusher.clone())?;
+        let machine = PartitionMachine::open(&host.db, group, partitions.clone(), observer)?;
+        let raft =
+            Raft::new(host.node, config, Network::new(host.peers.clone(), group), log, machine).await?;
+        host.groups.insert(group, raft.clone());
+        Ok(Self { node: host.node, group, raft, partitions, groups: host.groups.clone() })
     }
 
     /// Makes `members` the group's first voters (on one node of a new cluster). A group
@@ -134,6 +157,24 @@ impl Replica {
     /// openraft's view of the group from this member.
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// A watch on openraft's view of the group from this member.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// Confirms this member still leads: a heartbeat round acknowledged by a majority, and
+    /// this member applied everything committed before it (openraft's read-index).
+    pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
+            }
+            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
+            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        }
     }
 
     pub fn is_leader(&self) -> bool {

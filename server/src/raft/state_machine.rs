@@ -26,8 +26,11 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{BasicNode, GroupId, NodeId, Restm, StorageError, decode, encode, storage_error};
-use crate::engine::command::Outcome;
+use bytes::Bytes;
+
+use crate::engine::command::{Command, Outcome, TxnState};
 use crate::engine::partition::{Partition, PartitionDump};
+use crate::engine::{PtrId, TxnId};
 
 /// Versions a chain keeps in memory while applying: all of them, since the machine has no
 /// cold store behind it yet (see the module doc).
@@ -57,9 +60,58 @@ struct Stored {
     data: Vec<u8>,
 }
 
+/// What the node learns from the machine's applies: installed commits (to keep in its
+/// version store, for history and cold reads) and the versions the log carries (to keep its
+/// clock above them, should it lead).
+pub trait Observer: Send + Sync + 'static {
+    /// `txn` (of trace `trace_id`) installed `writes` at `version` on a partition.
+    fn installed(&self, txn: &TxnId, trace_id: &Arc<str>, version: u64, writes: &[(PtrId, Option<Bytes>)]);
+    /// A command carried `version` (a commit version, or a prepared txn's lower bound).
+    fn saw_version(&self, version: u64);
+}
+
+/// An observer that learns nothing (a machine tested on its own).
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn installed(&self, _: &TxnId, _: &Arc<str>, _: u64, _: &[(PtrId, Option<Bytes>)]) {}
+    fn saw_version(&self, _: u64) {}
+}
+
+/// Applies `cmd` to `part`, telling `observer` what it installed.
+fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> Outcome {
+    match cmd {
+        Command::Prepare { prepared_above, .. } => observer.saw_version(*prepared_above),
+        Command::PrepareCommit { commit_version, .. } | Command::Commit { commit_version, .. } => {
+            observer.saw_version(*commit_version)
+        }
+        Command::TxnRecord { state: TxnState::Committed(v), .. } => observer.saw_version(*v),
+        _ => {}
+    }
+    // A `Commit` installs the intents: read them before they go.
+    let intents = match cmd {
+        Command::Commit { txn, .. } => Some((part.intents_of(txn), part.trace_of_intents(txn))),
+        _ => None,
+    };
+    let out = part.apply(cmd, KEEP_ALL);
+    if let Outcome::Committed(v) = out {
+        match (cmd, intents) {
+            (Command::PrepareCommit { txn, trace_id, writes, .. }, _) => {
+                observer.installed(txn, trace_id, v, writes)
+            }
+            (Command::Commit { txn, .. }, Some((writes, Some(trace)))) if !writes.is_empty() => {
+                observer.installed(txn, &trace, v, &writes)
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The state machine of one group on one node.
 pub struct PartitionMachine {
     group: GroupId,
+    observer: Arc<dyn Observer>,
     partitions: Partitions,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -76,12 +128,18 @@ fn snapshot_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 impl PartitionMachine {
     /// The machine of `group` over `partitions`, restored from the snapshot stored in `db`,
     /// if there is one.
-    pub fn open(db: &Database, group: GroupId, partitions: Partitions) -> Result<Self, StorageError> {
+    pub fn open(
+        db: &Database,
+        group: GroupId,
+        partitions: Partitions,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, StorageError> {
         let snapshots = db
             .keyspace("raft_snapshot", KeyspaceCreateOptions::default)
             .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         let mut m = Self {
             group,
+            observer,
             partitions,
             last_applied: None,
             membership: StoredMembership::default(),
@@ -196,7 +254,7 @@ impl RaftStateMachine<Restm> for PartitionMachine {
                     None
                 }
                 EntryPayload::Normal(p) => match self.partitions.get(p.partition as usize) {
-                    Some(part) => Some(part.apply(&p.command, KEEP_ALL)),
+                    Some(part) => Some(apply_observed(part, &p.command, &*self.observer)),
                     None => {
                         // Proposers check the partition first; an entry for another is
                         // skipped the same way on every replica.

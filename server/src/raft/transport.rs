@@ -47,6 +47,8 @@ pub struct Identity {
     pub node: NodeId,
     /// The shared peer token; `None` admits any peer that names the cluster and the node.
     pub token: Option<String>,
+    /// Where this node serves clients (`http://host:port`), for peers that forward to it.
+    pub client_url: String,
 }
 
 /// The first frame on a connection, from the dialling node.
@@ -69,9 +71,22 @@ pub enum Greeting {
 /// A request to a peer, for one group.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    Append { group: GroupId, rpc: AppendEntriesRequest<Restm> },
-    Vote { group: GroupId, rpc: VoteRequest<NodeId> },
-    Snapshot { group: GroupId, vote: Vote<NodeId>, meta: SnapshotMeta<NodeId, BasicNode>, data: Vec<u8> },
+    Append {
+        group: GroupId,
+        rpc: AppendEntriesRequest<Restm>,
+    },
+    Vote {
+        group: GroupId,
+        rpc: VoteRequest<NodeId>,
+    },
+    Snapshot {
+        group: GroupId,
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    },
+    /// Where the peer serves clients.
+    Info,
 }
 
 /// A peer's answer.
@@ -82,6 +97,9 @@ pub enum Response {
     Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
     /// The group has no member on the peer.
     NoGroup(GroupId),
+    Info {
+        client_url: String,
+    },
 }
 
 impl Identity {
@@ -114,6 +132,8 @@ impl Identity {
 #[derive(Default)]
 pub struct Groups {
     rafts: RwLock<HashMap<GroupId, Raft<Restm>>>,
+    /// When each peer's last request arrived.
+    heard: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Groups {
@@ -125,12 +145,18 @@ impl Groups {
         self.rafts.write().remove(&group)
     }
 
+    /// How long ago `node` last sent this node a request, if it ever did.
+    pub fn last_heard(&self, node: NodeId) -> Option<Duration> {
+        self.heard.lock().get(&node).map(|t| t.elapsed())
+    }
+
     fn get(&self, group: GroupId) -> Option<Raft<Restm>> {
         self.rafts.read().get(&group).cloned()
     }
 
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, req: Request, me: &Identity) -> Response {
         match req {
+            Request::Info => Response::Info { client_url: me.client_url.clone() },
             Request::Append { group, rpc } => match self.get(group) {
                 Some(r) => Response::Append(r.append_entries(rpc).await),
                 None => Response::NoGroup(group),
@@ -177,7 +203,7 @@ impl PeerServer {
                 let (me, groups, mut halt) = (me.clone(), groups.clone(), stopped.clone());
                 tokio::spawn(async move {
                     tokio::select! {
-                        ended = Self::connection(stream, &me, groups) => if let Err(e) = ended {
+                        ended = Self::connection(stream, me, groups) => if let Err(e) = ended {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         },
                         _ = halt.changed() => {}
@@ -201,7 +227,7 @@ impl Drop for PeerServer {
 }
 
 impl PeerServer {
-    async fn connection(stream: TcpStream, me: &Identity, groups: Arc<Groups>) -> io::Result<()> {
+    async fn connection(stream: TcpStream, me: Arc<Identity>, groups: Arc<Groups>) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let remote = stream.peer_addr()?;
         let (r, w) = stream.into_split();
@@ -228,9 +254,10 @@ impl PeerServer {
         });
         while let Some(frame) = rd.next().await {
             let (id, req): (u64, Request) = decode(&frame?)?;
-            let (groups, tx) = (groups.clone(), tx.clone());
+            groups.heard.lock().insert(hello.from, std::time::Instant::now());
+            let (groups, tx, me) = (groups.clone(), tx.clone(), me.clone());
             tokio::spawn(async move {
-                let resp = groups.handle(req).await;
+                let resp = groups.handle(req, &me).await;
                 match encode(&(id, resp)) {
                     Ok(b) => {
                         let _ = tx.send(Bytes::from(b)).await;
@@ -259,6 +286,8 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// When a call to the peer last got an answer.
+    answered: Mutex<Option<std::time::Instant>>,
 }
 
 fn broken(what: &str) -> io::Error {
@@ -343,7 +372,10 @@ impl PeerClient {
             return Err(broken("peer connection closed"));
         }
         match tokio::time::timeout(ttl, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                *self.answered.lock() = Some(std::time::Instant::now());
+                Ok(resp)
+            }
             Ok(Err(_)) => Err(broken("peer connection broke")),
             Err(_) => {
                 conn.pending.lock().remove(&id);
@@ -364,6 +396,13 @@ impl Peers {
         Arc::new(Self { me, clients: Mutex::default() })
     }
 
+    /// How long ago `node` last answered a call of this node's, if it ever did.
+    pub fn last_contact(&self, node: NodeId) -> Option<Duration> {
+        let client = self.clients.lock().get(&node).cloned()?;
+        let at = (*client.answered.lock())?;
+        Some(at.elapsed())
+    }
+
     /// The connection to `target` at `addr` (a new address replaces the old connection).
     pub fn client(&self, target: NodeId, addr: &str) -> Arc<PeerClient> {
         let mut clients = self.clients.lock();
@@ -375,6 +414,7 @@ impl Peers {
             target,
             addr: addr.to_string(),
             conn: tokio::sync::Mutex::new(None),
+            answered: Mutex::new(None),
         });
         clients.insert(target, c.clone());
         c

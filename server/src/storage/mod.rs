@@ -103,6 +103,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// The fjall database under the store: a replicated node keeps its Raft log in it, so
+    /// one fsync covers the log and the versions its applies wrote.
+    pub fn database(&self) -> fjall::Database {
+        self.db.clone()
+    }
+
     /// Opens (or creates) the store in `dir` and recovers the newest `hot` versions of every
     /// pointer. `partitions` is the count asked for; a new directory stores it, an existing
     /// one must match it (`None`: take what is stored, or 64 for a new directory).

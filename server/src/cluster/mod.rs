@@ -1,0 +1,242 @@
+//! The cluster around a node: its members, its replica of the data group, where requests
+//! go, and what a node does when it gains or loses the lead.
+//!
+//! Today one data group holds every partition, with a replica on every member, so the
+//! group's leader coordinates every transaction: other members forward clients to it
+//! (see [`crate::http::route`]). Placement of partitions on groups of their own, cross-group
+//! two-phase commit and membership changes build on this.
+//!
+//! - [`Cluster::start`] opens the group's log in the node's fjall database, serves the peer
+//!   port and makes the `--initial-cluster` members the first voters (every member proposes
+//!   the same initial membership, so it does not matter which one is first).
+//! - [`Cluster::propose`] appends one partition command to the group's log and answers
+//!   what applying it answered, once a majority holds it durably.
+//! - [`Cluster::status`] is `GET /cluster`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use restm_shared::{ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
+
+use crate::engine::command::{Command, Outcome};
+use crate::raft::replica::{Host, Replica, ReplicaError, loopback_config};
+use crate::raft::state_machine::{Observer, Partitions};
+use crate::raft::transport::{Identity, PeerServer, Request, Response};
+use crate::raft::{BasicNode, NodeId};
+
+/// The one data group's id.
+pub const DATA_GROUP: u32 = 0;
+
+/// Longest a proposal waits for a majority: a group that lost its majority answers within
+/// it instead of hanging.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest confirming the lead (a heartbeat round) may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a node joins its cluster (the `serve` flags `--node-id`, `--peer-listen`,
+/// `--initial-cluster`, `--peer-token`, `--cluster-name`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    pub name: String,
+    pub peer_listen: SocketAddr,
+    /// Every first member's id and the address peers dial it at (this node's included).
+    pub initial: BTreeMap<NodeId, String>,
+    pub token: Option<String>,
+    /// Where this node serves clients, for peers that forward to it.
+    pub client_url: String,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("--initial-cluster does not name this node ({0})")]
+    NotAMember(NodeId),
+    #[error("cannot listen for peers on {addr}: {error}")]
+    PeerListen { addr: SocketAddr, error: std::io::Error },
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    Storage(#[from] crate::engine::StorageError),
+}
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    host: Host,
+    replica: Replica,
+    _server: PeerServer,
+    /// Peers' client addresses, learned over the peer port.
+    client_urls: Mutex<HashMap<NodeId, String>>,
+}
+
+impl Cluster {
+    /// Joins the cluster: serves the peer port and starts this node's replica of the data
+    /// group over `partitions`, in `db`.
+    pub async fn start(
+        config: ClusterConfig,
+        db: fjall::Database,
+        partitions: Partitions,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        if !config.initial.contains_key(&config.node_id) {
+            return Err(ClusterError::NotAMember(config.node_id));
+        }
+        let listener = tokio::net::TcpListener::bind(config.peer_listen)
+            .await
+            .map_err(|error| ClusterError::PeerListen { addr: config.peer_listen, error })?;
+        let me = Arc::new(Identity {
+            cluster: config.name.clone(),
+            node: config.node_id,
+            token: config.token.clone(),
+            client_url: config.client_url.clone(),
+        });
+        let host = Host::new(db, me.clone());
+        let replica =
+            Replica::start(&host, DATA_GROUP, partitions, observer, loopback_config(&config.name)).await?;
+        // Served once the group is registered, so no peer is told it holds none.
+        let server = PeerServer::spawn(listener, me, host.groups.clone());
+        let voters: BTreeMap<NodeId, BasicNode> =
+            config.initial.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        replica.initialize(voters).await?;
+        tracing::info!(node = config.node_id, peers = ?config.initial, "joined the cluster");
+        Ok(Arc::new(Self { config, host, replica, _server: server, client_urls: Mutex::default() }))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The data group's leader, as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.replica.metrics().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.replica.is_leader()
+    }
+
+    /// A watch that changes whenever this node's view of the group does.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
+        self.replica.watch()
+    }
+
+    /// Where `node` serves clients: asked over the peer port once, then remembered.
+    pub async fn client_url(&self, node: NodeId) -> Option<String> {
+        if node == self.config.node_id {
+            return Some(self.config.client_url.clone());
+        }
+        if let Some(url) = self.client_urls.lock().get(&node) {
+            return Some(url.clone());
+        }
+        let addr = self.replica.metrics().membership_config.membership().get_node(&node)?.addr.clone();
+        let client = self.host.peers.client(node, &addr);
+        match client.call(&Request::Info, Duration::from_secs(2)).await {
+            Ok(Response::Info { client_url }) => {
+                self.client_urls.lock().insert(node, client_url.clone());
+                Some(client_url)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(node, error = %e, "asking a peer where it serves clients");
+                None
+            }
+        }
+    }
+
+    /// Appends `command` for `partition` to the data group's log; answers what applying it
+    /// answered, once a majority of the voters hold the entry durably.
+    pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
+        tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command)).await.map_err(
+            |_| ReplicaError::Timeout { what: "a majority to hold the entry", after: PROPOSE_TIMEOUT },
+        )?
+    }
+
+    /// Confirms that this node still leads (a heartbeat round to a majority), so that what
+    /// it reads next is no older than any acknowledged write.
+    pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
+        tokio::time::timeout(CONFIRM_TIMEOUT, self.replica.confirm_leader()).await.map_err(|_| {
+            ReplicaError::Timeout { what: "a majority to confirm the lead", after: CONFIRM_TIMEOUT }
+        })?
+    }
+
+    /// Waits until this node has applied every entry of its log (a new leader does this
+    /// before it resolves what the old one left prepared).
+    pub async fn catch_up(&self, timeout: Duration) -> Result<(), ReplicaError> {
+        let m = self.replica.metrics();
+        match m.last_log_index {
+            Some(i) => self.replica.wait_applied(i, timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `GET /cluster`.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.replica.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let last_log = m.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let contact = [self.host.peers.last_contact(*id), self.host.groups.last_heard(*id)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|d| d.as_millis() as u64);
+                let heard = *id == self.config.node_id || contact.is_some_and(|ms| ms < 2_000);
+                let state = if heard {
+                    "up"
+                } else if m.state != openraft::ServerState::Leader && m.current_leader != Some(*id) {
+                    // A follower hears only from the leader: of the others it cannot tell.
+                    "unknown"
+                } else {
+                    "down"
+                }
+                .to_string();
+                let last_contact_ms = if *id == self.config.node_id { Some(0) } else { contact };
+                MemberStatus { node_id: *id, peer_url: node.addr.clone(), state, last_contact_ms }
+            })
+            .collect();
+        let follower_lag = replication
+            .iter()
+            .filter(|(id, _)| **id != self.config.node_id)
+            .map(|(id, matched)| {
+                let matched_index = matched.as_ref().map(|l| l.index);
+                let lag = last_log.map(|last| last.saturating_sub(matched_index.unwrap_or(0)));
+                FollowerLag { node_id: *id, matched_index, lag }
+            })
+            .collect();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            cluster: self.config.name.clone(),
+            node_id: self.config.node_id,
+            replicated: true,
+            members,
+            groups: vec![GroupStatus {
+                group: DATA_GROUP,
+                partitions: self.replica.partitions().iter().map(|p| p.id).collect(),
+                leader: m.current_leader,
+                voters,
+                learners,
+                term: m.current_term,
+                role: role.into(),
+                last_log_index: m.last_log_index,
+                applied_index: m.last_applied.map(|l| l.index),
+                millis_since_quorum_ack: m.millis_since_quorum_ack,
+                follower_lag,
+            }],
+        }
+    }
+}

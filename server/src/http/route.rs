@@ -1,0 +1,146 @@
+//! Where a request is served, on a replicated node: the data group's leader coordinates
+//! every transaction and serves every read, so any other member hands the request on to it
+//! and relays the answer. Routes about the node itself (`/health`, `/metrics`, `/cluster`,
+//! `/events`, `/openapi.json`, `/ui`) are served where they land.
+//!
+//! - On the leader, a latest read first confirms the lead with a heartbeat round to a
+//!   majority (openraft's read-index), so no read is older than an acknowledged write.
+//! - A request is handed on once: one that arrives already forwarded (`x-restm-forwarded`)
+//!   at a node that does not lead is answered `503 unavailable` with `Retry-After`, as is
+//!   one that finds no leader elected or cannot reach it.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Set on a request a member handed on to the leader (its value: that member's id).
+pub const HEADER_FORWARDED: &str = "x-restm-forwarded";
+
+/// How long handing a request on may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The client members use to hand requests on.
+pub fn forwarder() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Whether the leader serves `path` (everything about pointers, txns, pins and GC).
+fn leader_route(path: &str) -> bool {
+    ["/ptr", "/txn", "/txns", "/locks", "/pins", "/gc"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// Serves `req` here, or hands it on to the leader.
+pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
+    let Some(cluster) = state.node.cluster() else { return next.run(req).await };
+    if !leader_route(req.uri().path()) {
+        return next.run(req).await;
+    }
+    if cluster.is_leader() {
+        if req.method() == Method::GET
+            && let Err(e) = cluster.confirm_leader().await
+        {
+            return ApiError::Unavailable(format!("this node could not confirm it still leads: {e}; retry"))
+                .into_response();
+        }
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(HEADER_FORWARDED) {
+        return ApiError::Unavailable(
+            "handed on to a node that does not lead (the lead just moved); retry, on any node".into(),
+        )
+        .into_response();
+    }
+    let Some(leader) = cluster.leader() else {
+        return ApiError::Unavailable(
+            "no leader is elected (a majority of the members is unreachable); retry".into(),
+        )
+        .into_response();
+    };
+    let Some(url) = cluster.client_url(leader).await else {
+        return ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
+            .into_response();
+    };
+    match forward(state, &url, cluster.node_id(), req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Sends `req` to the node at `url` and relays its answer.
+async fn forward(state: &AppState, url: &str, me: u64, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, state.max_body)
+        .await
+        .map_err(|e| ApiError::TooLarge(format!("the body is larger than this node's limit: {e}")))?;
+    let target =
+        format!("{}{}", url.trim_end_matches('/'), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut out = state.forwarder.request(parts.method.clone(), &target).body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(HEADER_FORWARDED, HeaderValue::from(me));
+    let answer = out.send().await.map_err(|e| {
+        ApiError::Unavailable(format!("handing the request on to the leader at {url} failed: {e}; retry"))
+    })?;
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.map_err(|e| {
+        ApiError::Unavailable(format!("the leader at {url} broke off its answer: {e}; retry"))
+    })?;
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    for (name, value) in &headers {
+        if !hop_by_hop(name) {
+            resp.headers_mut().append(name, value.clone());
+        }
+    }
+    Ok(resp)
+}
+
+/// Headers that belong to one connection, not to the request.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | "proxy-connection"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_route;
+
+    #[test]
+    fn the_leader_serves_data_routes_and_each_node_its_own() {
+        for p in
+            ["/ptr", "/ptr/a", "/txn", "/txn/begin", "/txn/x/commit", "/txns", "/locks", "/pins/p", "/gc"]
+        {
+            assert!(leader_route(p), "{p}");
+        }
+        for p in ["/health", "/metrics", "/cluster", "/events", "/openapi.json", "/ui/", "/ptrx", "/gcx"] {
+            assert!(!leader_route(p), "{p}");
+        }
+    }
+}

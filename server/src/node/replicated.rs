@@ -1,0 +1,260 @@
+//! A node whose partitions are replicated: commits go through the data group's log, and the
+//! node follows the lead as it moves.
+//!
+//! - The engine's partitions are the state machine's: only the log's applies change their
+//!   replicated state. The node keeps the leader's layer (locks, waits) and coordinates.
+//! - [`Node::commit_replicated`]: a one-partition commit is one `PrepareCommit` entry. Across
+//!   partitions: `Prepare` on each written partition, then the primary's committed
+//!   `TxnRecord` (the commit point), then `Commit` on each, the primary's last.
+//! - On gaining the lead, the node applies everything in its log, then resolves what the
+//!   last leader left prepared, by the records: committed ones are installed, the rest
+//!   aborted. On losing it, its active txns are aborted (their locks went with the lead).
+//! - What the log installs is also written to the node's version store (not fsynced on its
+//!   own: the log's next fsync covers it), for history and cold reads.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use super::Node;
+use crate::cluster::Cluster;
+use crate::engine::command::{Command, Outcome, TxnState};
+use crate::engine::{
+    AbortReason, CommitStep, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId,
+};
+use crate::raft::replica::ReplicaError;
+use crate::raft::state_machine::Observer;
+use crate::storage::{CommitRecord, SharedStore};
+
+/// Writes what the log installs to the version store and keeps the clock above the log.
+pub(super) struct StoreObserver {
+    pub(super) store: SharedStore,
+    pub(super) engine: Weak<Engine>,
+}
+
+impl Observer for StoreObserver {
+    fn installed(&self, txn: &TxnId, trace_id: &Arc<str>, version: u64, writes: &[(PtrId, Option<Bytes>)]) {
+        let rec = CommitRecord {
+            txn: txn.clone(),
+            trace_id: trace_id.clone(),
+            commit_version: version,
+            writes: writes.to_vec(),
+            primary: None,
+        };
+        if let Err(e) = self.store.write_batch(std::slice::from_ref(&rec)) {
+            // The versions are in memory and in the log; only history and cold reads miss them.
+            tracing::error!(txn = %txn, version, error = %e, "writing an applied commit to the version store");
+        }
+    }
+
+    fn saw_version(&self, version: u64) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.observe_version(version);
+        }
+    }
+}
+
+/// What a failed proposal means for the txn.
+fn unavailable(e: &ReplicaError) -> StorageError {
+    StorageError::backend("replicating to the data group", e)
+}
+
+impl Node {
+    /// The cluster this node is a member of (`None`: a cluster of one, unreplicated).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Commits `txn` through the data group's log (see the module doc). Runs in its own
+    /// task, so a client that goes away cannot leave it half done.
+    pub(super) async fn commit_replicated(
+        &self,
+        txn: &Arc<crate::engine::Txn>,
+        cluster: Arc<Cluster>,
+    ) -> Result<u64, EngineError> {
+        let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_replicated(txn));
+        let prepared = match step {
+            Ok(CommitStep::Done(v)) => return Ok(v),
+            Ok(CommitStep::Prepared(p)) => p,
+            Err(e) => {
+                if let EngineError::Conflict { txn, conflict } = &e {
+                    super::txn::conflict_span(txn, conflict);
+                }
+                return Err(e);
+            }
+        };
+        if !cluster.is_leader() {
+            // Nothing was proposed: a clean abort.
+            let leader = cluster.leader();
+            self.engine.fail_replicated(prepared, AbortReason::LeadershipLost);
+            return Err(EngineError::NotLeader { leader });
+        }
+        let engine = self.engine.clone();
+        let (txn_id, commit_version) = (txn.id.clone(), prepared.commit_version);
+        let span = tracing::debug_span!(
+            "replicate",
+            restm.version = commit_version,
+            restm.writes = prepared.writes.len()
+        );
+        let task = tokio::spawn(async move { run_plan(&engine, &cluster, prepared).await }.instrument(span));
+        task.await.map_err(|e| EngineError::OutcomeUnknown {
+            txn: txn_id,
+            commit_version,
+            cause: StorageError::backend("the commit task", e),
+        })?
+    }
+
+    /// Follows the lead: resolves what a previous leader left prepared when this node
+    /// gains it, and aborts this node's txns when it loses it.
+    pub(super) fn spawn_leadership_watch(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        let node = Arc::downgrade(self);
+        let mut watch = cluster.watch();
+        tokio::spawn(async move {
+            let mut leading = false;
+            loop {
+                let now = watch.borrow_and_update().state == openraft::ServerState::Leader;
+                let Some(n) = node.upgrade() else { return };
+                if now && !leading {
+                    tracing::info!(node = cluster.node_id(), "leading the data group");
+                    let (n2, c2) = (n.clone(), cluster.clone());
+                    tokio::spawn(async move { n2.resolve_orphans(&c2).await });
+                } else if !now && leading {
+                    let aborted = n.abort_all(AbortReason::LeadershipLost);
+                    tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), aborted, "stopped leading the data group");
+                }
+                leading = now;
+                drop(n);
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Aborts every active txn (their locks are released); returns how many.
+    fn abort_all(&self, reason: AbortReason) -> usize {
+        let mut n = 0;
+        for txn in self.engine.active_txns() {
+            if self.engine.abort(&txn, reason.clone()) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Resolves the txns a previous leader left prepared: by their records, committed ones
+    /// are installed and the rest aborted. Txns this node coordinates are left alone.
+    async fn resolve_orphans(&self, cluster: &Cluster) {
+        if let Err(e) = cluster.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, "a new leader could not apply its log; orphans stay until the next election");
+            return;
+        }
+        let partitions = self.engine.shared_partitions();
+        let mut orphans: std::collections::BTreeMap<TxnId, Vec<u32>> = Default::default();
+        for p in partitions.iter() {
+            for txn in p.prepared_txns() {
+                let ours = self.engine.txn(&txn).is_ok_and(|t| {
+                    matches!(
+                        t.inner.lock().phase,
+                        crate::engine::Phase::Active | crate::engine::Phase::Committing
+                    )
+                });
+                if !ours {
+                    orphans.entry(txn).or_default().push(p.id);
+                }
+            }
+        }
+        for (txn, parts) in orphans {
+            let fate = partitions.iter().find_map(|p| p.record(&txn));
+            let (cmd, what) = match fate {
+                Some(TxnState::Committed(v)) => {
+                    (Command::Commit { txn: txn.clone(), commit_version: v }, "committed")
+                }
+                _ => (Command::Abort { txn: txn.clone() }, "aborted"),
+            };
+            // The primary's partition (the one with the record) goes last.
+            let mut parts = parts;
+            parts.sort_by_key(|p| partitions[*p as usize].record(&txn).is_some());
+            for p in parts {
+                if let Err(e) = cluster.propose(p, cmd.clone()).await {
+                    tracing::warn!(txn = %txn, error = %e, "resolving an orphaned txn; the next leader retries");
+                    return;
+                }
+            }
+            tracing::info!(txn = %txn, outcome = what, "resolved a txn the last leader left prepared");
+        }
+    }
+}
+
+/// Proposes `prepared`'s plan, step by step, and ends the txn by what the log answered.
+async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) -> Result<u64, EngineError> {
+    let plan = engine.commit_plan(&prepared);
+    let (txn, cv) = (prepared.txn.id.clone(), prepared.commit_version);
+    // Across partitions the record decides; then a failed install is the next leader's.
+    let decided = plan.record.is_some();
+    // 1. Prepare on every written partition. Until the record, failing is a clean abort.
+    let mut intents: Vec<u32> = Vec::new();
+    for (p, cmd) in plan.prepare {
+        let answer = cluster.propose(p, cmd).await;
+        let failure = match answer {
+            Ok(Outcome::Prepared) => {
+                intents.push(p);
+                continue;
+            }
+            Ok(Outcome::Conflict(c)) => Err(c),
+            Ok(other) => Ok(StorageError::Corrupt(format!("Prepare answered {other:?}"))),
+            Err(e) => Ok(unavailable(&e)),
+        };
+        for q in &intents {
+            // Best effort: a leader that cannot is replaced by one that resolves them.
+            let _ = cluster.propose(*q, Command::Abort { txn: txn.clone() }).await;
+        }
+        return Err(match failure {
+            Err(conflict) => {
+                engine.fail_replicated(prepared, AbortReason::Conflict(conflict.clone()));
+                EngineError::Conflict { txn, conflict }
+            }
+            Ok(cause) => {
+                tracing::warn!(txn = %txn, error = %cause, "aborted before its commit point");
+                engine.fail_replicated(prepared, AbortReason::LeadershipLost);
+                EngineError::NotLeader { leader: cluster.leader() }
+            }
+        });
+    }
+    // 2. The commit point: the primary's record (one-partition commits have none).
+    if let Some((p, cmd)) = plan.record
+        && let Err(e) = cluster.propose(p, cmd).await
+    {
+        // It may still commit (appended, then the lead moved): the next leader decides by
+        // the record. Locks go: this node no longer leads, or cannot reach a majority.
+        let cause = unavailable(&e);
+        engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
+        return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
+    }
+    // 3. Install.
+    for (p, cmd) in plan.install {
+        match cluster.propose(p, cmd).await {
+            Ok(Outcome::Committed(_)) => {}
+            Ok(Outcome::Conflict(conflict)) if !decided => {
+                engine.fail_replicated(prepared, AbortReason::Conflict(conflict.clone()));
+                return Err(EngineError::Conflict { txn, conflict });
+            }
+            Ok(other) => {
+                tracing::error!(txn = %txn, version = cv, answer = ?other, "a decided commit did not install");
+            }
+            Err(e) if decided => {
+                // Decided by its record: the next leader installs the rest.
+                tracing::warn!(txn = %txn, version = cv, error = %e, "committed; the next leader installs it");
+                break;
+            }
+            Err(e) => {
+                let cause = unavailable(&e);
+                engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
+                return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
+            }
+        }
+    }
+    Ok(engine.complete_replicated(prepared))
+}
