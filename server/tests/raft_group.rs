@@ -15,8 +15,8 @@ use openraft::testing::{StoreBuilder, Suite};
 use restm::engine::command::{Command, Outcome};
 use restm::engine::partition::partition_of;
 use restm::raft::log_store::{Flusher, LogStore};
-use restm::raft::replica::{Replica, ReplicaError, loopback_config};
-use restm::raft::state_machine::{PartitionMachine, partitions};
+use restm::raft::replica::{Host, Replica, ReplicaError, loopback_config};
+use restm::raft::state_machine::{PartitionMachine, Unobserved, partitions};
 use restm::raft::transport::{Groups, Identity, PeerServer, Peers};
 use restm::raft::{BasicNode, NodeId, Restm, StorageError};
 use tokio::net::TcpListener;
@@ -53,7 +53,7 @@ impl StoreBuilder<Restm, LogStore, PartitionMachine, DirGuard> for Fresh {
         let dir = temp_dir("suite");
         let db = open_db(&dir);
         let log = LogStore::open(&db, 3, Flusher::start(db.clone())).expect("log store");
-        let machine = PartitionMachine::open(&db, 3, partitions(PARTITIONS))?;
+        let machine = PartitionMachine::open(&db, 3, partitions(PARTITIONS), Arc::new(Unobserved))?;
         Ok((DirGuard(dir), log, machine))
     }
 }
@@ -73,29 +73,24 @@ struct Member {
 }
 
 fn identity(id: NodeId) -> Arc<Identity> {
-    Arc::new(Identity { cluster: "raft-test".into(), node: id, token: Some("secret".into()) })
+    Arc::new(Identity {
+        cluster: "raft-test".into(),
+        node: id,
+        token: Some("secret".into()),
+        client_url: String::new(),
+    })
 }
 
 async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Member {
     let addr = listener.local_addr().expect("addr").to_string();
-    let db = open_db(dir);
-    let groups = Arc::new(Groups::default());
-    let server = PeerServer::spawn(listener, identity(id), groups.clone());
+    let host = Host::new(open_db(dir), identity(id));
+    let server = PeerServer::spawn(listener, identity(id), host.groups.clone());
     let mut config = loopback_config("raft-test");
     config.snapshot_policy = SnapshotPolicy::LogsSinceLast(40);
     config.max_in_snapshot_log_to_keep = 0;
-    let replica = Replica::start(
-        id,
-        0,
-        &db,
-        Flusher::start(db.clone()),
-        partitions(PARTITIONS),
-        Peers::new(identity(id)),
-        groups,
-        config,
-    )
-    .await
-    .expect("start replica");
+    let replica = Replica::start(&host, 0, partitions(PARTITIONS), Arc::new(Unobserved), config)
+        .await
+        .expect("start replica");
     Member { id, dir: dir.to_path_buf(), addr, replica, _server: server }
 }
 
@@ -245,18 +240,43 @@ async fn a_peer_with_the_wrong_token_or_cluster_is_refused() {
     };
     let ask = |me: Identity| ask_node(me, 1);
     // A node that believes it dials node 3 reached node 1: a typo in --initial-cluster.
-    let wrong_node =
-        ask_node(Identity { cluster: "raft-test".into(), node: 2, token: Some("secret".into()) }, 3).await;
+    let wrong_node = ask_node(
+        Identity {
+            cluster: "raft-test".into(),
+            node: 2,
+            token: Some("secret".into()),
+            client_url: String::new(),
+        },
+        3,
+    )
+    .await;
     assert_eq!(wrong_node.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
-    let wrong_token =
-        ask(Identity { cluster: "raft-test".into(), node: 2, token: Some("guess".into()) }).await;
+    let wrong_token = ask(Identity {
+        cluster: "raft-test".into(),
+        node: 2,
+        token: Some("guess".into()),
+        client_url: String::new(),
+    })
+    .await;
     assert_eq!(wrong_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
-    let no_token = ask(Identity { cluster: "raft-test".into(), node: 2, token: None }).await;
+    let no_token =
+        ask(Identity { cluster: "raft-test".into(), node: 2, token: None, client_url: String::new() }).await;
     assert_eq!(no_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
-    let other_cluster =
-        ask(Identity { cluster: "other".into(), node: 2, token: Some("secret".into()) }).await;
+    let other_cluster = ask(Identity {
+        cluster: "other".into(),
+        node: 2,
+        token: Some("secret".into()),
+        client_url: String::new(),
+    })
+    .await;
     assert_eq!(other_cluster.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
     // The right cluster and token get through: the node answers that it holds no group 0.
-    let welcome = ask(Identity { cluster: "raft-test".into(), node: 2, token: Some("secret".into()) }).await;
+    let welcome = ask(Identity {
+        cluster: "raft-test".into(),
+        node: 2,
+        token: Some("secret".into()),
+        client_url: String::new(),
+    })
+    .await;
     assert!(matches!(welcome, Ok(restm::raft::transport::Response::NoGroup(0))), "{welcome:?}");
 }

@@ -1,5 +1,9 @@
 //! Harness for the black-box tests: spawns a real `restm` node on a free loopback port
 //! and gives the tests an HTTP client for it.
+//!
+//! `RESTM_TEST_NODES=3` makes [`Node::start_with`] start a cluster of that many members
+//! instead (the first is the [`Node`], the others its [`Node::members`]), and [`Api::new`]
+//! spreads requests over all of them: the same tests, against a cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +41,13 @@ pub struct Node {
     extra: Vec<String>,
     /// Remove the data directory on drop (only for directories the node made itself).
     owns_dir: bool,
+    /// The other members, when this node is the first of a cluster.
+    pub members: Vec<Node>,
+}
+
+/// How many members [`Node::start_with`] starts (`RESTM_TEST_NODES`, default 1).
+pub fn test_nodes() -> usize {
+    std::env::var("RESTM_TEST_NODES").ok().and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
 }
 
 impl Node {
@@ -45,11 +56,86 @@ impl Node {
         Self::start_with(&[])
     }
 
-    /// Starts a node on a fresh data directory with extra `serve` arguments.
+    /// Starts a node on a fresh data directory with extra `serve` arguments (a cluster of
+    /// [`test_nodes`] members).
     pub fn start_with(extra: &[&str]) -> Node {
+        let n = test_nodes();
+        if n > 1 {
+            return Self::cluster(n, extra);
+        }
         let mut node = Self::start_in(temp_dir("node"), extra);
         node.owns_dir = true;
         node
+    }
+
+    /// Starts a cluster of `n` members on fresh data directories, and waits until it has a
+    /// leader. The first member is returned; the others are its [`Node::members`].
+    pub fn cluster(n: usize, extra: &[&str]) -> Node {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", i + 1))
+            .collect();
+        let initial = initial.join(",");
+        let mut nodes: Vec<Node> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, peer))| {
+                let mut args: Vec<String> = vec![
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--peer-listen".into(),
+                    format!("127.0.0.1:{peer}"),
+                    "--initial-cluster".into(),
+                    initial.clone(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let data_dir = temp_dir(&format!("member{}", i + 1));
+                let child = spawn(&data_dir, *port, &args);
+                Node {
+                    child,
+                    base: format!("http://127.0.0.1:{port}"),
+                    data_dir,
+                    port: *port,
+                    extra: args,
+                    owns_dir: true,
+                    members: vec![],
+                }
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_ready();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nodes.iter().any(|n| n.leader_seen().is_none()) {
+            assert!(Instant::now() < deadline, "the cluster elected no leader within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut first = nodes.remove(0);
+        first.members = nodes;
+        first
+    }
+
+    /// The leader this node reports in `GET /cluster`, if any (a blocking request).
+    pub fn leader_seen(&self) -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let token = self.extra.iter().position(|a| a == "--auth-token").and_then(|i| self.extra.get(i + 1));
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("GET /cluster HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split("\r\n\r\n").nth(1)?;
+        let status: restm_shared::ClusterStatus = serde_json::from_str(body).ok()?;
+        status.groups.first()?.leader
+    }
+
+    /// Every member: this node, then the others.
+    pub fn all(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(self).chain(self.members.iter())
     }
 
     /// Starts a node on a fresh data directory with extra environment variables.
@@ -62,8 +148,15 @@ impl Node {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn restm");
-        let node =
-            Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: true };
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            port,
+            extra,
+            owns_dir: true,
+            members: vec![],
+        };
         node.wait_ready();
         node
     }
@@ -73,8 +166,15 @@ impl Node {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&data_dir, port, &extra);
-        let node =
-            Node { child, base: format!("http://127.0.0.1:{port}"), data_dir, port, extra, owns_dir: false };
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            port,
+            extra,
+            owns_dir: false,
+            members: vec![],
+        };
         node.wait_ready();
         node
     }
@@ -130,7 +230,8 @@ fn command(data_dir: &Path, port: u16, extra: &[String]) -> Command {
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        // openraft warns of every unanswered heartbeat, which the fault tests cause on purpose.
+        .env("RUST_LOG", "warn,openraft=error")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::null())
@@ -152,11 +253,15 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A small HTTP client for the contract, used by every test.
+/// A small HTTP client for the contract, used by every test. Over a cluster it spreads its
+/// requests over every member, in turn.
 #[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
     pub base: String,
+    /// Every member's base URL (just `base` on a node of its own).
+    bases: std::sync::Arc<Vec<String>>,
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Percent-encodes a pointer id as one path segment.
@@ -174,11 +279,27 @@ pub fn enc(ptr: &str) -> String {
 
 impl Api {
     pub fn new(node: &Node) -> Api {
-        Api { http: reqwest::Client::new(), base: node.base.clone() }
+        Self::over(node.all().map(|n| n.base.clone()).collect())
     }
 
+    /// A client of the node at `base` alone.
+    pub fn only(base: &str) -> Api {
+        Self::over(vec![base.to_string()])
+    }
+
+    fn over(bases: Vec<String>) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: bases[0].clone(),
+            bases: std::sync::Arc::new(bases),
+            turn: Default::default(),
+        }
+    }
+
+    /// The URL of `path` on the next member in turn.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        format!("{}{}", self.bases[i], path)
     }
 
     pub fn ptr_url(&self, ptr: &str) -> String {

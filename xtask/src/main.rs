@@ -66,6 +66,10 @@ fn serve(extra: &[String]) -> Result<(), String> {
     run(cmd.args(extra))
 }
 
+/// The black-box suites that run a second time against a cluster.
+const CLUSTER_SUITES: &[&str] =
+    &["contract", "serializable", "as_of", "crash", "lease", "locking_read", "live_views"];
+
 fn test() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
@@ -76,6 +80,12 @@ fn test() -> Result<(), String> {
     run(cargo().args(["build", "-p", "restm-server", "--bin", "restm"]))?;
     ensure_debian_package("/usr/bin/etcd", "etcd-server")?;
     run(cargo().args(["test", "--workspace"]))?;
+    // The same black-box suites again, against a 3-member cluster whose clients spread
+    // over every member (the harness reads RESTM_TEST_NODES).
+    run(cargo()
+        .args(["test", "-p", "restm-tests"])
+        .args(CLUSTER_SUITES.iter().flat_map(|t| ["--test", t]))
+        .env("RESTM_TEST_NODES", "3"))?;
     e2e()
 }
 

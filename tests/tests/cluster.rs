@@ -1,0 +1,314 @@
+//! A 3-member cluster of real processes: a bank workload over every member while the leader
+//! is SIGKILLed and restarted and then another member is; a member left without a majority
+//! answers 503 within a bounded time instead of a stale value; and the cluster flags refuse
+//! what would let the wrong node in. (The other suites run against a cluster too, with
+//! `RESTM_TEST_NODES=3`.)
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use restm_tests::{Node, restm_bin};
+use serde_json::{Value, json};
+
+const ACCOUNTS: usize = 10;
+const START: i64 = 100;
+
+fn acct(i: usize) -> String {
+    format!("acct/{i:02}")
+}
+
+/// The members that are up, for the workers to spread over.
+#[derive(Default)]
+struct Alive(std::sync::Mutex<Vec<String>>);
+
+impl Alive {
+    fn set(&self, bases: Vec<String>) {
+        *self.0.lock().unwrap() = bases;
+    }
+
+    fn pick(&self, n: u64) -> Option<String> {
+        let v = self.0.lock().unwrap();
+        (!v.is_empty()).then(|| v[(n as usize) % v.len()].clone())
+    }
+}
+
+fn member(node: &mut Node, i: usize) -> &mut Node {
+    if i == 0 { node } else { &mut node.members[i - 1] }
+}
+
+/// The index of the leader (its id less one), as the first member that answers says.
+fn leader_index(node: &Node) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(l) = node.all().find_map(Node::leader_seen) {
+            return l as usize - 1;
+        }
+        assert!(Instant::now() < deadline, "no leader within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Why a transfer did not go through.
+#[derive(Debug)]
+enum Failed {
+    /// Refused before its commit (conflict, no leader): it did not happen.
+    Refused,
+    /// Its commit's answer was lost or unknown: it may have happened.
+    Unknown,
+}
+
+async fn json_ok(r: Result<reqwest::Response, reqwest::Error>) -> Result<Value, Failed> {
+    match r {
+        Ok(r) if r.status().is_success() => r.json().await.map_err(|_| Failed::Refused),
+        _ => Err(Failed::Refused),
+    }
+}
+
+/// Moves `amount` from one account to another in an interactive txn on the member at
+/// `base`, and records `marker` in the same txn.
+async fn transfer(
+    http: &reqwest::Client,
+    base: &str,
+    from: usize,
+    to: usize,
+    amount: i64,
+    marker: &str,
+) -> Result<(), Failed> {
+    let begin = json_ok(http.post(format!("{base}/txn/begin")).json(&json!({})).send().await).await?;
+    let txn = begin["txn"].as_str().ok_or(Failed::Refused)?.to_string();
+    let get = |ptr: String| {
+        let txn = txn.clone();
+        async move {
+            json_ok(
+                http.get(format!("{base}/ptr/{}", ptr.replace('/', "%2F")))
+                    .header("X-reSTM-Txn", txn)
+                    .send()
+                    .await,
+            )
+            .await
+        }
+    };
+    let a = get(acct(from)).await?.as_i64().ok_or(Failed::Refused)?;
+    let b = get(acct(to)).await?.as_i64().ok_or(Failed::Refused)?;
+    for (ptr, v) in
+        [(acct(from), json!(a - amount)), (acct(to), json!(b + amount)), (marker.to_string(), json!(true))]
+    {
+        let url = format!("{base}/ptr/{}", ptr.replace('/', "%2F"));
+        json_ok(http.put(url).header("X-reSTM-Txn", &txn).json(&v).send().await).await?;
+    }
+    match http.post(format!("{base}/txn/{txn}/commit")).send().await {
+        Ok(r) if r.status() == 200 => Ok(()),
+        Ok(r) if r.status() == 409 => Err(Failed::Refused),
+        Ok(r) if r.status() == 503 => {
+            let p: restm_shared::Problem = r.json().await.map_err(|_| Failed::Unknown)?;
+            if p.code == restm_shared::codes::OUTCOME_UNKNOWN {
+                Err(Failed::Unknown)
+            } else {
+                Err(Failed::Refused)
+            }
+        }
+        _ => Err(Failed::Unknown),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_over_every_member_survives_killing_the_leader_then_another() {
+    let mut node = Node::cluster(3, &["--lock-timeout", "100ms"]);
+    let bases: Vec<String> = node.all().map(|n| n.base.clone()).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    for i in 0..ACCOUNTS {
+        let r = http
+            .put(format!("{}/ptr/{}", bases[i % 3], acct(i).replace('/', "%2F")))
+            .json(&json!(START))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let alive = Arc::new(Alive::default());
+    alive.set(bases.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let mut workers = Vec::new();
+    for w in 0..4u64 {
+        let (http, alive, stop, acked) = (http.clone(), alive.clone(), stop.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let Some(base) = alive.pick(w + n) else { continue };
+                let seed = w * 1_000_003 + n * 7919;
+                let from = (seed % ACCOUNTS as u64) as usize;
+                let to = (from + 1 + (seed / 7 % (ACCOUNTS as u64 - 1)) as usize) % ACCOUNTS;
+                let marker = format!("done/{w}/{n}");
+                match transfer(&http, &base, from, to, 1 + (seed % 5) as i64, &marker).await {
+                    Ok(()) => acked.lock().unwrap().push((Instant::now(), marker)),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let acked_since = |t: Instant| acked.lock().unwrap().iter().filter(|(at, _)| *at > t).count();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(acked_since(Instant::now() - Duration::from_secs(2)) > 0, "no transfer before any fault");
+    // 1. SIGKILL the leader; the others elect one and go on.
+    let first = leader_index(&node);
+    member(&mut node, first).kill();
+    alive.set(bases.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, b)| b.clone()).collect());
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(acked_since(killed_at) > 0, "no transfer was acknowledged within 4 s of killing the leader");
+    // 2. It comes back and catches up; then another member goes.
+    member(&mut node, first).restart();
+    alive.set(bases.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = (first + 1) % 3;
+    member(&mut node, second).kill();
+    alive.set(bases.iter().enumerate().filter(|(i, _)| *i != second).map(|(_, b)| b.clone()).collect());
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(acked_since(killed_at) > 0, "no transfer was acknowledged within 4 s of killing a second member");
+    member(&mut node, second).restart();
+    alive.set(bases.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    // Money is conserved and every acknowledged transfer is there, read from every member.
+    let acked: Vec<String> = acked.lock().unwrap().iter().map(|(_, m)| m.clone()).collect();
+    assert!(acked.len() > 20, "too few transfers to mean anything: {}", acked.len());
+    for base in &bases {
+        let mut sum = 0;
+        for i in 0..ACCOUNTS {
+            let v: Value = loop {
+                match http.get(format!("{base}/ptr/{}", acct(i).replace('/', "%2F"))).send().await {
+                    Ok(r) if r.status() == 200 => break r.json().await.unwrap(),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            sum += v.as_i64().unwrap();
+        }
+        assert_eq!(sum, START * ACCOUNTS as i64, "money was made or lost (read via {base})");
+    }
+    let mut present: HashSet<String> = HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/ptr?prefix=done/&limit=1000", bases[0]);
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", a.replace('/', "%2F")));
+        }
+        let r = http.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: restm_shared::ListPage = r.json().await.unwrap();
+        present.extend(page.pointers.iter().map(|p| p.ptr.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let lost: Vec<&String> = acked.iter().filter(|m| !present.contains(*m)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged transfers are gone: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!("cluster bank: {} acknowledged transfers, {} markers present", acked.len(), present.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_majority_answers_unavailable_in_bounded_time() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let base = member(&mut node, l).base.clone();
+    assert_eq!(http.put(format!("{base}/ptr/k")).json(&json!(1)).send().await.unwrap().status(), 200);
+    // Both followers go: the leader is alone.
+    for i in (0..3).filter(|i| *i != l) {
+        member(&mut node, i).kill();
+    }
+    for (method, expect) in [("PUT", &["unavailable", "outcome-unknown"][..]), ("GET", &["unavailable"][..])]
+    {
+        let started = Instant::now();
+        let req = match method {
+            "PUT" => http.put(format!("{base}/ptr/k")).json(&json!(2)),
+            _ => http.get(format!("{base}/ptr/k")),
+        };
+        let r = req.send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{method} without a majority");
+        assert!(took < Duration::from_secs(10), "{method} took {took:?}");
+        let retry = r.headers().get("retry-after").is_some();
+        let p: restm_shared::Problem = r.json().await.unwrap();
+        assert!(expect.contains(&p.code.as_str()), "{method}: {p:?}");
+        if p.code == "unavailable" {
+            assert!(retry, "{method}: an unavailable answer says when to retry");
+        }
+    }
+    // The majority comes back: the value is readable again and writes go on.
+    for i in (0..3).filter(|i| *i != l) {
+        member(&mut node, i).restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.put(format!("{base}/ptr/k")).json(&json!(3)).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume: {}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v: Value = http.get(format!("{base}/ptr/k")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!(3));
+}
+
+/// `restm serve` with `args`: it must exit with an error naming `why`.
+fn refused(args: &[&str], why: &str) {
+    let dir = restm_tests::temp_dir("refused");
+    let out = std::process::Command::new(restm_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(args)
+        .output()
+        .expect("run restm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} started");
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cluster_flags_refuse_what_would_let_the_wrong_node_in() {
+    let p = restm_tests::free_port();
+    let one = format!("1=http://127.0.0.1:{p}");
+    refused(
+        &["--node-id", "1", "--peer-listen", &format!("0.0.0.0:{p}"), "--initial-cluster", &one],
+        "--peer-token",
+    );
+    refused(
+        &["--node-id", "2", "--peer-listen", &format!("127.0.0.1:{p}"), "--initial-cluster", &one],
+        "does not name this node",
+    );
+    refused(&["--node-id", "1", "--initial-cluster", &one], "needs all of");
+    refused(
+        &["--node-id", "1", "--peer-listen", "127.0.0.1:1", "--initial-cluster", "1=http://x"],
+        "not http://ip:port",
+    );
+    refused(
+        &[
+            "--node-id",
+            "1",
+            "--peer-listen",
+            "127.0.0.1:1",
+            "--initial-cluster",
+            "1=http://127.0.0.1:1,1=http://127.0.0.1:2",
+        ],
+        "named twice",
+    );
+}
