@@ -71,6 +71,12 @@ impl Node {
     /// Starts a cluster of `n` members on fresh data directories, and waits until it has a
     /// leader. The first member is returned; the others are its [`Node::members`].
     pub fn cluster(n: usize, extra: &[&str]) -> Node {
+        Self::cluster_with_env(n, extra, &[])
+    }
+
+    /// [`Node::cluster`] with extra environment variables for every member's first start
+    /// (a restart runs without them).
+    pub fn cluster_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -92,7 +98,11 @@ impl Node {
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 let data_dir = temp_dir(&format!("member{}", i + 1));
-                let child = spawn(&data_dir, *port, &args);
+                let mut cmd = command(&data_dir, *port, &args);
+                for (k, v) in env {
+                    cmd.env(k, v);
+                }
+                let child = cmd.spawn().expect("spawn restm");
                 Node {
                     child,
                     base: format!("http://127.0.0.1:{port}"),

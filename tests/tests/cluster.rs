@@ -267,6 +267,55 @@ async fn a_member_without_a_majority_answers_unavailable_in_bounded_time() {
     assert_eq!(v, json!(3));
 }
 
+/// Kills the coordinator of a commit across partitions at `at` (after its `Prepare`s, or
+/// after its record) and checks the new leader resolves it by the record: all of its
+/// writes, or none.
+async fn coordinator_dies(at: &str, committed: bool) {
+    let mut node = Node::cluster_with_env(3, &[], &[("RESTM_FAULT_CRASH_AT", at)]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let base = member(&mut node, l).base.clone();
+    // Eight pointers: with 64 partitions they span several, so the commit has a record.
+    let writes: Vec<Value> = (0..8).map(|i| json!({"ptr": format!("mid/{i}"), "value": i})).collect();
+    let r = http.post(format!("{base}/txn")).json(&json!({"writes": writes})).send().await;
+    assert!(r.is_err(), "the coordinator was to die mid-commit: {:?}", r.map(|r| r.status()));
+    member(&mut node, l).kill();
+    let other = (0..3).find(|i| *i != l).unwrap();
+    let base = member(&mut node, other).base.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    for i in 0..8 {
+        loop {
+            let r = http.get(format!("{base}/ptr/mid%2F{i}")).send().await;
+            match r.map(|r| r.status().as_u16()) {
+                Ok(200) => {
+                    seen.push(true);
+                    break;
+                }
+                Ok(404) => {
+                    seen.push(false);
+                    break;
+                }
+                _ => {
+                    assert!(Instant::now() < deadline, "mid/{i} unreadable for 30 s after the coordinator died");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(seen, vec![committed; 8], "killed {at}: all of its writes or none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_dies_after_its_record_is_committed_by_the_next_leader() {
+    coordinator_dies("after-record", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_dies_before_its_record_is_aborted_by_the_next_leader() {
+    coordinator_dies("after-prepare", false).await;
+}
+
 /// `restm serve` with `args`: it must exit with an error naming `why`.
 fn refused(args: &[&str], why: &str) {
     let dir = restm_tests::temp_dir("refused");

@@ -56,6 +56,17 @@ impl Observer for StoreObserver {
     }
 }
 
+/// Where the process may be told to die mid-commit, for the tests of what a coordinator's
+/// death leaves (`RESTM_FAULT_CRASH_AT=after-prepare` or `after-record`). Unset, nothing
+/// happens.
+fn crash_point(at: &str) {
+    static WHERE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if WHERE.get_or_init(|| std::env::var("RESTM_FAULT_CRASH_AT").ok()).as_deref() == Some(at) {
+        tracing::error!(at, "RESTM_FAULT_CRASH_AT: dying mid-commit, as asked");
+        std::process::abort();
+    }
+}
+
 /// What a failed proposal means for the txn.
 fn unavailable(e: &ReplicaError) -> StorageError {
     StorageError::backend("replicating to the data group", e)
@@ -223,6 +234,9 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
             }
         });
     }
+    if decided {
+        crash_point("after-prepare");
+    }
     // 2. The commit point: the primary's record (one-partition commits have none).
     if let Some((p, cmd)) = plan.record
         && let Err(e) = cluster.propose(p, cmd).await
@@ -232,6 +246,9 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
         let cause = unavailable(&e);
         engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
         return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
+    }
+    if decided {
+        crash_point("after-record");
     }
     // 3. Install.
     for (p, cmd) in plan.install {
