@@ -47,7 +47,8 @@ pub fn init() -> Telemetry {
     // trace exporter when one is configured.
     let spans_wanted = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // openraft and fjall narrate every election and flush at info: keep their warnings.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn"))
         .and(filter_fn(move |meta| spans_wanted || !meta.is_span()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if !export_wanted() {

@@ -297,7 +297,10 @@ async fn coordinator_dies(at: &str, committed: bool) {
                     break;
                 }
                 _ => {
-                    assert!(Instant::now() < deadline, "mid/{i} unreadable for 30 s after the coordinator died");
+                    assert!(
+                        Instant::now() < deadline,
+                        "mid/{i} unreadable for 30 s after the coordinator died"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -360,4 +363,55 @@ fn cluster_flags_refuse_what_would_let_the_wrong_node_in() {
         ],
         "named twice",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_a_three_member_cluster_and_stops_it() {
+    use std::io::BufRead;
+    // Consecutive ports: clients from base, peers from base + 10.
+    let base = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut demo = std::process::Command::new(restm_bin())
+        .args(["demo", "--nodes", "3", "--base-port", &base.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run restm demo");
+    let out = std::io::BufReader::new(demo.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    for i in 0..3 {
+        assert!(text.contains(&format!("http://127.0.0.1:{}", base + i)), "{text}");
+    }
+    assert!(text.contains("(leader)"), "{text}");
+    let http = reqwest::Client::new();
+    let r =
+        http.put(format!("http://127.0.0.1:{base}/ptr/hello")).json(&json!("world")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{}/ptr/hello", base + 2))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!("world"));
+    // SIGTERM stops the demo and every member with it.
+    std::process::Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
+    assert!(demo.wait().unwrap().success());
+    for i in 0..3 {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(),
+            "member {} outlived the demo",
+            i + 1
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! to one, so a user need not hand-write curl; `worker` and `tasks` drive the task engine.
 
 pub mod client;
+pub mod demo;
 pub mod tasks;
 
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub enum Command {
     Tasks(tasks::TasksCommand),
     /// Put load on a node and measure it (optionally against etcd).
     Bench(restm_bench::BenchArgs),
+    /// Start a local cluster (3 members by default) and print its addresses.
+    Demo(demo::DemoArgs),
 }
 
 /// Options of `restm serve`.
@@ -318,6 +321,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => tasks::worker(args).await,
             Command::Tasks(cmd) => tasks::run(cmd).await,
             Command::Bench(args) => restm_bench::main(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     drop(telemetry);

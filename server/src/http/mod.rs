@@ -196,7 +196,8 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
