@@ -49,6 +49,19 @@ pub struct Snapshot {
     pub memory_bytes: i64,
     pub memory_budget_bytes: i64,
     pub pressure_level: i64,
+    /// The data group as this member sees it (`None` off a cluster).
+    pub raft: Option<RaftGauges>,
+}
+
+/// The data group's state for the gauges, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct RaftGauges {
+    pub term: i64,
+    pub is_leader: bool,
+    pub last_log_index: i64,
+    pub applied_index: i64,
+    /// Per follower (leader only): entries it trails the leader's log by.
+    pub follower_lag: Vec<(u64, i64)>,
 }
 
 /// The process's resident memory (`VmRSS`), on Linux.
@@ -88,6 +101,15 @@ pub struct Metrics {
     rss: Gauge,
     memory_budget: Gauge,
     pressure: Gauge,
+    raft_proposals: Family<Labels, Counter>,
+    raft_propose: Histogram,
+    raft_leader_changes: Counter,
+    raft_elections: Counter,
+    raft_term: Gauge,
+    raft_leader: Gauge,
+    raft_last_log: Gauge,
+    raft_applied: Gauge,
+    raft_lag: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -123,6 +145,15 @@ impl Metrics {
             rss: Gauge::default(),
             memory_budget: Gauge::default(),
             pressure: Gauge::default(),
+            raft_proposals: Family::default(),
+            raft_propose: latency_histogram(),
+            raft_leader_changes: Counter::default(),
+            raft_elections: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_last_log: Gauge::default(),
+            raft_applied: Gauge::default(),
+            raft_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register("restm_commits", "Transactions committed", m.commits.clone());
@@ -208,7 +239,64 @@ impl Metrics {
             "Memory pressure: 0 low, 1 high, 2 critical",
             m.pressure.clone(),
         );
+        registry.register(
+            "restm_raft_proposals",
+            "Entries this member proposed to the data group's log, by outcome (ok, error, timeout)",
+            m.raft_proposals.clone(),
+        );
+        registry.register(
+            "restm_raft_propose_duration_seconds",
+            "From proposing an entry to a majority holding it fsynced and this member applying it",
+            m.raft_propose.clone(),
+        );
+        registry.register(
+            "restm_raft_leader_changes",
+            "Times this member saw the data group's leader change",
+            m.raft_leader_changes.clone(),
+        );
+        registry.register(
+            "restm_raft_elections",
+            "Elections this member started (it became a candidate)",
+            m.raft_elections.clone(),
+        );
+        registry.register("restm_raft_term", "The data group's current term", m.raft_term.clone());
+        registry.register(
+            "restm_raft_is_leader",
+            "1 while this member leads the data group",
+            m.raft_leader.clone(),
+        );
+        registry.register(
+            "restm_raft_last_log_index",
+            "The last index in this member's log",
+            m.raft_last_log.clone(),
+        );
+        registry.register(
+            "restm_raft_applied_index",
+            "The last index this member applied",
+            m.raft_applied.clone(),
+        );
+        registry.register(
+            "restm_raft_follower_lag_entries",
+            "Entries each follower trails the leader's log by (on the leader)",
+            m.raft_lag.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Records one proposal to the data group's log: `outcome` and how long it took.
+    pub fn observe_proposal(&self, outcome: &'static str, seconds: f64) {
+        self.raft_proposals.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc();
+        self.raft_propose.observe(seconds);
+    }
+
+    /// Records that the leader this member knows changed.
+    pub fn observe_leader_change(&self) {
+        self.raft_leader_changes.inc();
+    }
+
+    /// Records that this member started an election.
+    pub fn observe_election(&self) {
+        self.raft_elections.inc();
     }
 
     /// Records how long a write waited for a lock.
@@ -262,6 +350,16 @@ impl Metrics {
         self.rss.set(resident_bytes());
         self.memory_budget.set(snap.memory_budget_bytes);
         self.pressure.set(snap.pressure_level);
+        if let Some(r) = &snap.raft {
+            self.raft_term.set(r.term);
+            self.raft_leader.set(i64::from(r.is_leader));
+            self.raft_last_log.set(r.last_log_index);
+            self.raft_applied.set(r.applied_index);
+            self.raft_lag.clear();
+            for (node, lag) in &r.follower_lag {
+                self.raft_lag.get_or_create(&vec![("node".to_string(), node.to_string())]).set(*lag);
+            }
+        }
         self.gc_holder.clear();
         let (kind, id) = &snap.gc_held_by;
         self.gc_holder

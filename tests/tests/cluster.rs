@@ -415,3 +415,56 @@ async fn demo_starts_a_three_member_cluster_and_stops_it() {
         );
     }
 }
+
+/// The value of the first sample of `name` (with these labels, if given) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_proposals_follower_lag_and_leader_changes() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let l = leader_index(&node);
+    let base = member(&mut node, l).base.clone();
+    for i in 0..5 {
+        assert_eq!(http.put(format!("{base}/ptr/m{i}")).json(&json!(i)).send().await.unwrap().status(), 200);
+    }
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(sample(&text, "restm_raft_proposals_total{outcome=\"ok\"}").unwrap_or(0.0) >= 5.0, "{text}");
+    assert_eq!(sample(&text, "restm_raft_is_leader"), Some(1.0), "{text}");
+    assert!(sample(&text, "restm_raft_propose_duration_seconds_count").unwrap_or(0.0) >= 5.0, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("restm_raft_follower_lag_entries{")).count(),
+        2,
+        "{text}"
+    );
+    // The leader goes: a survivor saw the lead change, and someone stood for election.
+    member(&mut node, l).kill();
+    let other = (0..3).find(|i| *i != l).unwrap();
+    let base = member(&mut node, other).base.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.put(format!("{base}/ptr/after")).json(&json!(1)).send().await.map(|r| r.status()).ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "no write after the leader died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut elections = 0.0;
+    for i in (0..3).filter(|i| *i != l) {
+        let text = http
+            .get(format!("{}/metrics", member(&mut node, i).base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(sample(&text, "restm_raft_leader_changes_total").unwrap_or(0.0) >= 1.0, "{text}");
+        elections += sample(&text, "restm_raft_elections_total").unwrap_or(0.0);
+    }
+    assert!(elections >= 1.0, "a survivor stood for election");
+}

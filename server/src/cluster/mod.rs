@@ -71,6 +71,7 @@ pub struct Cluster {
     _server: PeerServer,
     /// Peers' client addresses, learned over the peer port.
     client_urls: Mutex<HashMap<NodeId, String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Cluster {
@@ -81,6 +82,7 @@ impl Cluster {
         db: fjall::Database,
         partitions: Partitions,
         observer: Arc<dyn Observer>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, ClusterError> {
         if !config.initial.contains_key(&config.node_id) {
             return Err(ClusterError::NotAMember(config.node_id));
@@ -103,7 +105,33 @@ impl Cluster {
             config.initial.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
         replica.initialize(voters).await?;
         tracing::info!(node = config.node_id, peers = ?config.initial, "joined the cluster");
-        Ok(Arc::new(Self { config, host, replica, _server: server, client_urls: Mutex::default() }))
+        let cluster =
+            Arc::new(Self { config, host, replica, _server: server, client_urls: Mutex::default(), metrics });
+        cluster.spawn_metrics_watch();
+        Ok(cluster)
+    }
+
+    /// Counts leader changes and the elections this member starts.
+    fn spawn_metrics_watch(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let mut watch = self.replica.watch();
+        tokio::spawn(async move {
+            let (mut leader, mut state) = {
+                let m = watch.borrow_and_update();
+                (m.current_leader, m.state)
+            };
+            while watch.changed().await.is_ok() {
+                let Some(c) = me.upgrade() else { return };
+                let m = watch.borrow_and_update().clone();
+                if m.current_leader != leader && m.current_leader.is_some() {
+                    c.metrics.observe_leader_change();
+                }
+                if m.state == openraft::ServerState::Candidate && state != openraft::ServerState::Candidate {
+                    c.metrics.observe_election();
+                }
+                (leader, state) = (m.current_leader, m.state);
+            }
+        });
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -150,9 +178,21 @@ impl Cluster {
     /// Appends `command` for `partition` to the data group's log; answers what applying it
     /// answered, once a majority of the voters hold the entry durably.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
-        tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command)).await.map_err(
-            |_| ReplicaError::Timeout { what: "a majority to hold the entry", after: PROPOSE_TIMEOUT },
-        )?
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command))
+            .await
+            .map_err(|_| ReplicaError::Timeout {
+                what: "a majority to hold the entry",
+                after: PROPOSE_TIMEOUT,
+            })
+            .and_then(|r| r);
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(ReplicaError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.observe_proposal(outcome, started.elapsed().as_secs_f64());
+        answer
     }
 
     /// Confirms that this node still leads (a heartbeat round to a majority), so that what

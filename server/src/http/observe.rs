@@ -37,6 +37,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         memory_bytes: node.memory_bytes() as i64,
         memory_budget_bytes: node.memory_budget() as i64,
         pressure_level: node.pressure() as i64,
+        raft: node.cluster().map(|c| {
+            let st = c.status();
+            let g = st.groups.first();
+            let as_i64 = |v: Option<u64>| v.map_or(0, |v| v as i64);
+            crate::metrics::RaftGauges {
+                term: g.map_or(0, |g| g.term as i64),
+                is_leader: g.is_some_and(|g| g.role == "leader"),
+                last_log_index: as_i64(g.and_then(|g| g.last_log_index)),
+                applied_index: as_i64(g.and_then(|g| g.applied_index)),
+                follower_lag: g
+                    .map(|g| g.follower_lag.iter().map(|f| (f.node_id, as_i64(f.lag))).collect())
+                    .unwrap_or_default(),
+            }
+        }),
     };
     let body = state.metrics.render(snap);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -202,8 +202,14 @@ impl Node {
                 "no database",
             ))
         })?;
-        let c =
-            crate::cluster::Cluster::start(cluster, db, node.engine.shared_partitions(), observer).await?;
+        let c = crate::cluster::Cluster::start(
+            cluster,
+            db,
+            node.engine.shared_partitions(),
+            observer,
+            node.metrics.clone(),
+        )
+        .await?;
         let _ = node.cluster.set(c.clone());
         node.spawn_leadership_watch(c);
         Ok(node)
