@@ -179,13 +179,14 @@ impl Cluster {
     /// answered, once a majority of the voters hold the entry durably.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command))
+        let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command))
             .await
-            .map_err(|_| ReplicaError::Timeout {
-                what: "a majority to hold the entry",
-                after: PROPOSE_TIMEOUT,
-            })
-            .and_then(|r| r);
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                Err(ReplicaError::Timeout { what: "a majority to hold the entry", after: PROPOSE_TIMEOUT })
+            }
+        };
         let outcome = match &answer {
             Ok(_) => "ok",
             Err(ReplicaError::Timeout { .. }) => "timeout",
