@@ -27,9 +27,19 @@ pub fn restm_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback port, found by binding port 0.
+/// A free loopback port, found by binding port 0, and never the same one twice in a test
+/// binary (tests run in parallel: two could be handed one port between its release and
+/// the node's bind).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running node, killed when dropped.
@@ -78,11 +88,36 @@ impl Node {
     /// (a restart runs without them).
     pub fn cluster_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("{}=http://127.0.0.1:{peer}", i + 1))
-            .collect();
+        let dial: Vec<String> = ports.iter().map(|(_, peer)| format!("127.0.0.1:{peer}")).collect();
+        Self::cluster_dialling(ports, dial, extra, env)
+    }
+
+    /// A cluster whose members dial each other through `proxy` (see [`LinkProxy`]), so a
+    /// test can cut and heal links between two members.
+    pub async fn cluster_through(n: usize, extra: &[&str], proxy: &LinkProxy) -> Node {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut dial = Vec::new();
+        for (i, (_, peer)) in ports.iter().enumerate() {
+            dial.push(proxy.front(i as u64 + 1, format!("127.0.0.1:{peer}")).await);
+        }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            Self::cluster_dialling(ports, dial, &extra, &[])
+        })
+        .await
+        .expect("start the cluster")
+    }
+
+    /// Starts members on `ports` (client, peer) that dial each other at `dial`.
+    fn cluster_dialling(
+        ports: Vec<(u16, u16)>,
+        dial: Vec<String>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let initial: Vec<String> =
+            dial.iter().enumerate().map(|(i, addr)| format!("{}=http://{addr}", i + 1)).collect();
         let initial = initial.join(",");
         let mut nodes: Vec<Node> = ports
             .iter()
@@ -119,6 +154,11 @@ impl Node {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while nodes.iter().any(|n| n.leader_seen().is_none()) {
+            for (i, n) in nodes.iter_mut().enumerate() {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    panic!("member {} exited while the cluster formed: {status}", i + 1);
+                }
+            }
             assert!(Instant::now() < deadline, "the cluster elected no leader within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -247,6 +287,100 @@ fn command(data_dir: &Path, port: u16, extra: &[String]) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     cmd
+}
+
+/// A proxy in front of every member's peer port, through which the members dial each other
+/// (their `--initial-cluster` names its addresses). It reads who is dialling from the
+/// first frame (the transport's hello: cluster name, then the dialling node's id), so it
+/// can cut the link between two members in both directions while each still talks to the
+/// rest; a cut link takes no new connections (they hang, as across a real partition) and
+/// its open ones are dropped.
+#[derive(Clone, Default)]
+pub struct LinkProxy {
+    cut: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(u64, u64)>>>,
+}
+
+impl LinkProxy {
+    /// Cuts the link between `a` and `b`, both ways.
+    pub fn cut(&self, a: u64, b: u64) {
+        let mut cut = self.cut.lock().unwrap();
+        cut.insert((a, b));
+        cut.insert((b, a));
+    }
+
+    /// Heals every cut link.
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+
+    fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.cut.lock().unwrap().contains(&(from, to))
+    }
+
+    /// Starts the front of member `to`, whose peer port is `target`; returns its address.
+    pub async fn front(&self, to: u64, target: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (proxy, target) = (proxy.clone(), target.clone());
+                tokio::spawn(async move { proxy.relay(inbound, to, &target).await });
+            }
+        });
+        addr
+    }
+
+    async fn relay(&self, mut inbound: tokio::net::TcpStream, to: u64, target: &str) {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let mut len = [0u8; 4];
+        if inbound.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+        if inbound.read_exact(&mut hello).await.is_err() {
+            return;
+        }
+        let Some(from) = hello_from(&hello) else { return };
+        while self.is_cut(from, to) {
+            tokio::time::sleep(Duration::from_millis(20)).await; // hangs, as a partition does
+        }
+        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+        if outbound.write_all(&len).await.is_err() || outbound.write_all(&hello).await.is_err() {
+            return;
+        }
+        let (mut ri, mut wi) = inbound.into_split();
+        let (mut ro, mut wo) = outbound.into_split();
+        let up = tokio::spawn(async move { tokio::io::copy(&mut ri, &mut wo).await });
+        let down = tokio::spawn(async move { tokio::io::copy(&mut ro, &mut wi).await });
+        while !up.is_finished() && !down.is_finished() && !self.is_cut(from, to) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        up.abort();
+        down.abort();
+    }
+}
+
+/// The dialling node's id in a transport hello (postcard: the cluster name as a varint
+/// length and its bytes, then the id as a varint).
+fn hello_from(frame: &[u8]) -> Option<u64> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at)?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    let name = varint(frame, &mut at)? as usize;
+    at += name;
+    varint(frame, &mut at)
 }
 
 /// A fresh, empty directory under the system temp dir.

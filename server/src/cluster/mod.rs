@@ -198,10 +198,27 @@ impl Cluster {
 
     /// Confirms that this node still leads (a heartbeat round to a majority), so that what
     /// it reads next is no older than any acknowledged write.
+    /// A round that misses its majority (a slow answer) is tried again within the budget;
+    /// losing the lead is answered at once.
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
-        tokio::time::timeout(CONFIRM_TIMEOUT, self.replica.confirm_leader()).await.map_err(|_| {
-            ReplicaError::Timeout { what: "a majority to confirm the lead", after: CONFIRM_TIMEOUT }
-        })?
+        let rounds = async {
+            loop {
+                match self.replica.confirm_leader().await {
+                    Ok(()) => return Ok(()),
+                    Err(e @ (ReplicaError::NotLeader { .. } | ReplicaError::Fatal(_))) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a read confirmation round missed its majority; again");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, rounds).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                Err(ReplicaError::Timeout { what: "a majority to confirm the lead", after: CONFIRM_TIMEOUT })
+            }
+        }
     }
 
     /// Waits until this node has applied every entry of its log (a new leader does this

@@ -74,13 +74,16 @@ pub struct Replica {
     groups: Arc<Groups>,
 }
 
-/// Timing for tests and local clusters: fast heartbeats and elections on loopback.
+/// The groups' timing. A heartbeat's answer may take up to the interval (openraft's limit
+/// for an `AppendEntries`), so the interval leaves room for a loaded machine: at 100 ms,
+/// two busy cores missed it and read confirmations failed. Elections start after 1–2 s
+/// without a heartbeat, so a dead leader is replaced in about 2 s.
 pub fn loopback_config(cluster: &str) -> RaftConfig {
     RaftConfig {
         cluster_name: cluster.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: 250,
+        election_timeout_min: 1_000,
+        election_timeout_max: 2_000,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     }
