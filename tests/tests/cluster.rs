@@ -350,7 +350,24 @@ fn cluster_flags_refuse_what_would_let_the_wrong_node_in() {
     refused(&["--node-id", "1", "--initial-cluster", &one], "needs all of");
     refused(
         &["--node-id", "1", "--peer-listen", "127.0.0.1:1", "--initial-cluster", "1=http://x"],
-        "not http://ip:port",
+        "not http://host:port",
+    );
+    refused(
+        &[
+            "--listen",
+            "0.0.0.0:7999",
+            "--auth-token",
+            "t",
+            "--peer-token",
+            "p",
+            "--node-id",
+            "1",
+            "--peer-listen",
+            "127.0.0.1:1",
+            "--initial-cluster",
+            "1=http://127.0.0.1:1",
+        ],
+        "--advertise-client-url",
     );
     refused(
         &[

@@ -145,8 +145,12 @@ fn parse_initial_cluster(s: &str) -> Result<InitialCluster, String> {
             .filter(|i| *i > 0)
             .ok_or_else(|| format!("{id:?} is not a node id (a whole number from 1)"))?;
         let addr = url.trim().trim_start_matches("http://").trim_start_matches("https://");
-        if addr.parse::<SocketAddr>().is_err() {
-            return Err(format!("{url:?} is not http://ip:port"));
+        let valid = addr.parse::<SocketAddr>().is_ok()
+            || addr.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+            });
+        if !valid {
+            return Err(format!("{url:?} is not http://host:port"));
         }
         if members.insert(id, url.trim().to_string()).is_some() {
             return Err(format!("node {id} is named twice"));
@@ -191,6 +195,13 @@ impl ServeArgs {
             return Err(format!(
                 "refusing to listen for peers on {peer} without --peer-token (or RESTM_PEER_TOKEN): anyone who \
                  can reach it could join the cluster"
+            ));
+        }
+        if self.listen.ip().is_unspecified() && self.advertise_client_url.is_none() {
+            return Err(format!(
+                "--listen {} is every address: say with --advertise-client-url where peers reach this node's \
+                 clients (for example http://restm1:7070)",
+                self.listen
             ));
         }
         Ok(Some(ClusterConfig {
