@@ -16,7 +16,7 @@ use restm::engine::command::{Command, Outcome};
 use restm::engine::partition::partition_of;
 use restm::raft::log_store::{Flusher, LogStore};
 use restm::raft::replica::{Host, Replica, ReplicaError, loopback_config};
-use restm::raft::state_machine::{PartitionMachine, Unobserved, partitions};
+use restm::raft::state_machine::{Observer, PartitionMachine, Unobserved, partitions};
 use restm::raft::transport::{Groups, Identity, PeerServer, Peers};
 use restm::raft::{BasicNode, NodeId, Restm, StorageError};
 use tokio::net::TcpListener;
@@ -81,16 +81,41 @@ fn identity(id: NodeId) -> Arc<Identity> {
     })
 }
 
+/// Counts the versions a machine tells its node it installed.
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicU64);
+
+impl Observer for Counting {
+    fn installed(
+        &self,
+        _: &restm::engine::TxnId,
+        _: &Arc<str>,
+        _: u64,
+        writes: &[(restm::engine::PtrId, Option<Bytes>)],
+    ) {
+        self.0.fetch_add(writes.len() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn saw_version(&self, _: u64) {}
+}
+
 async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Member {
+    start_observed(id, dir, listener, Arc::new(Unobserved)).await
+}
+
+async fn start_observed(
+    id: NodeId,
+    dir: &Path,
+    listener: TcpListener,
+    observer: Arc<dyn Observer>,
+) -> Member {
     let addr = listener.local_addr().expect("addr").to_string();
     let host = Host::new(open_db(dir), identity(id));
     let server = PeerServer::spawn(listener, identity(id), host.groups.clone());
     let mut config = loopback_config("raft-test");
     config.snapshot_policy = SnapshotPolicy::LogsSinceLast(40);
     config.max_in_snapshot_log_to_keep = 0;
-    let replica = Replica::start(&host, 0, partitions(PARTITIONS), Arc::new(Unobserved), config)
-        .await
-        .expect("start replica");
+    let replica =
+        Replica::start(&host, 0, partitions(PARTITIONS), observer, config).await.expect("start replica");
     Member { id, dir: dir.to_path_buf(), addr, replica, _server: server }
 }
 
@@ -206,10 +231,20 @@ async fn three_members_apply_one_log_and_survive_losing_the_leader() {
     let purged = members[l].replica.metrics().purged.expect("the leader purged its log").index;
     assert!(purged > 1, "the log's start is gone ({purged})");
     let dir4 = temp_dir("n4");
-    let learner = start(4, &dir4, TcpListener::bind("127.0.0.1:0").await.expect("bind")).await;
+    let seen = Arc::new(Counting::default());
+    let learner =
+        start_observed(4, &dir4, TcpListener::bind("127.0.0.1:0").await.expect("bind"), seen.clone()).await;
     members[l].replica.add_learner(4, &learner.addr).await.expect("add learner");
     members.push(learner);
     converge(&members).await;
+    // What came in the snapshot reached its node's version store too.
+    let versions: usize =
+        members[3].replica.dumps().iter().flat_map(|(_, d)| d.pointers.values()).map(|p| p.0.len()).sum();
+    assert_eq!(
+        seen.0.load(std::sync::atomic::Ordering::SeqCst),
+        versions as u64,
+        "every version, from the image or applied"
+    );
     let _ = std::fs::remove_dir_all(&dir4);
 
     for m in members {

@@ -12,9 +12,9 @@
 //! machine's `&mut self`; on open, the stored snapshot is installed and openraft re-applies
 //! the committed entries after it.
 //!
-//! The machine keeps every version in memory (it does not yet spill old versions to the
-//! node's version store); the node's store takes over that role when the engine runs on
-//! replicated partitions.
+//! The machine keeps every version in memory until garbage collection prunes it (it does
+//! not yet evict old versions to the node's version store, though the [`Observer`] writes
+//! every installed version there, from applies and from images alike).
 
 use std::sync::Arc;
 
@@ -192,7 +192,19 @@ impl PartitionMachine {
         }
         let mut by_id: std::collections::HashMap<u32, PartitionDump> = image.partitions.into_iter().collect();
         for p in self.partitions.iter() {
-            p.restore(by_id.remove(&p.id).unwrap_or_default());
+            let dump = by_id.remove(&p.id).unwrap_or_default();
+            // The node's version store learns the image's versions too (history, cold reads).
+            for (ptr, (versions, _, _)) in &dump.pointers {
+                for v in versions {
+                    self.observer.installed(
+                        &v.txn,
+                        &v.trace_id,
+                        v.version,
+                        &[(ptr.clone(), v.value.clone())],
+                    );
+                }
+            }
+            p.restore(dump);
         }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
