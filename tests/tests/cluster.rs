@@ -409,9 +409,22 @@ async fn demo_starts_a_three_member_cluster_and_stops_it() {
     }
     assert!(text.contains("(leader)"), "{text}");
     let http = reqwest::Client::new();
-    let r =
-        http.put(format!("http://127.0.0.1:{base}/ptr/hello")).json(&json!("world")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // A 503 says "retry": right after the start an election may still be settling.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = http
+            .put(format!("http://127.0.0.1:{base}/ptr/hello"))
+            .json(&json!("world"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503, "only a retryable answer may come before the write");
+        assert!(Instant::now() < deadline, "the demo's cluster took no write within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let v: Value = http
         .get(format!("http://127.0.0.1:{}/ptr/hello", base + 2))
         .send()

@@ -85,10 +85,19 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 return Err(format!("member {} exited ({status}) before the cluster formed", i + 1));
             }
         }
-        let url = format!("http://127.0.0.1:{}/cluster", port(0, false));
-        if let Ok(r) = client.get(url).send().await
-            && let Ok(s) = r.json::<restm_shared::ClusterStatus>().await
-            && let Some(l) = s.groups.first().and_then(|g| g.leader)
+        // Every member must name the same leader: then the election has settled.
+        let mut seen = Vec::new();
+        for i in 0..n {
+            let url = format!("http://127.0.0.1:{}/cluster", port(i, false));
+            if let Ok(r) = client.get(url).send().await
+                && let Ok(s) = r.json::<restm_shared::ClusterStatus>().await
+            {
+                seen.push(s.groups.first().and_then(|g| g.leader));
+            }
+        }
+        if seen.len() == usize::from(n)
+            && let Some(Some(l)) = seen.first().copied()
+            && seen.iter().all(|s| *s == Some(l))
         {
             break l;
         }
