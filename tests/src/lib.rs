@@ -61,6 +61,19 @@ pub fn test_nodes() -> usize {
 }
 
 impl Node {
+    /// A node around a spawned `child` serving on `port`.
+    fn of(child: Child, data_dir: PathBuf, port: u16, extra: Vec<String>, owns_dir: bool) -> Node {
+        Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            port,
+            extra,
+            owns_dir,
+            members: vec![],
+        }
+    }
+
     /// Starts a node on a fresh data directory.
     pub fn start() -> Node {
         Self::start_with(&[])
@@ -138,15 +151,7 @@ impl Node {
                     cmd.env(k, v);
                 }
                 let child = cmd.spawn().expect("spawn restm");
-                Node {
-                    child,
-                    base: format!("http://127.0.0.1:{port}"),
-                    data_dir,
-                    port: *port,
-                    extra: args,
-                    owns_dir: true,
-                    members: vec![],
-                }
+                Node::of(child, data_dir, *port, args, true)
             })
             .collect();
         for node in &nodes {
@@ -198,15 +203,7 @@ impl Node {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn restm");
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            data_dir,
-            port,
-            extra,
-            owns_dir: true,
-            members: vec![],
-        };
+        let node = Node::of(child, data_dir, port, extra, true);
         node.wait_ready();
         node
     }
@@ -216,15 +213,7 @@ impl Node {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&data_dir, port, &extra);
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            data_dir,
-            port,
-            extra,
-            owns_dir: false,
-            members: vec![],
-        };
+        let node = Node::of(child, data_dir, port, extra, false);
         node.wait_ready();
         node
     }

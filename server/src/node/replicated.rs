@@ -21,9 +21,7 @@ use tracing::Instrument;
 use super::Node;
 use crate::cluster::Cluster;
 use crate::engine::command::{Command, Outcome, TxnState};
-use crate::engine::{
-    AbortReason, CommitStep, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId,
-};
+use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
 use crate::raft::replica::ReplicaError;
 use crate::raft::state_machine::Observer;
 use crate::storage::{CommitRecord, SharedStore};
@@ -86,15 +84,9 @@ impl Node {
         cluster: Arc<Cluster>,
     ) -> Result<u64, EngineError> {
         let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_replicated(txn));
-        let prepared = match step {
-            Ok(CommitStep::Done(v)) => return Ok(v),
-            Ok(CommitStep::Prepared(p)) => p,
-            Err(e) => {
-                if let EngineError::Conflict { txn, conflict } = &e {
-                    super::txn::conflict_span(txn, conflict);
-                }
-                return Err(e);
-            }
+        let prepared = match super::txn::to_persist(step) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
         if !cluster.is_leader() {
             // Nothing was proposed: a clean abort.

@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::Node;
 use crate::engine::{
-    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineError, ListPage, Phase, PreparedWait,
-    PtrId, ReadStep, StorageError, Txn, VersionRec, WriteStep,
+    AbortReason, BeginOptions, CommitStep, Conflict, Engine, EngineError, ListPage, Phase, PreparedCommit,
+    PreparedWait, PtrId, ReadStep, StorageError, Txn, VersionRec, WriteStep,
 };
 use crate::storage::CommitRecord;
 use crate::storage::group_commit::CommitFailure;
@@ -132,15 +132,9 @@ impl Node {
             return self.commit_replicated(txn, cluster.clone()).await;
         }
         let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_commit(txn));
-        let prepared = match step {
-            Ok(CommitStep::Done(v)) => return Ok(v),
-            Ok(CommitStep::Prepared(p)) => p,
-            Err(e) => {
-                if let EngineError::Conflict { txn, conflict } = &e {
-                    conflict_span(txn, conflict);
-                }
-                return Err(e);
-            }
+        let prepared = match to_persist(step) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
         let record = CommitRecord::of(&prepared);
         let engine = self.engine.clone();
@@ -325,6 +319,23 @@ impl Node {
 }
 
 /// Records a conflict as a span of its own, naming the pointer and the winner.
+/// What a prepare step leaves: the commit to make durable, or the answer now (nothing to
+/// persist, or the failure, a conflict recorded on the span).
+pub(super) fn to_persist(
+    step: Result<CommitStep, EngineError>,
+) -> Result<PreparedCommit, Result<u64, EngineError>> {
+    match step {
+        Ok(CommitStep::Done(v)) => Err(Ok(v)),
+        Ok(CommitStep::Prepared(p)) => Ok(p),
+        Err(e) => {
+            if let EngineError::Conflict { txn, conflict } = &e {
+                conflict_span(txn, conflict);
+            }
+            Err(Err(e))
+        }
+    }
+}
+
 pub(super) fn conflict_span(txn: &str, conflict: &Conflict) {
     let winner = conflict.winner();
     let span = tracing::debug_span!(
