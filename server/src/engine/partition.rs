@@ -445,7 +445,19 @@ impl Partition {
         for (ptr, _) in writes {
             let cell = self.cell(ptr);
             if let Some(cell) = &cell {
-                foreign(ptr, &cell.state.lock())?;
+                let st = cell.state.lock();
+                foreign(ptr, &st)?;
+                // Versions only grow: a commit at or below the latest one (a deposed leader's
+                // clock, a replayed command) is refused, never installed out of order.
+                if let (Some(cv), Some(latest)) = (below, st.chain.latest())
+                    && latest.version >= cv
+                {
+                    return Err(Conflict::Stale {
+                        ptr: ptr.clone(),
+                        winner_txn: latest.txn.clone(),
+                        winner_version: latest.version,
+                    });
+                }
             }
             cells.push(cell);
         }
@@ -659,6 +671,31 @@ mod tests {
         assert!(matches!(p.lock(&b, &x), LockOutcome::Held { holder, .. } if holder == a));
         p.unlock(&a, &x);
         assert!(matches!(p.lock(&b, &x), LockOutcome::Acquired));
+    }
+
+    #[test]
+    fn a_commit_at_or_below_the_latest_version_is_refused() {
+        let p = Partition::new(0);
+        let x: PtrId = "x".into();
+        let write = |txn: &str, v: u64| Command::PrepareCommit {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            commit_version: v,
+            reads: vec![],
+            writes: vec![(x.clone(), Some(Bytes::from(v.to_string())))],
+        };
+        assert_eq!(p.apply(&write("a", 20), 8), Outcome::Committed(20));
+        for v in [20, 10] {
+            assert!(
+                matches!(
+                    p.apply(&write("b", v), 8),
+                    Outcome::Conflict(Conflict::Stale { winner_version: 20, .. })
+                ),
+                "a write at {v} after one at 20"
+            );
+        }
+        assert_eq!(p.apply(&write("c", 30), 8), Outcome::Committed(30));
+        assert!(matches!(p.read("x", 25, None), PartitionRead::Found(v) if v.version == 20));
     }
 
     #[test]
