@@ -203,6 +203,22 @@ async fn three_members_apply_one_log_and_survive_losing_the_leader() {
 
     propose_writes(&members, 1, 120).await;
     converge(&members).await;
+
+    // Commands proposed together share entries (one append, one fsync), and each still gets
+    // its own outcome, on every member alike.
+    let l = leader(&members).await;
+    let before = members[l].replica.metrics().last_log_index.expect("a log");
+    let together = (1001..=1200).map(|v| {
+        let (partition, cmd) = write(&format!("q{v}"), v);
+        let replica = &members[l].replica;
+        async move { (v, replica.propose(partition, cmd).await) }
+    });
+    for (v, out) in futures_util::future::join_all(together).await {
+        assert_eq!(out.expect("proposed together"), Outcome::Committed(v));
+    }
+    let entries = members[l].replica.metrics().last_log_index.expect("a log") - before;
+    assert!(entries < 200, "200 commands proposed at once took {entries} entries: none were batched");
+    converge(&members).await;
     assert!(
         members.iter().all(|m| m.replica.metrics().snapshot.is_some()),
         "120 entries with a snapshot every 40 leave a snapshot on every member"

@@ -39,20 +39,36 @@ pub type NodeId = u64;
 /// A replication group's id. Today one data group holds every partition.
 pub type GroupId = u32;
 
-/// One log entry's payload: a command for one partition of the group.
+/// One command for one partition of the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
+pub struct Proposed {
     pub partition: u32,
     pub command: Command,
+}
+
+/// One log entry's payload: every command proposed while the previous entry was being
+/// appended, applied in order. openraft 0.9 fsyncs each entry's append before it takes the
+/// next request, so one command per entry would cost one fsync each; a batch shares one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub commands: Vec<Proposed>,
+}
+
+impl Proposal {
+    /// An entry of one command.
+    pub fn one(partition: u32, command: Command) -> Self {
+        Self { commands: vec![Proposed { partition, command }] }
+    }
 }
 
 openraft::declare_raft_types!(
     /// The type configuration of reSTM's Raft groups.
     pub Restm:
         D = Proposal,
-        // What applying the entry answered; `None` for entries that carry no command
-        // (blank, membership) and for a partition the group does not hold.
-        R = Option<Outcome>,
+        // What applying each of the entry's commands answered, in order (`None` for a
+        // partition the group does not hold); empty for entries that carry no command
+        // (blank, membership).
+        R = Vec<Option<Outcome>>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         SnapshotData = Vec<u8>,

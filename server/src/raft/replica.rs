@@ -72,6 +72,88 @@ pub struct Replica {
     raft: Raft<Restm>,
     partitions: Partitions,
     groups: Arc<Groups>,
+    batcher: Batcher,
+    reads: Arc<parking_lot::Mutex<ReadRound>>,
+}
+
+/// Confirmations of the lead waiting for the next heartbeat round: one round answers every
+/// read that arrived before it started (etcd batches its ReadIndex the same way).
+#[derive(Default)]
+struct ReadRound {
+    running: bool,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<(), ReplicaError>>>,
+}
+
+/// Most commands one log entry carries.
+const MAX_BATCH: usize = 512;
+/// Most entries a replica has proposed and not yet seen applied. While they are out, new
+/// commands gather into the next entry: the deeper the queue, the larger the batch.
+const IN_FLIGHT: usize = 3;
+
+/// A command waiting for its entry, and who waits for its outcome.
+struct Waiting {
+    command: super::Proposed,
+    answer: tokio::sync::oneshot::Sender<Result<Outcome, ReplicaError>>,
+}
+
+/// Gathers the commands proposed to one replica into log entries (group commit for the
+/// log): one task takes every command waiting whenever fewer than [`IN_FLIGHT`] entries are
+/// out, and proposes them as one entry.
+struct Batcher {
+    tx: tokio::sync::mpsc::UnboundedSender<Waiting>,
+}
+
+impl Batcher {
+    fn start(raft: Raft<Restm>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Waiting>();
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH
+                    && let Ok(w) = rx.try_recv()
+                {
+                    batch.push(w);
+                }
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    let (commands, answers): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|w| (w.command, w.answer)).unzip();
+                    let written = raft.client_write(super::Proposal { commands }).await;
+                    drop(slot);
+                    match written {
+                        Ok(resp) => {
+                            let mut outcomes = resp.data.into_iter();
+                            for answer in answers {
+                                let _ = answer.send(outcomes.next().flatten().ok_or_else(|| {
+                                    ReplicaError::Raft("the command applied to nothing".into())
+                                }));
+                            }
+                        }
+                        Err(e) => {
+                            for answer in answers {
+                                let _ = answer.send(Err(write_error(&e)));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { tx }
+    }
+}
+
+/// What a failed `client_write` means, for each command of the entry.
+fn write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ReplicaError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ReplicaError::NotLeader {
+            leader: f.leader_id,
+            addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        RaftError::Fatal(f) => ReplicaError::Fatal(f.clone()),
+        e => ReplicaError::Raft(e.to_string()),
+    }
 }
 
 /// The groups' timing. A heartbeat's answer may take up to the interval (openraft's limit
@@ -105,7 +187,16 @@ impl Replica {
         let raft =
             Raft::new(host.node, config, Network::new(host.peers.clone(), group), log, machine).await?;
         host.groups.insert(group, raft.clone());
-        Ok(Self { node: host.node, group, raft, partitions, groups: host.groups.clone() })
+        let batcher = Batcher::start(raft.clone());
+        Ok(Self {
+            node: host.node,
+            group,
+            raft,
+            partitions,
+            groups: host.groups.clone(),
+            batcher,
+            reads: Arc::default(),
+        })
     }
 
     /// Makes `members` the group's first voters (on one node of a new cluster). A group
@@ -118,20 +209,19 @@ impl Replica {
         }
     }
 
-    /// Appends `command` for `partition` to the log; answers what applying it answered, once
-    /// a majority of the voters hold the entry durably and it is applied here.
+    /// Appends `command` for `partition` to the log (in one entry with whatever else is
+    /// proposed meanwhile); answers what applying it answered, once a majority of the voters
+    /// hold the entry durably and it is applied here.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
         if self.partitions.get(partition as usize).is_none() {
             return Err(ReplicaError::NoPartition { group: self.group, partition });
         }
-        match self.raft.client_write(super::Proposal { partition, command }).await {
-            Ok(resp) => resp.data.ok_or_else(|| ReplicaError::Raft("the entry applied to nothing".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
-            }
-            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
-            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        let (answer, outcome) = tokio::sync::oneshot::channel();
+        let waiting = Waiting { command: super::Proposed { partition, command }, answer };
+        if self.batcher.tx.send(waiting).is_err() {
+            return Err(ReplicaError::Raft("the replica's proposer stopped".into()));
         }
+        outcome.await.map_err(|_| ReplicaError::Raft("the replica's proposer dropped the command".into()))?
     }
 
     /// Adds `node` (its peer address `addr`) as a learner and waits until it has caught up
@@ -167,17 +257,46 @@ impl Replica {
         self.raft.metrics()
     }
 
-    /// Confirms this member still leads: a heartbeat round acknowledged by a majority, and
-    /// this member applied everything committed before it (openraft's read-index).
+    /// Confirms this member still leads: a heartbeat round, started after this call, was
+    /// acknowledged by a majority, and this member applied everything committed before it
+    /// (openraft's read-index). Calls that arrive while a round is out share the next one.
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
-            }
-            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
-            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+        let (answer, confirmed) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut round = self.reads.lock();
+            round.waiting.push(answer);
+            !std::mem::replace(&mut round.running, true)
+        };
+        if start {
+            let (raft, reads) = (self.raft.clone(), self.reads.clone());
+            tokio::spawn(async move {
+                loop {
+                    let waiting = {
+                        let mut round = reads.lock();
+                        if round.waiting.is_empty() {
+                            round.running = false;
+                            return;
+                        }
+                        std::mem::take(&mut round.waiting)
+                    };
+                    let confirmed = raft.ensure_linearizable().await;
+                    for answer in waiting {
+                        let _ = answer.send(match &confirmed {
+                            Ok(_) => Ok(()),
+                            Err(RaftError::APIError(
+                                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                            )) => Err(ReplicaError::NotLeader {
+                                leader: f.leader_id,
+                                addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                            }),
+                            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f.clone())),
+                            Err(e) => Err(ReplicaError::Raft(e.to_string())),
+                        });
+                    }
+                }
+            });
         }
+        confirmed.await.map_err(|_| ReplicaError::Raft("the read confirmation round was dropped".into()))?
     }
 
     pub fn is_leader(&self) -> bool {

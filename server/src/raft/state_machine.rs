@@ -251,7 +251,7 @@ impl RaftStateMachine<Restm> for PartitionMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<Outcome>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Option<Outcome>>>, StorageError>
     where
         I: IntoIterator<Item = Entry<Restm>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -260,24 +260,28 @@ impl RaftStateMachine<Restm> for PartitionMachine {
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
-                EntryPayload::Blank => None,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    None
+                    Vec::new()
                 }
-                EntryPayload::Normal(p) => match self.partitions.get(p.partition as usize) {
-                    Some(part) => Some(apply_observed(part, &p.command, &*self.observer)),
-                    None => {
-                        // Proposers check the partition first; an entry for another is
-                        // skipped the same way on every replica.
-                        tracing::error!(
-                            group = self.group,
-                            partition = p.partition,
-                            "entry for a partition the group does not hold"
-                        );
-                        None
-                    }
-                },
+                EntryPayload::Normal(batch) => batch
+                    .commands
+                    .iter()
+                    .map(|p| match self.partitions.get(p.partition as usize) {
+                        Some(part) => Some(apply_observed(part, &p.command, &*self.observer)),
+                        None => {
+                            // Proposers check the partition first; a command for another is
+                            // skipped the same way on every replica.
+                            tracing::error!(
+                                group = self.group,
+                                partition = p.partition,
+                                "command for a partition the group does not hold"
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
             });
         }
         Ok(out)
