@@ -144,7 +144,21 @@ impl Batcher {
     }
 }
 
-/// What a failed `client_write` means, for each command of the entry.
+/// What a failed read-index round means, for each read that waited on it.
+fn read_error(e: &RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, BasicNode>>) -> ReplicaError {
+    match e {
+        RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+            ReplicaError::NotLeader {
+                leader: f.leader_id,
+                addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            }
+        }
+        RaftError::Fatal(f) => ReplicaError::Fatal(f.clone()),
+        e => ReplicaError::Raft(e.to_string()),
+    }
+}
+
+/// What a failed `client_write` (or membership change) means, for each command of the entry.
 fn write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ReplicaError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ReplicaError::NotLeader {
@@ -227,14 +241,11 @@ impl Replica {
     /// Adds `node` (its peer address `addr`) as a learner and waits until it has caught up
     /// with the log or a snapshot. Only the leader can.
     pub async fn add_learner(&self, node: NodeId, addr: &str) -> Result<(), ReplicaError> {
-        match self.raft.add_learner(node, BasicNode { addr: addr.to_string() }, true).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ReplicaError::NotLeader { leader: f.leader_id, addr: f.leader_node.map(|n| n.addr) })
-            }
-            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f)),
-            Err(e) => Err(ReplicaError::Raft(e.to_string())),
-        }
+        self.raft
+            .add_learner(node, BasicNode { addr: addr.to_string() }, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| write_error(&e))
     }
 
     /// The partitions this member applies to.
@@ -281,17 +292,7 @@ impl Replica {
                     };
                     let confirmed = raft.ensure_linearizable().await;
                     for answer in waiting {
-                        let _ = answer.send(match &confirmed {
-                            Ok(_) => Ok(()),
-                            Err(RaftError::APIError(
-                                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-                            )) => Err(ReplicaError::NotLeader {
-                                leader: f.leader_id,
-                                addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                            }),
-                            Err(RaftError::Fatal(f)) => Err(ReplicaError::Fatal(f.clone())),
-                            Err(e) => Err(ReplicaError::Raft(e.to_string())),
-                        });
+                        let _ = answer.send(confirmed.as_ref().map(|_| ()).map_err(read_error));
                     }
                 }
             });
