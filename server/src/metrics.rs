@@ -62,6 +62,8 @@ pub struct RaftGauges {
     pub applied_index: i64,
     /// Per follower (leader only): entries it trails the leader's log by.
     pub follower_lag: Vec<(u64, i64)>,
+    /// How far the most lagging partition's closed timestamp trails this node's clock.
+    pub closed_lag_seconds: f64,
 }
 
 /// The process's resident memory (`VmRSS`), on Linux.
@@ -109,6 +111,7 @@ pub struct Metrics {
     raft_leader: Gauge,
     raft_last_log: Gauge,
     raft_applied: Gauge,
+    raft_closed_lag: Gauge<f64, AtomicU64>,
     raft_lag: Family<Labels, Gauge>,
 }
 
@@ -153,6 +156,7 @@ impl Metrics {
             raft_leader: Gauge::default(),
             raft_last_log: Gauge::default(),
             raft_applied: Gauge::default(),
+            raft_closed_lag: Gauge::default(),
             raft_lag: Family::default(),
             registry: Registry::default(),
         };
@@ -276,6 +280,12 @@ impl Metrics {
             m.raft_applied.clone(),
         );
         registry.register(
+            "restm_closed_timestamp_lag_seconds",
+            "How far the most lagging partition's closed timestamp trails this node's clock: \
+             reads with X-reSTM-At older than this are served here, without the leader",
+            m.raft_closed_lag.clone(),
+        );
+        registry.register(
             "restm_raft_follower_lag_entries",
             "Entries each follower trails the leader's log by (on the leader)",
             m.raft_lag.clone(),
@@ -355,6 +365,7 @@ impl Metrics {
             self.raft_leader.set(i64::from(r.is_leader));
             self.raft_last_log.set(r.last_log_index);
             self.raft_applied.set(r.applied_index);
+            self.raft_closed_lag.set(r.closed_lag_seconds);
             self.raft_lag.clear();
             for (node, lag) in &r.follower_lag {
                 self.raft_lag.get_or_create(&vec![("node".to_string(), node.to_string())]).set(*lag);

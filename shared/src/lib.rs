@@ -264,6 +264,22 @@ pub struct GroupStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// Per follower: how many entries it trails the leader's log by (leader only).
     pub follower_lag: Vec<FollowerLag>,
+    /// Per partition, as this node applied it: the closed timestamp. A read with
+    /// `X-reSTM-At` at or below it is served by this node from its own state, without the
+    /// leader (a follower read).
+    #[serde(default)]
+    pub closed: Vec<ClosedTimestamp>,
+}
+
+/// A partition's closed timestamp on one node: no commit at or below it is still to come.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClosedTimestamp {
+    pub partition: u32,
+    /// The closed version (0: never closed).
+    pub version: u64,
+    /// How far it trails this node's clock, in milliseconds.
+    pub lag_ms: u64,
 }
 
 /// How far one follower trails.

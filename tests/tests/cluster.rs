@@ -555,3 +555,55 @@ async fn a_leader_cut_off_from_both_followers_answers_503_and_loses_nothing() {
         }
     }
 }
+
+/// The closed timestamp of `ptr`'s partition as `base` reports it (0 if it lists none).
+/// The lowest closed timestamp a member reports over all its partitions (0 before any).
+async fn closed_on(http: &reqwest::Client, base: &str) -> u64 {
+    let st: Value = http.get(format!("{base}/cluster")).send().await.unwrap().json().await.unwrap();
+    st["groups"][0]["closed"]
+        .as_array()
+        .and_then(|c| c.iter().map(|c| c["version"].as_u64().unwrap_or(0)).min())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_follower_serves_reads_below_its_closed_timestamp_and_nothing_later() {
+    let proxy = restm_tests::LinkProxy::default();
+    let mut node = Node::cluster_through(3, &[], &proxy).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let lead = member(&mut node, l).base.clone();
+    let f = (l + 1) % 3;
+    let follower = member(&mut node, f).base.clone();
+    let put = |v: i64| http.put(format!("{lead}/ptr/fr")).json(&json!(v)).send();
+    let r = put(1).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v1: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    // The follower applies a Close above the write, on every partition, within a few ticks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed_on(&http, &follower).await < v1 {
+        assert!(Instant::now() < deadline, "the follower's closed timestamp never passed {v1}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for o in (0..3).filter(|i| *i != f) {
+        proxy.cut(f as u64 + 1, o as u64 + 1);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = put(2).await.unwrap();
+    assert_eq!(r.status(), 200, "the majority still writes");
+    let v2: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    // At v1 the follower answers itself, right, though it hears from nobody.
+    let r = http.get(format!("{follower}/ptr/fr")).header("X-reSTM-At", v1.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-restm-served-by"].to_str().unwrap(), (f + 1).to_string());
+    assert_eq!(r.json::<Value>().await.unwrap(), json!(1));
+    // At v2 it has closed nothing that high: it does not answer from its own state.
+    let r = http.get(format!("{follower}/ptr/fr")).header("X-reSTM-At", v2.to_string()).send().await.unwrap();
+    if r.status() == 200 {
+        assert_ne!(r.headers()["x-restm-served-by"].to_str().unwrap(), (f + 1).to_string());
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(2));
+    } else {
+        assert!(matches!(r.status().as_u16(), 400 | 503), "{}", r.status());
+    }
+    proxy.heal();
+}

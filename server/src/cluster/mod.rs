@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use restm_shared::{ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
+use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
 
 use crate::engine::command::{Command, Outcome};
 use crate::raft::replica::{Host, Replica, ReplicaError, loopback_config};
@@ -138,6 +138,11 @@ impl Cluster {
         self.config.node_id
     }
 
+    /// The data group's term, as this node knows it.
+    pub fn term(&self) -> u64 {
+        self.replica.metrics().current_term
+    }
+
     /// The data group's leader, as this node knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.replica.metrics().current_leader
@@ -231,8 +236,8 @@ impl Cluster {
         }
     }
 
-    /// `GET /cluster`.
-    pub fn status(&self) -> ClusterStatus {
+    /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
+    pub fn status(&self, now_millis: u64) -> ClusterStatus {
         let m = self.replica.metrics();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -294,6 +299,16 @@ impl Cluster {
                 applied_index: m.last_applied.map(|l| l.index),
                 millis_since_quorum_ack: m.millis_since_quorum_ack,
                 follower_lag,
+                closed: self
+                    .replica
+                    .partitions()
+                    .iter()
+                    .map(|p| {
+                        let version = p.closed();
+                        let lag_ms = now_millis.saturating_sub(crate::engine::hlc::millis_of(version));
+                        ClosedTimestamp { partition: p.id, version, lag_ms }
+                    })
+                    .collect(),
             }],
         }
     }

@@ -14,6 +14,7 @@
 //! | [`Command::Commit`] | install the txn's intents at `commit_version`; forget its record |
 //! | [`Command::Abort`] | drop the txn's intents and its record |
 //! | [`Command::TxnRecord`] | on the primary's partition: the txn's fate; [`TxnState::Committed`] is the commit point |
+//! | [`Command::Close`] | raise the partition's closed timestamp: no later command commits at or below it |
 //!
 //! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
 //! the engine), decide who waits, and are never replicated. `Prepare` re-checks everything
@@ -71,6 +72,12 @@ pub enum Command {
         txn: TxnId,
         state: TxnState,
     },
+    /// The leader's promise that no commit at or below `closed` will land on the partition
+    /// after this command: every such commit is applied before it, or is an intent already
+    /// here. Any replica may then serve a read at or below it from its own state.
+    Close {
+        closed: u64,
+    },
 }
 
 /// What applying a command answered.
@@ -87,4 +94,6 @@ pub enum Outcome {
     Aborted,
     /// `TxnRecord`: recorded.
     Recorded,
+    /// `Close`: the partition's closed timestamp now (it never goes down).
+    Closed(u64),
 }

@@ -85,13 +85,17 @@ impl Engine {
         }
         // 2. The commit version: above every version issued so far, so above every version
         //    on the written pointers and above the prepared marks.
-        let commit_version = self.hlc.tick();
+        //    Replicated, it holds the partitions' closed timestamp below it until it lands.
+        let commit_version = if apply { self.hlc.tick() } else { self.in_flight.issue(&self.hlc) };
         // 3. Validate the reads against what is committed or locked now.
         for (pidx, group) in std::mem::take(&mut reads_by_partition) {
             let _span =
                 tracing::debug_span!("partition.validate", restm.partition = pidx, restm.reads = group.len())
                     .entered();
             if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
+                if !apply {
+                    self.in_flight.release(commit_version);
+                }
                 self.abort_prepared(&txn.id, &prepared);
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
                 return Err(EngineError::Conflict { txn: txn.id.clone(), conflict });
@@ -225,6 +229,7 @@ impl Engine {
             self.partition(ptr).unlock(&prepared.txn.id, ptr);
         }
         self.installed(&prepared.txn, &released, prepared.commit_version);
+        self.in_flight.release(prepared.commit_version);
         prepared.commit_version
     }
 
@@ -232,6 +237,14 @@ impl Engine {
     /// or the logs unavailable before the commit point): aborted, locks released. The caller
     /// has proposed `Abort` where intents were prepared.
     pub fn fail_replicated(&self, prepared: PreparedCommit, reason: AbortReason) {
+        self.in_flight.release(prepared.commit_version);
+        self.abort_committing(&prepared.txn, reason);
+    }
+
+    /// [`Self::fail_replicated`] for a one-partition commit whose entry may still land (its
+    /// proposal timed out): its version keeps holding the closed timestamp back until this
+    /// node loses the lead.
+    pub fn abandon_replicated(&self, prepared: PreparedCommit, reason: AbortReason) {
         self.abort_committing(&prepared.txn, reason);
     }
 

@@ -78,6 +78,10 @@ pub enum Conflict {
     /// else holds it either. The engine never releases a committing transaction's lock, so
     /// this names a broken invariant rather than a race another transaction won.
     LockLost { ptr: PtrId },
+    /// The commit version was at or below the partition's closed timestamp, which promised
+    /// replicas that no commit that low was still to come: only a deposed leader's command
+    /// can be that old, and it is refused on every replica alike.
+    Closed { ptr: PtrId, closed: u64 },
 }
 
 impl Conflict {
@@ -86,7 +90,8 @@ impl Conflict {
             Conflict::Locked { ptr, .. }
             | Conflict::Stale { ptr, .. }
             | Conflict::Collected { ptr }
-            | Conflict::LockLost { ptr } => ptr,
+            | Conflict::LockLost { ptr }
+            | Conflict::Closed { ptr, .. } => ptr,
         }
     }
 
@@ -122,6 +127,11 @@ impl fmt::Display for Conflict {
             Conflict::LockLost { ptr } => {
                 write!(f, "the lock on {ptr:?} was no longer held at prepare (an engine invariant broke)")
             }
+            Conflict::Closed { ptr, closed } => write!(
+                f,
+                "the commit of {ptr:?} came at or below its partition's closed timestamp {closed} (its \
+                 coordinator no longer leads); begin it again"
+            ),
         }
     }
 }

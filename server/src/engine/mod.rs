@@ -20,6 +20,7 @@
 //! through [`partition::Partition::apply`] of a [`command::Command`].
 
 pub mod clock;
+mod closed;
 pub mod cold;
 pub mod command;
 mod commit;
@@ -210,6 +211,8 @@ pub struct Engine {
     pins: PinTable,
     /// The memory-pressure level ([`Pressure`] as a number).
     pressure: AtomicU8,
+    /// Replicated commits' versions not yet landed: what the leader may close.
+    in_flight: closed::InFlight,
 }
 
 impl Engine {
@@ -241,6 +244,7 @@ impl Engine {
             horizon: AtomicU64::new(0),
             pins: PinTable::default(),
             pressure: AtomicU8::new(Pressure::Low as u8),
+            in_flight: closed::InFlight::default(),
         }
     }
 
@@ -302,6 +306,28 @@ impl Engine {
     /// The index of `ptr`'s partition.
     pub(super) fn partition_index(&self, ptr: &str) -> usize {
         partition_of(ptr, self.partitions.len() as u32) as usize
+    }
+
+    /// The highest timestamp this node, leading, may close on its partitions now (see
+    /// [`closed`]).
+    pub fn closable(&self) -> u64 {
+        self.in_flight.closable(&self.hlc)
+    }
+
+    /// How many replicated commits hold the closed timestamp back.
+    pub fn commits_in_flight(&self) -> usize {
+        self.in_flight.holding()
+    }
+
+    /// Forgets the commits in flight (this node lost the lead).
+    pub fn forget_in_flight(&self) {
+        self.in_flight.forget();
+    }
+
+    /// `ptr`'s partition's closed timestamp: a read at or below it is served from this
+    /// node's own state.
+    pub fn closed_for(&self, ptr: &str) -> u64 {
+        self.partition(ptr).closed()
     }
 
     /// The newest version any read can see right now; a fresh snapshot.

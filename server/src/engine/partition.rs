@@ -82,6 +82,8 @@ pub struct Partition {
     prepared: Mutex<HashMap<TxnId, Vec<PtrId>>>,
     /// Records of txns whose primary pointer is here (replicated).
     records: Mutex<HashMap<TxnId, TxnState>>,
+    /// The closed timestamp (replicated): no commit at or below it is still to come.
+    closed: AtomicU64,
 }
 
 /// A partition's replicated state in a canonical order, for comparing replicas.
@@ -91,6 +93,7 @@ pub struct PartitionDump {
     pub pointers: BTreeMap<PtrId, (Vec<VersionRec>, bool, Option<Intent>)>,
     pub prepared: BTreeMap<TxnId, Vec<PtrId>>,
     pub records: BTreeMap<TxnId, TxnState>,
+    pub closed: u64,
 }
 
 /// Whether a read of `ptr` that saw `seen` still holds on `chain`: no version newer than
@@ -380,7 +383,32 @@ impl Partition {
                 self.records.lock().insert(txn.clone(), *state);
                 Outcome::Recorded
             }
+            Command::Close { closed } => {
+                // Never past a prepared txn's mark: its commit version is only known to be
+                // above that, and a next leader may still install it (by its record).
+                let closed = (*closed).min(self.lowest_prepared_mark());
+                let before = self.closed.fetch_max(closed, Ordering::SeqCst);
+                Outcome::Closed(before.max(closed))
+            }
         }
+    }
+
+    /// The lowest `prepared_above` of the txns prepared here (`u64::MAX` when none is).
+    fn lowest_prepared_mark(&self) -> u64 {
+        let firsts: Vec<PtrId> =
+            self.prepared.lock().values().filter_map(|ptrs| ptrs.first().cloned()).collect();
+        firsts
+            .iter()
+            .filter_map(|ptr| self.cell(ptr))
+            .filter_map(|cell| cell.state.lock().intent.as_ref().map(|i| i.prepared_above))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The closed timestamp: a read at or below it sees every commit it ever will, on any
+    /// replica that applied this far.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The writes `txn` holds intents for here (pointer, value), ascending, with its trace:
@@ -441,6 +469,12 @@ impl Partition {
             }
             _ => Ok(()),
         };
+        if let (Some(cv), Some((ptr, _))) = (below, writes.first()) {
+            let closed = self.closed();
+            if cv <= closed {
+                return Err(Conflict::Closed { ptr: ptr.clone(), closed });
+            }
+        }
         let mut cells = Vec::with_capacity(writes.len());
         for (ptr, _) in writes {
             let cell = self.cell(ptr);
@@ -537,7 +571,7 @@ impl Partition {
         }
         let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        PartitionDump { pointers, prepared, records }
+        PartitionDump { pointers, prepared, records, closed: self.closed() }
     }
 
     /// Replaces the replicated state wholesale with `image` (a snapshot a replica installs).
@@ -561,6 +595,7 @@ impl Partition {
         }
         *self.prepared.lock() = image.prepared.into_iter().collect();
         *self.records.lock() = image.records.into_iter().collect();
+        self.closed.store(image.closed, Ordering::SeqCst);
     }
 
     /// Reads the version of `ptr` visible at `at` for `reader` (which may be `None`).
@@ -699,6 +734,47 @@ mod tests {
     }
 
     #[test]
+    fn a_close_stops_below_prepared_intents_and_refuses_commits_at_or_below_it() {
+        let p = Partition::new(0);
+        let (x, y): (PtrId, PtrId) = ("x".into(), "y".into());
+        let prepare = Command::Prepare {
+            txn: "a".into(),
+            trace_id: "t".into(),
+            prepared_above: 50,
+            reads: vec![],
+            writes: vec![(x.clone(), Some(Bytes::from_static(b"1")))],
+            primary: x.clone(),
+        };
+        assert_eq!(p.apply(&prepare, 8), Outcome::Prepared);
+        // The txn's version is only known to be above 50: a close at 90 stops at 50.
+        assert_eq!(p.apply(&Command::Close { closed: 90 }, 8), Outcome::Closed(50));
+        assert_eq!(p.closed(), 50);
+        // Its record's version (here 60) still installs.
+        assert_eq!(
+            p.apply(&Command::Commit { txn: "a".into(), commit_version: 60 }, 8),
+            Outcome::Committed(60)
+        );
+        assert_eq!(p.apply(&Command::Close { closed: 90 }, 8), Outcome::Closed(90));
+        // A close never goes back.
+        assert_eq!(p.apply(&Command::Close { closed: 70 }, 8), Outcome::Closed(90));
+        let write = |v: u64| Command::PrepareCommit {
+            txn: "b".into(),
+            trace_id: "t".into(),
+            commit_version: v,
+            reads: vec![],
+            writes: vec![(y.clone(), Some(Bytes::from_static(b"2")))],
+        };
+        for v in [90, 80] {
+            assert!(
+                matches!(p.apply(&write(v), 8), Outcome::Conflict(Conflict::Closed { closed: 90, .. })),
+                "a commit at {v} after a close at 90"
+            );
+        }
+        assert!(matches!(p.read("y", 95, None), PartitionRead::Absent));
+        assert_eq!(p.apply(&write(91), 8), Outcome::Committed(91));
+    }
+
+    #[test]
     fn empty_cells_are_unlinked_on_unlock() {
         let p = Partition::new(0);
         let a: TxnId = "a".into();
@@ -831,11 +907,19 @@ mod tests {
     /// versions seen are resolved against the replicas' (identical) state.
     #[derive(Debug, Clone)]
     enum Step {
-        Prepare { reads: Vec<(usize, Seen)>, writes: Vec<(usize, bool)> },
-        PrepareCommit { reads: Vec<(usize, Seen)>, writes: Vec<(usize, bool)> },
+        Prepare {
+            reads: Vec<(usize, Seen)>,
+            writes: Vec<(usize, bool)>,
+        },
+        PrepareCommit {
+            reads: Vec<(usize, Seen)>,
+            writes: Vec<(usize, bool)>,
+        },
         Commit(usize),
         Abort(usize),
         Record(usize, bool),
+        /// Closes at the clock, give or take: ahead of it, later commits are refused.
+        Close(u64),
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -856,6 +940,7 @@ mod tests {
             2 => (0..8usize).prop_map(Step::Commit),
             1 => (0..8usize).prop_map(Step::Abort),
             1 => (0..8usize, any::<bool>()).prop_map(|(t, c)| Step::Record(t, c)),
+            1 => (0..6u64).prop_map(Step::Close),
         ]
     }
 
@@ -902,10 +987,16 @@ mod tests {
                         txn: txns[i % txns.len()].clone(),
                         state: if c { TxnState::Committed(clock) } else { TxnState::Open },
                     },
+                    Step::Close(d) => Command::Close { closed: (clock + d).saturating_sub(3) },
                     _ => continue,
                 };
+                let closed = a.closed();
                 let (oa, ob) = (a.apply(&cmd, 3), b.apply(&cmd, 3));
                 proptest::prop_assert_eq!(&oa, &ob, "{:?}", cmd);
+                if let (Command::PrepareCommit { commit_version, .. }, Outcome::Committed(_)) = (&cmd, &oa) {
+                    proptest::prop_assert!(*commit_version > closed, "a commit at {} under a close at {}", commit_version, closed);
+                }
+                proptest::prop_assert!(a.closed() >= closed, "the closed timestamp went back");
                 log.push((cmd, oa));
                 proptest::prop_assert_eq!(a.dump(), b.dump());
             }

@@ -97,13 +97,13 @@ pub async fn health() -> Json<Health> {
 }
 
 /// The members and the data group as this node sees them: leader, voters, term, log and
-/// applied indexes, and how far each follower trails.
+/// applied indexes, how far each follower trails, and each partition's closed timestamp.
 #[utoipa::path(get, path = "/cluster", tag = "node", responses((status = 200, body = restm_shared::ClusterStatus)))]
 pub async fn cluster_status(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Json<restm_shared::ClusterStatus> {
     Json(match state.node.cluster() {
-        Some(c) => c.status(),
+        Some(c) => c.status(state.node.now_millis()),
         None => restm_shared::ClusterStatus {
             cluster: "restm".into(),
             node_id: 1,

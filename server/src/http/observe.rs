@@ -38,7 +38,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         memory_budget_bytes: node.memory_budget() as i64,
         pressure_level: node.pressure() as i64,
         raft: node.cluster().map(|c| {
-            let st = c.status();
+            let st = c.status(now);
             let g = st.groups.first();
             let as_i64 = |v: Option<u64>| v.map_or(0, |v| v as i64);
             crate::metrics::RaftGauges {
@@ -49,6 +49,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 follower_lag: g
                     .map(|g| g.follower_lag.iter().map(|f| (f.node_id, as_i64(f.lag))).collect())
                     .unwrap_or_default(),
+                closed_lag_seconds: g.and_then(|g| g.closed.iter().map(|c| c.lag_ms).max()).unwrap_or(0)
+                    as f64
+                    / 1000.0,
             }
         }),
     };

@@ -5,6 +5,12 @@
 //!
 //! - On the leader, a latest read first confirms the lead with a heartbeat round to a
 //!   majority (openraft's read-index), so no read is older than an acknowledged write.
+//! - A follower read: `GET /ptr/{id}` with `X-reSTM-At` at or below the pointer's
+//!   partition's closed timestamp on this node (and not below its GC horizon) is served
+//!   here, by any member, from its own state: every commit at or below that timestamp is
+//!   already applied here. Anything later goes to the leader.
+//! - Every answer a member serves names it in `X-reSTM-Served-By` (a forwarded answer keeps
+//!   the leader's).
 //! - A request is handed on once: one that arrives already forwarded (`x-restm-forwarded`)
 //!   at a node that does not lead is answered `503 unavailable` with `Retry-After`, as is
 //!   one that finds no leader elected or cannot reach it.
@@ -22,6 +28,8 @@ use super::error::ApiError;
 
 /// Set on a request a member handed on to the leader (its value: that member's id).
 pub const HEADER_FORWARDED: &str = "x-restm-forwarded";
+/// Set on every answer a member of a cluster served itself: its node id.
+pub const HEADER_SERVED_BY: &str = "x-restm-served-by";
 
 /// How long handing a request on may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,6 +56,10 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
     if !leader_route(req.uri().path()) {
         return next.run(req).await;
     }
+    let me = cluster.node_id();
+    if follower_read(state, &req) {
+        return served_by(me, next.run(req).await);
+    }
     if cluster.is_leader() {
         if req.method() == Method::GET
             && let Err(e) = cluster.confirm_leader().await
@@ -55,7 +67,7 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
             return ApiError::Unavailable(format!("this node could not confirm it still leads: {e}; retry"))
                 .into_response();
         }
-        return next.run(req).await;
+        return served_by(me, next.run(req).await);
     }
     if req.headers().contains_key(HEADER_FORWARDED) {
         return ApiError::Unavailable(
@@ -77,6 +89,35 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether `req` is a read this node serves from its own state, leader or not: `GET
+/// /ptr/{id}` outside a txn, with `X-reSTM-At` at or below the closed timestamp of the
+/// pointer's partition here and not below this node's GC horizon. Anything this cannot
+/// read (a malformed header, say) goes the usual way, and is answered there.
+fn follower_read(state: &AppState, req: &Request) -> bool {
+    if req.method() != Method::GET {
+        return false;
+    }
+    let Some(raw) = req.uri().path().strip_prefix("/ptr/") else { return false };
+    let headers = req.headers();
+    if raw.is_empty()
+        || raw.contains('/')
+        || headers.contains_key(restm_shared::HEADER_TXN)
+        || headers.contains_key(restm_shared::HEADER_LOCK)
+    {
+        return false;
+    }
+    let Some(at) = headers.get(restm_shared::HEADER_AT).and_then(|v| v.to_str().ok()) else { return false };
+    let Ok(ptr) = percent_encoding::percent_decode_str(raw).decode_utf8() else { return false };
+    let Ok(at) = super::request::parse_at(&state.node, at) else { return false };
+    at <= state.node.closed_for(&ptr) && state.node.check_horizon(at).is_ok()
+}
+
+/// Names this member on an answer it served.
+fn served_by(me: u64, mut resp: Response) -> Response {
+    resp.headers_mut().insert(HEADER_SERVED_BY, HeaderValue::from(me));
+    resp
 }
 
 /// Sends `req` to the node at `url` and relays its answer.

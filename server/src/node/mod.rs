@@ -264,6 +264,12 @@ impl Node {
         self.engine.check_at(at)
     }
 
+    /// The closed timestamp of `ptr`'s partition here: a read at or below it needs no
+    /// leader (0 on a cluster of one, which never closes).
+    pub fn closed_for(&self, ptr: &str) -> u64 {
+        self.engine.closed_for(ptr)
+    }
+
     /// Refuses a read at `at` below the GC horizon.
     pub fn check_horizon(&self, at: u64) -> Result<(), EngineError> {
         self.engine.check_horizon(at)

@@ -121,9 +121,18 @@ impl Node {
                 let Some(n) = node.upgrade() else { return };
                 if now && !leading {
                     tracing::info!(node = cluster.node_id(), "leading the data group");
-                    let (n2, c2) = (n.clone(), cluster.clone());
-                    tokio::spawn(async move { n2.resolve_orphans(&c2).await });
+                    let (n2, c2) = (Arc::downgrade(&n), cluster.clone());
+                    tokio::spawn(async move {
+                        let caught_up = match n2.upgrade() {
+                            Some(n) => n.resolve_orphans(&c2).await,
+                            None => false,
+                        };
+                        if caught_up {
+                            close_while_leading(n2, c2).await;
+                        }
+                    });
                 } else if !now && leading {
+                    n.engine.forget_in_flight();
                     let aborted = n.abort_all(AbortReason::LeadershipLost);
                     tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), aborted, "stopped leading the data group");
                 }
@@ -149,10 +158,12 @@ impl Node {
 
     /// Resolves the txns a previous leader left prepared: by their records, committed ones
     /// are installed and the rest aborted. Txns this node coordinates are left alone.
-    async fn resolve_orphans(&self, cluster: &Cluster) {
+    /// Answers whether this node applied its whole log first (its clock is then above every
+    /// version in it, and it may close timestamps).
+    async fn resolve_orphans(&self, cluster: &Cluster) -> bool {
         if let Err(e) = cluster.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(error = %e, "a new leader could not apply its log; orphans stay until the next election");
-            return;
+            return false;
         }
         let partitions = self.engine.shared_partitions();
         let mut orphans: std::collections::BTreeMap<TxnId, Vec<u32>> = Default::default();
@@ -183,10 +194,42 @@ impl Node {
             for p in parts {
                 if let Err(e) = cluster.propose(p, cmd.clone()).await {
                     tracing::warn!(txn = %txn, error = %e, "resolving an orphaned txn; the next leader retries");
-                    return;
+                    return true;
                 }
             }
             tracing::info!(txn = %txn, outcome = what, "resolved a txn the last leader left prepared");
+        }
+        true
+    }
+}
+
+/// How often a leader raises its partitions' closed timestamps: a follower read can ask
+/// for a moment this far back and be served locally.
+const CLOSE_EVERY: Duration = Duration::from_millis(200);
+
+/// While this node leads (the same term), proposes `Close` on every partition every
+/// [`CLOSE_EVERY`], at the highest timestamp no commit in flight is at or below (the
+/// commands share one log entry).
+async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
+    let term = cluster.term();
+    let mut closed = 0;
+    loop {
+        tokio::time::sleep(CLOSE_EVERY).await;
+        if !cluster.is_leader() || cluster.term() != term {
+            return;
+        }
+        let Some(n) = node.upgrade() else { return };
+        let at = n.engine.closable();
+        if at <= closed {
+            continue;
+        }
+        let partitions = n.engine.shared_partitions().len() as u32;
+        drop(n);
+        let proposals = (0..partitions).map(|p| cluster.propose(p, Command::Close { closed: at }));
+        let answers = futures_util::future::join_all(proposals).await;
+        match answers.into_iter().find_map(Result::err) {
+            None => closed = at,
+            Some(e) => tracing::debug!(error = %e, "closing timestamps; again at the next tick"),
         }
     }
 }
@@ -260,7 +303,7 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
             }
             Err(e) => {
                 let cause = unavailable(&e);
-                engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
+                engine.abandon_replicated(prepared, AbortReason::Storage(cause.clone()));
                 return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
             }
         }

@@ -86,6 +86,8 @@ fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> O
             observer.saw_version(*commit_version)
         }
         Command::TxnRecord { state: TxnState::Committed(v), .. } => observer.saw_version(*v),
+        // A leader elected later issues versions above what an earlier one closed.
+        Command::Close { closed } => observer.saw_version(*closed),
         _ => {}
     }
     // A `Commit` installs the intents: read them before they go.
