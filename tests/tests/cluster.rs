@@ -607,3 +607,64 @@ async fn a_cut_off_follower_serves_reads_below_its_closed_timestamp_and_nothing_
     }
     proxy.heal();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn as_of_reads_on_every_member_are_exact_while_writes_go_on() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let lead = member(&mut node, l).base.clone();
+    let bases: Vec<String> = (0..3).map(|i| member(&mut node, i).base.clone()).collect();
+    // Writes of 0, 1, 2, … to one pointer, each read back at its version, while the
+    // next ones land, from every member in turn: whoever serves it, the answer is exact.
+    let mut versions = Vec::new();
+    for i in 0..60i64 {
+        let r = http.put(format!("{lead}/ptr/exact")).json(&json!(i)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+        versions.push(v);
+        let at = versions[(i as usize).saturating_sub(3)];
+        let want = (i - 3).max(0);
+        let base = &bases[i as usize % 3];
+        let r =
+            http.get(format!("{base}/ptr/exact")).header("X-reSTM-At", at.to_string()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{base} at {at}");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(want), "{base} at {at}");
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    // Once every member closed past the last write, each serves all of it itself, exactly,
+    // including the moments between two writes.
+    let last = *versions.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for base in &bases {
+        while closed_on(&http, base).await < last {
+            assert!(Instant::now() < deadline, "{base} never closed past {last}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (m, base) in bases.iter().enumerate() {
+        for (i, v) in versions.iter().enumerate() {
+            for (at, want) in [(*v, i as i64), (v - 1, i as i64 - 1)] {
+                let r = http
+                    .get(format!("{base}/ptr/exact"))
+                    .header("X-reSTM-At", at.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    r.headers()["x-restm-served-by"].to_str().unwrap(),
+                    (m + 1).to_string(),
+                    "{base} at {at}"
+                );
+                if want < 0 {
+                    assert_eq!(r.status(), 404, "{base} before the first write");
+                } else {
+                    assert_eq!(r.status(), 200, "{base} at {at}");
+                    assert_eq!(r.json::<Value>().await.unwrap(), json!(want), "{base} at {at}");
+                }
+            }
+        }
+    }
+}

@@ -44,8 +44,10 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     params(("id" = String, Path, description = "pointer id, percent-encoded, 1..=512 bytes"),
         ("X-reSTM-Txn" = Option<String>, Header, description = "read inside this transaction"),
         ("X-reSTM-Lock" = Option<String>, Header, description = "`update`: a locking read (needs X-reSTM-Txn); holds the pointer's lock until the transaction ends"),
-        ("X-reSTM-At" = Option<String>, Header, description = "read as of a version, RFC 3339 instant or -10s")),
-    responses((status = 200, description = "the stored JSON value; X-reSTM-Version names its version", body = Object),
+        ("X-reSTM-At" = Option<String>, Header, description = "read as of a version, RFC 3339 instant or -10s. On a cluster, at or below \
+            the partition's closed timestamp (GET /cluster) any member serves it from its own state")),
+    responses((status = 200, description = "the stored JSON value; X-reSTM-Version names its version. On a cluster, X-reSTM-Served-By \
+            names the member that served it", body = Object),
         (status = 404, description = "absent at that snapshot", body = Problem),
         (status = 400, description = "bad id or header", body = Problem),
         (status = 409, description = "a locking read timed out on the lock, or what the transaction read changed", body = Problem),
