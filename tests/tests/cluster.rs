@@ -507,6 +507,8 @@ async fn a_leader_cut_off_from_both_followers_answers_503_and_loses_nothing() {
     let l = leader_index(&node);
     let lead = member(&mut node, l).base.clone();
     assert_eq!(http.put(format!("{lead}/ptr/k")).json(&json!(0)).send().await.unwrap().status(), 200);
+    // A latest read: the leader holds a lease from here.
+    assert_eq!(http.get(format!("{lead}/ptr/k")).send().await.unwrap().status(), 200);
     let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
     for o in &others {
         proxy.cut(l as u64 + 1, *o as u64 + 1);
@@ -539,6 +541,15 @@ async fn a_leader_cut_off_from_both_followers_answers_503_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Still cut off, the old leader serves no latest read of what it holds: the majority
+    // wrote after it (its lease, if it had one, ran out before anyone else could lead).
+    let r = http.get(format!("{lead}/ptr/k")).send().await.unwrap();
+    if r.status() == 200 {
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v.as_i64(), acked, "a stale latest read on the cut-off old leader");
+    } else {
+        assert_eq!(r.status(), 503);
+    }
     // Healed, the old leader follows, and every member answers the majority's last write.
     proxy.heal();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -556,7 +567,6 @@ async fn a_leader_cut_off_from_both_followers_answers_503_and_loses_nothing() {
     }
 }
 
-/// The closed timestamp of `ptr`'s partition as `base` reports it (0 if it lists none).
 /// The lowest closed timestamp a member reports over all its partitions (0 before any).
 async fn closed_on(http: &reqwest::Client, base: &str) -> u64 {
     let st: Value = http.get(format!("{base}/cluster")).send().await.unwrap().json().await.unwrap();

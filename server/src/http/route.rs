@@ -3,8 +3,9 @@
 //! and relays the answer. Routes about the node itself (`/health`, `/metrics`, `/cluster`,
 //! `/events`, `/openapi.json`, `/ui`) are served where they land.
 //!
-//! - On the leader, a latest read first confirms the lead with a heartbeat round to a
-//!   majority (openraft's read-index), so no read is older than an acknowledged write.
+//! - On the leader, a latest read first confirms the lead (under the leader's lease, or
+//!   with a heartbeat round to a majority: [`crate::raft::lease`]), so no read is older than
+//!   an acknowledged write.
 //! - A follower read: `GET /ptr/{id}` with `X-reSTM-At` at or below the pointer's
 //!   partition's closed timestamp on this node (and not below its GC horizon) is served
 //!   here, by any member, from its own state: every commit at or below that timestamp is

@@ -13,12 +13,15 @@
 //! - [`transport`]: one TCP connection per pair of nodes, length-delimited `postcard`
 //!   frames tagged with a request id and a group, shared by every group.
 //! - [`replica`]: one node's member of a group: its `Raft`, its proposals and its metrics.
+//! - [`lease`]: the leader lease latest reads are served under, and the vote refusals that
+//!   make it safe.
 //!
 //! The partition's `apply` is deterministic (no clock, no randomness), so replicas that apply
 //! the same log end in the same state; `replica` tests compare them.
 
 // openraft's storage traits answer its own `StorageError`, which is large; boxing it is
 // not ours to choose.
+pub mod lease;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;

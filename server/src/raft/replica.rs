@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fjall::Database;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
 
+use super::lease::Lease;
 use super::log_store::{Flusher, LogStore};
 use super::network::Network;
 use super::state_machine::{Observer, PartitionMachine, Partitions};
@@ -74,6 +75,7 @@ pub struct Replica {
     groups: Arc<Groups>,
     batcher: Batcher,
     reads: Arc<parking_lot::Mutex<ReadRound>>,
+    lease: Arc<Lease>,
 }
 
 /// Confirmations of the lead waiting for the next heartbeat round: one round answers every
@@ -196,11 +198,15 @@ impl Replica {
         config: RaftConfig,
     ) -> Result<Self, ReplicaError> {
         let config = Arc::new(config.validate()?);
+        let hold = Duration::from_millis(config.election_timeout_max);
         let log = LogStore::open(&host.db, group, host.flusher.clone())?;
         let machine = PartitionMachine::open(&host.db, group, partitions.clone(), observer)?;
         let raft =
             Raft::new(host.node, config, Network::new(host.peers.clone(), group), log, machine).await?;
-        host.groups.insert(group, raft.clone());
+        // openraft refuses votes for `leader_lease` (= the election timeout's maximum) after
+        // it last heard a leader (or started): the lease is built on that.
+        let lease = Arc::new(Lease::new(hold));
+        host.groups.insert(group, raft.clone(), lease.clone());
         let batcher = Batcher::start(raft.clone());
         Ok(Self {
             node: host.node,
@@ -210,6 +216,7 @@ impl Replica {
             groups: host.groups.clone(),
             batcher,
             reads: Arc::default(),
+            lease,
         })
     }
 
@@ -268,10 +275,33 @@ impl Replica {
         self.raft.metrics()
     }
 
-    /// Confirms this member still leads: a heartbeat round, started after this call, was
-    /// acknowledged by a majority, and this member applied everything committed before it
-    /// (openraft's read-index). Calls that arrive while a round is out share the next one.
+    /// Confirms this member still leads, so that a read of its state now is linearizable:
+    /// under its lease ([`Lease`]: a majority acknowledged a heartbeat round less than the
+    /// lease ago, and no other member can be elected before it runs out) at once, and
+    /// otherwise by a heartbeat round started after this call, acknowledged by a majority,
+    /// after which this member applied everything committed before it (openraft's
+    /// read-index). Calls that arrive while a round is out share the next one; a lease that
+    /// is half gone is renewed by a round in the background.
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
+        let (leading, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if leading && let Some(left) = self.lease.remaining(term, Instant::now()) {
+            if left < self.lease.length() / 2 && !self.reads.lock().running {
+                drop(self.join_round());
+            }
+            return Ok(());
+        }
+        self.join_round()
+            .await
+            .map_err(|_| ReplicaError::Raft("the read confirmation round was dropped".into()))?
+    }
+
+    /// Queues for the next heartbeat round (starting the rounds if none runs); a round that
+    /// a majority acknowledged renews the lease from when it started.
+    fn join_round(&self) -> tokio::sync::oneshot::Receiver<Result<(), ReplicaError>> {
         let (answer, confirmed) = tokio::sync::oneshot::channel();
         let start = {
             let mut round = self.reads.lock();
@@ -279,7 +309,7 @@ impl Replica {
             !std::mem::replace(&mut round.running, true)
         };
         if start {
-            let (raft, reads) = (self.raft.clone(), self.reads.clone());
+            let (raft, reads, lease) = (self.raft.clone(), self.reads.clone(), self.lease.clone());
             tokio::spawn(async move {
                 loop {
                     let waiting = {
@@ -290,14 +320,18 @@ impl Replica {
                         }
                         std::mem::take(&mut round.waiting)
                     };
+                    let (started, term) = (Instant::now(), raft.metrics().borrow().current_term);
                     let confirmed = raft.ensure_linearizable().await;
+                    if confirmed.is_ok() {
+                        lease.confirmed(term, started);
+                    }
                     for answer in waiting {
                         let _ = answer.send(confirmed.as_ref().map(|_| ()).map_err(read_error));
                     }
                 }
             });
         }
-        confirmed.await.map_err(|_| ReplicaError::Raft("the read confirmation round was dropped".into()))?
+        confirmed
     }
 
     pub fn is_leader(&self) -> bool {

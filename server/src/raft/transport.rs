@@ -22,6 +22,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{Raft, SnapshotMeta, Vote};
+
+use super::lease::Lease;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
@@ -128,21 +130,25 @@ impl Identity {
     }
 }
 
+/// A group's member on this node, and its lease.
+type Member = (Raft<Restm>, Arc<Lease>);
+
 /// The groups this node holds a member of, by id.
 #[derive(Default)]
 pub struct Groups {
-    rafts: RwLock<HashMap<GroupId, Raft<Restm>>>,
+    rafts: RwLock<HashMap<GroupId, Member>>,
     /// When each peer's last request arrived.
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Groups {
-    pub fn insert(&self, group: GroupId, raft: Raft<Restm>) {
-        self.rafts.write().insert(group, raft);
+    /// Serves `group` with `raft`; `lease` says when the member refuses votes.
+    pub fn insert(&self, group: GroupId, raft: Raft<Restm>, lease: Arc<Lease>) {
+        self.rafts.write().insert(group, (raft, lease));
     }
 
     pub fn remove(&self, group: GroupId) -> Option<Raft<Restm>> {
-        self.rafts.write().remove(&group)
+        self.rafts.write().remove(&group).map(|(raft, _)| raft)
     }
 
     /// How long ago `node` last sent this node a request, if it ever did.
@@ -151,7 +157,20 @@ impl Groups {
     }
 
     fn get(&self, group: GroupId) -> Option<Raft<Restm>> {
-        self.rafts.read().get(&group).cloned()
+        self.rafts.read().get(&group).map(|(raft, _)| raft.clone())
+    }
+
+    /// A vote request `group`'s member answers itself, without openraft: a refusal, while
+    /// its lease (or a restart) says no vote may be granted (see [`Lease`]).
+    fn refusal(&self, group: GroupId, rpc: &VoteRequest<NodeId>) -> Option<VoteResponse<NodeId>> {
+        let rafts = self.rafts.read();
+        let (raft, lease) = rafts.get(&group)?;
+        if !lease.refuses_votes(std::time::Instant::now()) {
+            return None;
+        }
+        let vote = raft.metrics().borrow().vote;
+        tracing::debug!(group, candidate = %rpc.vote, mine = %vote, "vote refused: a lease may be out");
+        Some(VoteResponse::new(vote, None, false))
     }
 
     async fn handle(&self, req: Request, me: &Identity) -> Response {
@@ -161,9 +180,10 @@ impl Groups {
                 Some(r) => Response::Append(r.append_entries(rpc).await),
                 None => Response::NoGroup(group),
             },
-            Request::Vote { group, rpc } => match self.get(group) {
-                Some(r) => Response::Vote(r.vote(rpc).await),
-                None => Response::NoGroup(group),
+            Request::Vote { group, rpc } => match (self.refusal(group, &rpc), self.get(group)) {
+                (Some(refused), _) => Response::Vote(Ok(refused)),
+                (None, Some(r)) => Response::Vote(r.vote(rpc).await),
+                (None, None) => Response::NoGroup(group),
             },
             Request::Snapshot { group, vote, meta, data } => match self.get(group) {
                 Some(r) => Response::Snapshot(
