@@ -104,6 +104,7 @@ pub struct Metrics {
     memory_budget: Gauge,
     pressure: Gauge,
     raft_proposals: Family<Labels, Counter>,
+    raft_read_confirmations: Family<Labels, Counter>,
     raft_propose: Histogram,
     raft_leader_changes: Counter,
     raft_elections: Counter,
@@ -149,6 +150,7 @@ impl Metrics {
             memory_budget: Gauge::default(),
             pressure: Gauge::default(),
             raft_proposals: Family::default(),
+            raft_read_confirmations: Family::default(),
             raft_propose: latency_histogram(),
             raft_leader_changes: Counter::default(),
             raft_elections: Counter::default(),
@@ -249,6 +251,12 @@ impl Metrics {
             m.raft_proposals.clone(),
         );
         registry.register(
+            "restm_raft_read_confirmations",
+            "Latest reads the leader confirmed it still leads for, by how: under its lease, or by a \
+             heartbeat round to a majority",
+            m.raft_read_confirmations.clone(),
+        );
+        registry.register(
             "restm_raft_propose_duration_seconds",
             "From proposing an entry to a majority holding it fsynced and this member applying it",
             m.raft_propose.clone(),
@@ -297,6 +305,11 @@ impl Metrics {
     pub fn observe_proposal(&self, outcome: &'static str, seconds: f64) {
         self.raft_proposals.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc();
         self.raft_propose.observe(seconds);
+    }
+
+    /// Records how a latest read's confirmation of the lead went (`lease` or `round`).
+    pub fn observe_read_confirmation(&self, via: &'static str) {
+        self.raft_read_confirmations.get_or_create(&vec![("via".to_string(), via.to_string())]).inc();
     }
 
     /// Records that the leader this member knows changed.

@@ -463,7 +463,20 @@ async fn metrics_show_proposals_follower_lag_and_leader_changes() {
     for i in 0..5 {
         assert_eq!(http.put(format!("{base}/ptr/m{i}")).json(&json!(i)).send().await.unwrap().status(), 200);
     }
+    // Latest reads back to back: the first confirms the lead with a round, the next ones
+    // read under the lease it lent.
+    for i in 0..5 {
+        assert_eq!(http.get(format!("{base}/ptr/m{i}")).send().await.unwrap().status(), 200);
+    }
     let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        sample(&text, "restm_raft_read_confirmations_total{via=\"round\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "restm_raft_read_confirmations_total{via=\"lease\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     assert!(sample(&text, "restm_raft_proposals_total{outcome=\"ok\"}").unwrap_or(0.0) >= 5.0, "{text}");
     assert_eq!(sample(&text, "restm_raft_is_leader"), Some(1.0), "{text}");
     assert!(sample(&text, "restm_raft_propose_duration_seconds_count").unwrap_or(0.0) >= 5.0, "{text}");

@@ -209,7 +209,10 @@ impl Cluster {
         let rounds = async {
             loop {
                 match self.replica.confirm_leader().await {
-                    Ok(()) => return Ok(()),
+                    Ok(how) => {
+                        self.metrics.observe_read_confirmation(how.as_str());
+                        return Ok(());
+                    }
                     Err(e @ (ReplicaError::NotLeader { .. } | ReplicaError::Fatal(_))) => return Err(e),
                     Err(e) => {
                         tracing::debug!(error = %e, "a read confirmation round missed its majority; again");

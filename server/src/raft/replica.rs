@@ -86,6 +86,24 @@ struct ReadRound {
     waiting: Vec<tokio::sync::oneshot::Sender<Result<(), ReplicaError>>>,
 }
 
+/// How [`Replica::confirm_leader`] confirmed the lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Under the leader's lease, without a round.
+    Lease,
+    /// By a heartbeat round to a majority.
+    Round,
+}
+
+impl Confirmed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confirmed::Lease => "lease",
+            Confirmed::Round => "round",
+        }
+    }
+}
+
 /// Most commands one log entry carries.
 const MAX_BATCH: usize = 512;
 /// Most entries a replica has proposed and not yet seen applied. While they are out, new
@@ -282,7 +300,7 @@ impl Replica {
     /// after which this member applied everything committed before it (openraft's
     /// read-index). Calls that arrive while a round is out share the next one; a lease that
     /// is half gone is renewed by a round in the background.
-    pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
+    pub async fn confirm_leader(&self) -> Result<Confirmed, ReplicaError> {
         let (leading, term) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -292,11 +310,12 @@ impl Replica {
             if left < self.lease.length() / 2 && !self.reads.lock().running {
                 drop(self.join_round());
             }
-            return Ok(());
+            return Ok(Confirmed::Lease);
         }
         self.join_round()
             .await
-            .map_err(|_| ReplicaError::Raft("the read confirmation round was dropped".into()))?
+            .map_err(|_| ReplicaError::Raft("the read confirmation round was dropped".into()))??;
+        Ok(Confirmed::Round)
     }
 
     /// Queues for the next heartbeat round (starting the rounds if none runs); a round that
