@@ -691,3 +691,56 @@ async fn as_of_reads_on_every_member_are_exact_while_writes_go_on() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_holds_every_members_history_and_outlives_its_leader() {
+    let fast = ["--retention", "300ms", "--gc-interval", "50ms", "--hot-versions", "2"];
+    let mut node = Node::cluster(3, &fast);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let lead = member(&mut node, l).base.clone();
+    let f = (l + 1) % 3;
+    let follower = member(&mut node, f).base.clone();
+    let r = http.put(format!("{lead}/ptr/p")).json(&json!(1)).send().await.unwrap();
+    let v1: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    // Pinned through a follower: it goes to the leader, and through the log to everyone.
+    let r = http
+        .post(format!("{follower}/pins"))
+        .json(&json!({"at": v1.to_string(), "ttl": "5m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    for v in 2..=4 {
+        assert_eq!(http.put(format!("{lead}/ptr/p")).json(&json!(v)).send().await.unwrap().status(), 200);
+    }
+    // Far past the retention: each member's own GC kept v1, so each serves it itself.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    for m in 0..3 {
+        let base = member(&mut node, m).base.clone();
+        let r = http.get(format!("{base}/ptr/p")).header("X-reSTM-At", v1.to_string()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{base} at the pin");
+        assert_eq!(r.headers()["x-restm-served-by"].to_str().unwrap(), (m + 1).to_string(), "{base}");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(1));
+    }
+    // The leader dies; the next one still has the pin, and what it holds.
+    member(&mut node, l).kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pins = loop {
+        let r = http.get(format!("{follower}/pins")).send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no leader after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(pins["pins"].as_array().unwrap().iter().any(|p| p["id"] == id.as_str()), "{pins}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = http.get(format!("{follower}/ptr/p")).header("X-reSTM-At", v1.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!(1));
+    // Removed through the log, it is gone on the next leader too.
+    assert_eq!(http.delete(format!("{follower}/pins/{id}")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{follower}/pins/{id}")).send().await.unwrap().status(), 404);
+}

@@ -15,6 +15,8 @@
 //! | [`Command::Abort`] | drop the txn's intents and its record |
 //! | [`Command::TxnRecord`] | on the primary's partition: the txn's fate; [`TxnState::Committed`] is the commit point |
 //! | [`Command::Close`] | raise the partition's closed timestamp: no later command commits at or below it |
+//! | [`Command::Pin`] | record a pin of the cluster's history (on the first partition), dropping those expired at its creation time |
+//! | [`Command::Unpin`] | remove a pin |
 //!
 //! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
 //! the engine), decide who waits, and are never replicated. `Prepare` re-checks everything
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::Conflict;
+use super::gc::Pin;
 use super::{PtrId, TxnId};
 
 /// A transaction's fate as its primary partition records it.
@@ -78,6 +81,15 @@ pub enum Command {
     Close {
         closed: u64,
     },
+    /// A pin of the cluster's history (kept on one partition, the first: every member's GC
+    /// then holds to it). It carries its creation time, so applying it also drops the pins
+    /// that had expired by then.
+    Pin {
+        pin: Pin,
+    },
+    Unpin {
+        id: String,
+    },
 }
 
 /// What applying a command answered.
@@ -96,4 +108,8 @@ pub enum Outcome {
     Recorded,
     /// `Close`: the partition's closed timestamp now (it never goes down).
     Closed(u64),
+    /// `Pin`: recorded.
+    Pinned,
+    /// `Unpin`: the pin it removed (`None`: there was none of that id).
+    Unpinned(Option<Pin>),
 }

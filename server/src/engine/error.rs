@@ -194,6 +194,10 @@ pub enum EngineError {
     /// This node does not lead the partitions (and could not hand the request on).
     #[error("this node does not lead the partitions (leader: {}); retry, on any node", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
     NotLeader { leader: Option<u64> },
+    /// A change to the cluster's state (a pin, say) did not reach a majority in time; it
+    /// may still land.
+    #[error("{what} did not reach a majority of the cluster ({cause}); retry")]
+    Unreplicated { what: &'static str, cause: String },
     #[error(
         "memory pressure is critical: new read-write transactions are refused until memory is back \
          (reads, read-only transactions and deletes still work)"

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use super::{PtrId, TxnId};
 
 /// A pin: history at `version` is kept until `expires_ms` (physical milliseconds).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pin {
     pub id: String,
     pub version: u64,
@@ -39,6 +39,15 @@ impl PinTable {
 
     pub fn remove(&self, id: &str) -> Option<Pin> {
         self.pins.lock().remove(id)
+    }
+
+    /// Replaces every pin with `pins` (a replicated table installed from a snapshot).
+    pub fn replace(&self, pins: Vec<Pin>) {
+        *self.pins.lock() = pins.into_iter().map(|p| (p.id.clone(), p)).collect();
+    }
+
+    pub fn get(&self, id: &str) -> Option<Pin> {
+        self.pins.lock().get(id).cloned()
     }
 
     /// Every pin, oldest version first.

@@ -149,6 +149,30 @@ impl Engine {
         self.pins.remove(id).ok_or_else(|| EngineError::PinNotFound(id.to_string()))
     }
 
+    /// The live pin `id`.
+    pub fn pin_of(&self, id: &str) -> Result<Pin, EngineError> {
+        let now = self.hlc.physical_millis();
+        self.pins
+            .get(id)
+            .filter(|p| p.expires_ms > now)
+            .ok_or_else(|| EngineError::PinNotFound(id.to_string()))
+    }
+
+    /// Holds the watermark to a pin the cluster's log recorded.
+    pub fn adopt_pin(&self, pin: Pin) {
+        self.pins.insert(pin);
+    }
+
+    /// Lets go of a pin the cluster's log removed.
+    pub fn drop_pin(&self, id: &str) {
+        self.pins.remove(id);
+    }
+
+    /// Holds the watermark to exactly `pins` (a snapshot of the cluster's state).
+    pub fn adopt_pins(&self, pins: Vec<Pin>) {
+        self.pins.replace(pins);
+    }
+
     /// Live pins, oldest version first.
     pub fn pins(&self) -> Vec<Pin> {
         let now = self.hlc.physical_millis();

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::command::{Command, Outcome, TxnState};
 use super::error::Conflict;
+use super::gc::Pin;
 use super::gc::{DiskPrune, PartitionGc};
 use super::pointer::{
     ChainLookup, ChainPrune, Intent, LockEntry, POINTER_OVERHEAD, PointerCell, PointerState, VersionChain,
@@ -84,6 +85,8 @@ pub struct Partition {
     records: Mutex<HashMap<TxnId, TxnState>>,
     /// The closed timestamp (replicated): no commit at or below it is still to come.
     closed: AtomicU64,
+    /// The cluster's pins (replicated), by id: only the first partition holds any.
+    pins: Mutex<BTreeMap<String, Pin>>,
 }
 
 /// A partition's replicated state in a canonical order, for comparing replicas.
@@ -94,6 +97,8 @@ pub struct PartitionDump {
     pub prepared: BTreeMap<TxnId, Vec<PtrId>>,
     pub records: BTreeMap<TxnId, TxnState>,
     pub closed: u64,
+    /// The pins, by id.
+    pub pins: BTreeMap<String, Pin>,
 }
 
 /// Whether a read of `ptr` that saw `seen` still holds on `chain`: no version newer than
@@ -390,6 +395,13 @@ impl Partition {
                 let before = self.closed.fetch_max(closed, Ordering::SeqCst);
                 Outcome::Closed(before.max(closed))
             }
+            Command::Pin { pin } => {
+                let mut pins = self.pins.lock();
+                pins.retain(|_, p| p.expires_ms > pin.created_ms);
+                pins.insert(pin.id.clone(), pin.clone());
+                Outcome::Pinned
+            }
+            Command::Unpin { id } => Outcome::Unpinned(self.pins.lock().remove(id)),
         }
     }
 
@@ -571,7 +583,7 @@ impl Partition {
         }
         let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        PartitionDump { pointers, prepared, records, closed: self.closed() }
+        PartitionDump { pointers, prepared, records, closed: self.closed(), pins: self.pins.lock().clone() }
     }
 
     /// Replaces the replicated state wholesale with `image` (a snapshot a replica installs).
@@ -596,6 +608,12 @@ impl Partition {
         *self.prepared.lock() = image.prepared.into_iter().collect();
         *self.records.lock() = image.records.into_iter().collect();
         self.closed.store(image.closed, Ordering::SeqCst);
+        *self.pins.lock() = image.pins;
+    }
+
+    /// The pins this partition holds, by id.
+    pub fn pins(&self) -> Vec<Pin> {
+        self.pins.lock().values().cloned().collect()
     }
 
     /// Reads the version of `ptr` visible at `at` for `reader` (which may be `None`).
@@ -775,6 +793,29 @@ mod tests {
     }
 
     #[test]
+    fn pins_are_replicated_state_and_a_pin_drops_those_expired_at_its_creation() {
+        let p = Partition::new(0);
+        let pin = |id: &str, created_ms: u64, expires_ms: u64| Command::Pin {
+            pin: Pin { id: id.into(), version: 7, created_ms, expires_ms, note: "n".into() },
+        };
+        assert_eq!(p.apply(&pin("a", 100, 200), 8), Outcome::Pinned);
+        assert_eq!(p.apply(&pin("b", 150, 1_000), 8), Outcome::Pinned);
+        assert_eq!(p.pins().len(), 2);
+        // Created at 300, "c" finds "a" expired (at 200) and drops it.
+        assert_eq!(p.apply(&pin("c", 300, 1_000), 8), Outcome::Pinned);
+        let ids: Vec<String> = p.pins().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert!(
+            matches!(p.apply(&Command::Unpin { id: "b".into() }, 8), Outcome::Unpinned(Some(ref pin)) if pin.id == "b")
+        );
+        assert_eq!(p.apply(&Command::Unpin { id: "b".into() }, 8), Outcome::Unpinned(None));
+        // A snapshot carries them.
+        let copy = Partition::new(0);
+        copy.restore(p.dump());
+        assert_eq!(copy.pins(), p.pins());
+    }
+
+    #[test]
     fn empty_cells_are_unlinked_on_unlock() {
         let p = Partition::new(0);
         let a: TxnId = "a".into();
@@ -920,6 +961,9 @@ mod tests {
         Record(usize, bool),
         /// Closes at the clock, give or take: ahead of it, later commits are refused.
         Close(u64),
+        /// Pins (id, lifetime in ticks), and unpins by id.
+        Pin(u8, u64),
+        Unpin(u8),
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -941,6 +985,8 @@ mod tests {
             1 => (0..8usize).prop_map(Step::Abort),
             1 => (0..8usize, any::<bool>()).prop_map(|(t, c)| Step::Record(t, c)),
             1 => (0..6u64).prop_map(Step::Close),
+            1 => (0..4u8, 1..10u64).prop_map(|(id, ttl)| Step::Pin(id, ttl)),
+            1 => (0..4u8).prop_map(Step::Unpin),
         ]
     }
 
@@ -988,6 +1034,10 @@ mod tests {
                         state: if c { TxnState::Committed(clock) } else { TxnState::Open },
                     },
                     Step::Close(d) => Command::Close { closed: (clock + d).saturating_sub(3) },
+                    Step::Pin(id, ttl) => Command::Pin {
+                        pin: Pin { id: format!("pin{id}"), version: clock, created_ms: clock, expires_ms: clock + ttl, note: String::new() },
+                    },
+                    Step::Unpin(id) => Command::Unpin { id: format!("pin{id}") },
                     _ => continue,
                 };
                 let closed = a.closed();

@@ -92,6 +92,7 @@ impl ApiError {
                 | EngineError::Storage(_)
                 | EngineError::PinNotFound(_)
                 | EngineError::NotLeader { .. }
+                | EngineError::Unreplicated { .. }
                 | EngineError::Overloaded => {}
             },
             ApiError::PointerNotFound { ptr } | ApiError::PreconditionFailed { ptr, .. } => {
@@ -137,6 +138,9 @@ impl ApiError {
                 }
                 EngineError::NotLeader { .. } => {
                     (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "Not the partitions' leader")
+                }
+                EngineError::Unreplicated { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "Not replicated")
                 }
             },
             ApiError::Unavailable(_) => {

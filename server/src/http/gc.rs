@@ -117,10 +117,13 @@ pub async fn create_pin(State(state): State<AppState>, body: Bytes) -> Result<Re
         return Err(ApiError::bad_request(format!("note is {} bytes; at most {MAX_NOTE}", note.len())));
     }
     let node = state.node.clone();
-    let pin =
-        tokio::task::spawn_blocking(move || node.pin(at, ttl.as_millis() as u64, note)).await.map_err(
-            |e| crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e)),
-        )??;
+    let ttl_ms = ttl.as_millis() as u64;
+    let pin = match node.cluster() {
+        Some(cluster) => node.pin_replicated(cluster, at, ttl_ms, note).await?,
+        None => tokio::task::spawn_blocking(move || node.pin(at, ttl_ms, note)).await.map_err(|e| {
+            crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e))
+        })??,
+    };
     let w = state.node.watermark();
     Ok((StatusCode::CREATED, Json(view(&state.node, &pin, &w))).into_response())
 }
@@ -154,9 +157,12 @@ pub async fn get_pin(
     responses((status = 200, body = PinView), (status = 404, body = Problem)))]
 pub async fn delete_pin(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let node = state.node.clone();
-    let pin = tokio::task::spawn_blocking(move || node.unpin(&id)).await.map_err(|e| {
-        crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e))
-    })??;
+    let pin = match node.cluster() {
+        Some(cluster) => node.unpin_replicated(cluster, &id).await?,
+        None => tokio::task::spawn_blocking(move || node.unpin(&id)).await.map_err(|e| {
+            crate::engine::EngineError::Storage(crate::engine::StorageError::backend("a pin task", e))
+        })??,
+    };
     let w = state.node.watermark();
     Ok(Json(view(&state.node, &pin, &w)).into_response())
 }

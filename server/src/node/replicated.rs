@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::Node;
 use crate::cluster::Cluster;
 use crate::engine::command::{Command, Outcome, TxnState};
+use crate::engine::gc::Pin;
 use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
 use crate::raft::replica::ReplicaError;
 use crate::raft::state_machine::Observer;
@@ -52,6 +53,26 @@ impl Observer for StoreObserver {
             engine.observe_version(version);
         }
     }
+
+    // The engine's pin table holds the watermark (and so every member's GC) to the
+    // replicated pins.
+    fn pinned(&self, pin: &Pin) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.adopt_pin(pin.clone());
+        }
+    }
+
+    fn unpinned(&self, pin: &Pin) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.drop_pin(&pin.id);
+        }
+    }
+
+    fn pins_restored(&self, pins: &[Pin]) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.adopt_pins(pins.to_vec());
+        }
+    }
 }
 
 /// Where the process may be told to die mid-commit, for the tests of what a coordinator's
@@ -62,6 +83,52 @@ fn crash_point(at: &str) {
     if WHERE.get_or_init(|| std::env::var("RESTM_FAULT_CRASH_AT").ok()).as_deref() == Some(at) {
         tracing::error!(at, "RESTM_FAULT_CRASH_AT: dying mid-commit, as asked");
         std::process::abort();
+    }
+}
+
+/// The partition the cluster's pins live on (the meta group's, once partitions have groups
+/// of their own).
+const PIN_PARTITION: u32 = 0;
+
+impl Node {
+    /// Pins history at `at` for `ttl_ms` through the cluster's log: once a majority holds
+    /// it, every member's GC keeps to it, and a next leader still has it.
+    pub async fn pin_replicated(
+        &self,
+        cluster: &Cluster,
+        at: u64,
+        ttl_ms: u64,
+        note: String,
+    ) -> Result<Pin, EngineError> {
+        let id = format!("{:016x}", self.engine.now_version());
+        // Held here first, then checked against the horizon: GC cannot pass it meanwhile.
+        let pin = self.engine.pin(id, at, ttl_ms, note)?;
+        match cluster.propose(PIN_PARTITION, Command::Pin { pin: pin.clone() }).await {
+            Ok(Outcome::Pinned) => Ok(pin),
+            answer => {
+                // If the entry lands after all, applying it holds the pin again.
+                self.engine.drop_pin(&pin.id);
+                Err(EngineError::Unreplicated { what: "the pin", cause: failed(answer) })
+            }
+        }
+    }
+
+    /// Removes pin `id` through the cluster's log.
+    pub async fn unpin_replicated(&self, cluster: &Cluster, id: &str) -> Result<Pin, EngineError> {
+        self.engine.pin_of(id)?;
+        match cluster.propose(PIN_PARTITION, Command::Unpin { id: id.to_string() }).await {
+            Ok(Outcome::Unpinned(Some(pin))) => Ok(pin),
+            Ok(Outcome::Unpinned(None)) => Err(EngineError::PinNotFound(id.to_string())),
+            answer => Err(EngineError::Unreplicated { what: "the unpin", cause: failed(answer) }),
+        }
+    }
+}
+
+/// Why a proposal's answer is not the one asked for.
+fn failed(answer: Result<Outcome, ReplicaError>) -> String {
+    match answer {
+        Ok(other) => format!("the log answered {other:?}"),
+        Err(e) => e.to_string(),
     }
 }
 

@@ -29,6 +29,7 @@ use super::{BasicNode, GroupId, NodeId, Restm, StorageError, decode, encode, sto
 use bytes::Bytes;
 
 use crate::engine::command::{Command, Outcome, TxnState};
+use crate::engine::gc::Pin;
 use crate::engine::partition::{Partition, PartitionDump};
 use crate::engine::{PtrId, TxnId};
 
@@ -68,6 +69,12 @@ pub trait Observer: Send + Sync + 'static {
     fn installed(&self, txn: &TxnId, trace_id: &Arc<str>, version: u64, writes: &[(PtrId, Option<Bytes>)]);
     /// A command carried `version` (a commit version, or a prepared txn's lower bound).
     fn saw_version(&self, version: u64);
+    /// A `Pin` command recorded `pin`.
+    fn pinned(&self, _pin: &Pin) {}
+    /// An `Unpin` command removed `pin`.
+    fn unpinned(&self, _pin: &Pin) {}
+    /// A snapshot replaced the group's state: `pins` is every pin it holds now.
+    fn pins_restored(&self, _pins: &[Pin]) {}
 }
 
 /// An observer that learns nothing (a machine tested on its own).
@@ -96,6 +103,11 @@ fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> O
         _ => None,
     };
     let out = part.apply(cmd, KEEP_ALL);
+    match (cmd, &out) {
+        (Command::Pin { pin }, _) => observer.pinned(pin),
+        (Command::Unpin { .. }, Outcome::Unpinned(Some(pin))) => observer.unpinned(pin),
+        _ => {}
+    }
     if let Outcome::Committed(v) = out {
         match (cmd, intents) {
             (Command::PrepareCommit { txn, trace_id, writes, .. }, _) => {
@@ -208,6 +220,7 @@ impl PartitionMachine {
             }
             p.restore(dump);
         }
+        self.observer.pins_restored(&self.partitions.iter().flat_map(|p| p.pins()).collect::<Vec<_>>());
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
