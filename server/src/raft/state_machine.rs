@@ -45,9 +45,15 @@ pub fn partitions(count: u32) -> Partitions {
     (0..count).map(Partition::new).collect()
 }
 
+/// The format of an [`Image`]: 2 since partitions carry closed timestamps and pins. Images of
+/// earlier builds had no format byte (their first byte is 0 or 1) and do not decode.
+pub const IMAGE_FORMAT: u8 = 2;
+
 /// The state of a group at one applied log id: what a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
+    /// [`IMAGE_FORMAT`] when written; an image of another format is refused, by name.
+    pub format: u8,
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, BasicNode>,
     /// Each partition that holds anything, by id.
@@ -175,6 +181,7 @@ impl PartitionMachine {
     /// The image of the state now.
     pub fn image(&self) -> Image {
         Image {
+            format: IMAGE_FORMAT,
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             partitions: self
@@ -195,6 +202,15 @@ impl PartitionMachine {
 
     /// Replaces every partition with the image in `data`, and the applied state with `meta`'s.
     fn restore(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
+        if data.first() != Some(&IMAGE_FORMAT) {
+            return Err(snapshot_err(
+                ErrorVerb::Read,
+                format!(
+                    "the snapshot is of another format than this build's ({IMAGE_FORMAT}): it was written by an \
+                     earlier build; start this member on an empty --data-dir and let it catch up from the others"
+                ),
+            ));
+        }
         let image: Image = decode(data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
         if let Some((id, _)) =
             image.partitions.iter().find(|(id, _)| self.partitions.get(*id as usize).is_none())
