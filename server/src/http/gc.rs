@@ -145,11 +145,7 @@ pub async fn get_pin(
 ) -> Result<Json<PinView>, ApiError> {
     let node = &state.node;
     let w = node.watermark();
-    node.pins()
-        .iter()
-        .find(|p| p.id == id)
-        .map(|p| Json(view(node, p, &w)))
-        .ok_or_else(|| crate::engine::EngineError::PinNotFound(id).into())
+    Ok(Json(view(node, &node.pin_of(&id)?, &w)))
 }
 
 /// Removes a pin; its history may then be collected.

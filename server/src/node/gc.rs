@@ -152,6 +152,11 @@ impl Node {
         self.engine.config().retention_ms
     }
 
+    /// The live pin `id`.
+    pub fn pin_of(&self, id: &str) -> Result<Pin, EngineError> {
+        self.engine.pin_of(id)
+    }
+
     /// Live pins, oldest version first.
     pub fn pins(&self) -> Vec<Pin> {
         self.engine.pins()
