@@ -331,7 +331,8 @@ pub struct Problem {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WatermarkHolder {
     /// `retention` (now − retention), `latest` (nothing newer exists), `txn` (an active
-    /// transaction's snapshot), `pin`, or `horizon` (it cannot move back).
+    /// transaction's snapshot), `pin`, `horizon` (it cannot move back), or `cluster` (on a
+    /// cluster member: the cluster's horizon, which the leader has not yet raised further).
     pub kind: String,
     /// The transaction or pin, for `txn` and `pin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -744,3 +744,66 @@ async fn a_pin_holds_every_members_history_and_outlives_its_leader() {
     assert_eq!(http.delete(format!("{follower}/pins/{id}")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{follower}/pins/{id}")).send().await.unwrap().status(), 404);
 }
+
+/// A long txn on the leader holds every member's GC, not only the leader's: the leader's
+/// watermark is the cluster's horizon, and no member prunes past it. Each member serves the
+/// txn's snapshot itself long after the retention, and the next leader still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_txn_on_the_leader_holds_every_members_history() {
+    let fast = ["--retention", "300ms", "--gc-interval", "50ms", "--hot-versions", "2"];
+    let mut node = Node::cluster(3, &fast);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let lead = member(&mut node, l).base.clone();
+    assert_eq!(http.put(format!("{lead}/ptr/p")).json(&json!(1)).send().await.unwrap().status(), 200);
+    let begin =
+        json_ok(http.post(format!("{lead}/txn/begin")).json(&json!({"timeout_ms": 60_000})).send().await)
+            .await
+            .unwrap();
+    let (txn, snapshot) =
+        (begin["txn"].as_str().unwrap().to_string(), begin["read_version"].as_u64().unwrap());
+    for v in 2..=4 {
+        assert_eq!(http.put(format!("{lead}/ptr/p")).json(&json!(v)).send().await.unwrap().status(), 200);
+    }
+    // Far past the retention, with the txn still open.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let gc = json_ok(http.get(format!("{lead}/gc")).send().await).await.unwrap();
+    assert_eq!(gc["held_by"]["kind"], "txn", "{gc}");
+    for m in 0..3 {
+        let base = member(&mut node, m).base.clone();
+        let r = http
+            .get(format!("{base}/ptr/p"))
+            .header("X-reSTM-At", snapshot.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base} at the txn's snapshot");
+        assert_eq!(r.headers()["x-restm-served-by"].to_str().unwrap(), (m + 1).to_string(), "{base}");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(1), "{base}");
+    }
+    let r = http.get(format!("{lead}/ptr/p")).header("X-reSTM-Txn", &txn).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!(1), "the txn reads its snapshot");
+    // The leader dies with the txn: the next one has every version the txn could read.
+    member(&mut node, l).kill();
+    let f = (l + 1) % 3;
+    let follower = member(&mut node, f).base.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http.get(format!("{follower}/ptr/p")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http
+        .get(format!("{follower}/ptr/p"))
+        .header("X-reSTM-At", snapshot.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    // Once the new leader's own watermark passes it, GC may go on: 410 then, never a wrong value.
+    assert!(status == 200 && body == "1" || status == 410, "{status} {body}");
+}

@@ -17,6 +17,7 @@
 //! | [`Command::Close`] | raise the partition's closed timestamp: no later command commits at or below it |
 //! | [`Command::Pin`] | record a pin of the cluster's history (on the first partition), dropping those expired at its creation time |
 //! | [`Command::Unpin`] | remove a pin |
+//! | [`Command::Horizon`] | raise the cluster's GC horizon (on the first partition), never past a live pin; every member prunes only below it |
 //!
 //! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
 //! the engine), decide who waits, and are never replicated. `Prepare` re-checks everything
@@ -90,6 +91,15 @@ pub enum Command {
     Unpin {
         id: String,
     },
+    /// The leader's GC watermark, as the cluster's horizon (kept on the first partition,
+    /// beside the pins): no member prunes history at or above it, so whichever member
+    /// leads next still holds every version the last leader let a snapshot or pin read.
+    /// Applying it never passes a pin live at `now_ms` (the leader's clock, carried in), and
+    /// the horizon never goes back.
+    Horizon {
+        horizon: u64,
+        now_ms: u64,
+    },
 }
 
 /// What applying a command answered.
@@ -112,4 +122,9 @@ pub enum Outcome {
     Pinned,
     /// `Unpin`: the pin it removed (`None`: there was none of that id).
     Unpinned(Option<Pin>),
+    /// `Horizon`: the cluster's horizon now (it never goes down).
+    Horizon(u64),
+    /// `Pin` of a version below the cluster's horizon (named): that history may be gone on
+    /// some member, so the pin is refused.
+    BelowHorizon(u64),
 }

@@ -84,6 +84,8 @@ pub enum HeldBy {
     Pin(String),
     /// The horizon already reached (the watermark never moves back).
     Horizon,
+    /// The cluster's horizon: the leader has not yet let the members prune further.
+    Cluster,
 }
 
 /// The watermark and why it is there.

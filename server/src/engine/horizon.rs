@@ -21,8 +21,35 @@ impl Engine {
         if at < horizon { Err(EngineError::Gone { requested: at, horizon }) } else { Ok(()) }
     }
 
-    /// Where the watermark is now, and what holds it there.
+    /// Where the watermark is now, and what holds it there: this member's own
+    /// ([`Engine::local_watermark`]), capped on a cluster by the cluster's horizon.
     pub fn watermark(&self) -> Watermark {
+        let mut w = self.uncapped_watermark();
+        let cap = self.cluster_horizon.load(Ordering::SeqCst);
+        if cap < w.version {
+            w = Watermark { version: cap, held_by: HeldBy::Cluster };
+        }
+        self.floored(w)
+    }
+
+    /// The watermark by what this member alone knows: retention, its txns and the pins.
+    /// The leader proposes it as the cluster's horizon.
+    pub fn local_watermark(&self) -> Watermark {
+        self.floored(self.uncapped_watermark())
+    }
+
+    /// The cluster's GC horizon, as this member's log has it (`u64::MAX` on a node of its
+    /// own).
+    pub fn cluster_horizon(&self) -> u64 {
+        self.cluster_horizon.load(Ordering::SeqCst)
+    }
+
+    /// Lets this member's GC go as far as `horizon` (applied from the cluster's log).
+    pub fn follow_cluster_horizon(&self, horizon: u64) {
+        self.cluster_horizon.fetch_max(horizon, Ordering::SeqCst);
+    }
+
+    fn uncapped_watermark(&self) -> Watermark {
         let now = self.hlc.physical_millis();
         // Under memory pressure retention shrinks to nothing: only snapshots and pins hold.
         let retention = if self.pressure() >= Pressure::High { 0 } else { self.cfg.retention_ms };
@@ -43,11 +70,16 @@ impl Engine {
         {
             w = Watermark { version: pin.version, held_by: HeldBy::Pin(pin.id) };
         }
+        w
+    }
+
+    /// Never back; and whatever holds the watermark, it cannot hold it below what is
+    /// already gone.
+    fn floored(&self, mut w: Watermark) -> Watermark {
         let horizon = self.horizon();
         if w.version <= horizon {
-            // Never back; and whatever holds it, it cannot hold it below what is already gone.
             w.version = horizon;
-            if w.held_by == HeldBy::Retention || w.held_by == HeldBy::Latest {
+            if matches!(w.held_by, HeldBy::Retention | HeldBy::Latest) {
                 w.held_by = HeldBy::Horizon;
             }
         }

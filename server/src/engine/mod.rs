@@ -213,6 +213,9 @@ pub struct Engine {
     pressure: AtomicU8,
     /// Replicated commits' versions not yet landed: what the leader may close.
     in_flight: closed::InFlight,
+    /// The cluster's GC horizon, which caps this member's watermark: `u64::MAX` on a
+    /// node of its own, 0 on a member until its log says more.
+    cluster_horizon: AtomicU64,
 }
 
 impl Engine {
@@ -234,7 +237,9 @@ impl Engine {
         // Start the clock at now, so that "the latest version" of a fresh store is a moment
         // (the watermark's lag is then measured from it, not from 1970).
         hlc.tick();
+        let cluster_horizon = AtomicU64::new(if cfg.node_id.is_some() { 0 } else { u64::MAX });
         Self {
+            cluster_horizon,
             hlc,
             cfg,
             partitions,

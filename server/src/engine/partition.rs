@@ -87,6 +87,9 @@ pub struct Partition {
     closed: AtomicU64,
     /// The cluster's pins (replicated), by id: only the first partition holds any.
     pins: Mutex<BTreeMap<String, Pin>>,
+    /// The cluster's GC horizon (replicated; only the first partition moves it): no member
+    /// prunes at or above it.
+    horizon: AtomicU64,
 }
 
 /// A partition's replicated state in a canonical order, for comparing replicas.
@@ -99,6 +102,8 @@ pub struct PartitionDump {
     pub closed: u64,
     /// The pins, by id.
     pub pins: BTreeMap<String, Pin>,
+    /// The cluster's GC horizon.
+    pub horizon: u64,
 }
 
 /// Whether a read of `ptr` that saw `seen` still holds on `chain`: no version newer than
@@ -398,10 +403,31 @@ impl Partition {
             Command::Pin { pin } => {
                 let mut pins = self.pins.lock();
                 pins.retain(|_, p| p.expires_ms > pin.created_ms);
+                // A member may already have pruned below the horizon: that is no history to
+                // promise. (The leader checked its own horizon, which may lag the cluster's.)
+                let horizon = self.horizon.load(Ordering::SeqCst);
+                if pin.version < horizon {
+                    return Outcome::BelowHorizon(horizon);
+                }
                 pins.insert(pin.id.clone(), pin.clone());
                 Outcome::Pinned
             }
             Command::Unpin { id } => Outcome::Unpinned(self.pins.lock().remove(id)),
+            Command::Horizon { horizon, now_ms } => {
+                // Never past a pin still live: the leader may have computed its watermark
+                // before a pin it accepted meanwhile, whose `Pin` is earlier in the log.
+                let held = self
+                    .pins
+                    .lock()
+                    .values()
+                    .filter(|p| p.expires_ms > *now_ms)
+                    .map(|p| p.version)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                let horizon = (*horizon).min(held);
+                let before = self.horizon.fetch_max(horizon, Ordering::SeqCst);
+                Outcome::Horizon(before.max(horizon))
+            }
         }
     }
 
@@ -583,7 +609,14 @@ impl Partition {
         }
         let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        PartitionDump { pointers, prepared, records, closed: self.closed(), pins: self.pins.lock().clone() }
+        PartitionDump {
+            pointers,
+            prepared,
+            records,
+            closed: self.closed(),
+            pins: self.pins.lock().clone(),
+            horizon: self.cluster_horizon(),
+        }
     }
 
     /// Replaces the replicated state wholesale with `image` (a snapshot a replica installs).
@@ -609,6 +642,12 @@ impl Partition {
         *self.records.lock() = image.records.into_iter().collect();
         self.closed.store(image.closed, Ordering::SeqCst);
         *self.pins.lock() = image.pins;
+        self.horizon.store(image.horizon, Ordering::SeqCst);
+    }
+
+    /// The cluster's GC horizon as this partition recorded it (0 on any but the first).
+    pub fn cluster_horizon(&self) -> u64 {
+        self.horizon.load(Ordering::SeqCst)
     }
 
     /// The pins this partition holds, by id.
@@ -816,6 +855,28 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_horizon_stops_at_live_pins_and_refuses_pins_below_it() {
+        let p = Partition::new(0);
+        let pin = |id: &str, version: u64, expires_ms: u64| Command::Pin {
+            pin: Pin { id: id.into(), version, created_ms: 100, expires_ms, note: String::new() },
+        };
+        let horizon = |horizon: u64, now_ms: u64| Command::Horizon { horizon, now_ms };
+        assert_eq!(p.apply(&pin("a", 50, 1_000), 8), Outcome::Pinned);
+        // A watermark computed before the pin arrived stops at it while it lives...
+        assert_eq!(p.apply(&horizon(80, 500), 8), Outcome::Horizon(50));
+        // ...and passes it once it expired, and never goes back.
+        assert_eq!(p.apply(&horizon(80, 1_000), 8), Outcome::Horizon(80));
+        assert_eq!(p.apply(&horizon(60, 1_000), 8), Outcome::Horizon(80));
+        // History below the horizon may be gone somewhere: no pin of it.
+        assert_eq!(p.apply(&pin("b", 79, 5_000), 8), Outcome::BelowHorizon(80));
+        assert!(p.pins().iter().all(|p| p.id != "b"));
+        assert_eq!(p.apply(&pin("c", 80, 5_000), 8), Outcome::Pinned);
+        let copy = Partition::new(0);
+        copy.restore(p.dump());
+        assert_eq!(copy.cluster_horizon(), 80, "a snapshot carries the horizon");
+    }
+
+    #[test]
     fn empty_cells_are_unlinked_on_unlock() {
         let p = Partition::new(0);
         let a: TxnId = "a".into();
@@ -964,6 +1025,8 @@ mod tests {
         /// Pins (id, lifetime in ticks), and unpins by id.
         Pin(u8, u64),
         Unpin(u8),
+        /// Raises the cluster's horizon to the clock, give or take.
+        Horizon(u64),
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -987,6 +1050,7 @@ mod tests {
             1 => (0..6u64).prop_map(Step::Close),
             1 => (0..4u8, 1..10u64).prop_map(|(id, ttl)| Step::Pin(id, ttl)),
             1 => (0..4u8).prop_map(Step::Unpin),
+            1 => (0..6u64).prop_map(Step::Horizon),
         ]
     }
 
@@ -1038,15 +1102,23 @@ mod tests {
                         pin: Pin { id: format!("pin{id}"), version: clock, created_ms: clock, expires_ms: clock + ttl, note: String::new() },
                     },
                     Step::Unpin(id) => Command::Unpin { id: format!("pin{id}") },
+                    Step::Horizon(d) => Command::Horizon { horizon: (clock + d).saturating_sub(3), now_ms: clock },
                     _ => continue,
                 };
-                let closed = a.closed();
+                let (closed, horizon) = (a.closed(), a.cluster_horizon());
                 let (oa, ob) = (a.apply(&cmd, 3), b.apply(&cmd, 3));
                 proptest::prop_assert_eq!(&oa, &ob, "{:?}", cmd);
                 if let (Command::PrepareCommit { commit_version, .. }, Outcome::Committed(_)) = (&cmd, &oa) {
                     proptest::prop_assert!(*commit_version > closed, "a commit at {} under a close at {}", commit_version, closed);
                 }
                 proptest::prop_assert!(a.closed() >= closed, "the closed timestamp went back");
+                proptest::prop_assert!(a.cluster_horizon() >= horizon, "the cluster's horizon went back");
+                if let (Command::Pin { pin }, Outcome::Pinned) = (&cmd, &oa) {
+                    proptest::prop_assert!(pin.version >= horizon, "a pin below the horizon at {}", horizon);
+                }
+                for pin in a.pins().iter().filter(|p| p.expires_ms > clock) {
+                    proptest::prop_assert!(pin.version >= a.cluster_horizon(), "the horizon passed a live pin");
+                }
                 log.push((cmd, oa));
                 proptest::prop_assert_eq!(a.dump(), b.dump());
             }

@@ -30,6 +30,7 @@ fn holder(w: &Watermark) -> WatermarkHolder {
         HeldBy::Txn(t) => ("txn", Some(t.to_string())),
         HeldBy::Pin(p) => ("pin", Some(p.clone())),
         HeldBy::Horizon => ("horizon", None),
+        HeldBy::Cluster => ("cluster", None),
     };
     WatermarkHolder { kind: kind.into(), id }
 }
@@ -42,6 +43,7 @@ pub fn holder_labels(w: &Watermark) -> (&'static str, String) {
         "latest" => "latest",
         "txn" => "txn",
         "pin" => "pin",
+        "cluster" => "cluster",
         _ => "horizon",
     };
     (kind, h.id.unwrap_or_default())

@@ -73,6 +73,13 @@ impl Observer for StoreObserver {
             engine.adopt_pins(pins.to_vec());
         }
     }
+
+    // This member's GC may go as far as the cluster's horizon, and no further.
+    fn horizon(&self, horizon: u64) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.follow_cluster_horizon(horizon);
+        }
+    }
 }
 
 /// Where the process may be told to die mid-commit, for the tests of what a coordinator's
@@ -105,12 +112,27 @@ impl Node {
         let pin = self.engine.pin(id, at, ttl_ms, note)?;
         match cluster.propose(PIN_PARTITION, Command::Pin { pin: pin.clone() }).await {
             Ok(Outcome::Pinned) => Ok(pin),
+            Ok(Outcome::BelowHorizon(horizon)) => {
+                // The cluster's horizon passed `at` before this node's own did.
+                self.engine.drop_pin(&pin.id);
+                Err(EngineError::Gone { requested: at, horizon })
+            }
             answer => {
                 // If the entry lands after all, applying it holds the pin again.
                 self.engine.drop_pin(&pin.id);
                 Err(EngineError::Unreplicated { what: "the pin", cause: failed(answer) })
             }
         }
+    }
+
+    /// On the leader: its own GC watermark as the cluster's horizon, when it is above the one
+    /// the log has (the closer proposes it). Members prune only below the cluster's horizon,
+    /// so a member's history never runs out before the leader's: whatever a snapshot or pin
+    /// on the leader reads, the next leader still holds.
+    fn horizon_to_propose(&self) -> Option<Command> {
+        let w = self.engine.local_watermark();
+        (w.version > self.engine.cluster_horizon())
+            .then(|| Command::Horizon { horizon: w.version, now_ms: self.engine.now_millis() })
     }
 
     /// Removes pin `id` through the cluster's log.
@@ -275,8 +297,8 @@ impl Node {
 const CLOSE_EVERY: Duration = Duration::from_millis(200);
 
 /// While this node leads (the same term), proposes `Close` on every partition every
-/// [`CLOSE_EVERY`], at the highest timestamp no commit in flight is at or below (the
-/// commands share one log entry).
+/// [`CLOSE_EVERY`], at the highest timestamp no commit in flight is at or below, and the
+/// cluster's GC horizon when its own watermark moved (the commands share one log entry).
 async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
     let term = cluster.term();
     let mut closed = 0;
@@ -287,15 +309,20 @@ async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
         }
         let Some(n) = node.upgrade() else { return };
         let at = n.engine.closable();
-        if at <= closed {
+        let horizon = n.horizon_to_propose();
+        if at <= closed && horizon.is_none() {
             continue;
         }
-        let partitions = n.engine.shared_partitions().len() as u32;
+        let partitions = if at > closed { n.engine.shared_partitions().len() as u32 } else { 0 };
         drop(n);
-        let proposals = (0..partitions).map(|p| cluster.propose(p, Command::Close { closed: at }));
+        // Proposed together, so the batcher puts them in one entry.
+        let proposals = (0..partitions)
+            .map(|p| (p, Command::Close { closed: at }))
+            .chain(horizon.map(|h| (PIN_PARTITION, h)))
+            .map(|(p, cmd)| cluster.propose(p, cmd));
         let answers = futures_util::future::join_all(proposals).await;
         match answers.into_iter().find_map(Result::err) {
-            None => closed = at,
+            None => closed = closed.max(at),
             Some(e) => tracing::debug!(error = %e, "closing timestamps; again at the next tick"),
         }
     }

@@ -45,9 +45,10 @@ pub fn partitions(count: u32) -> Partitions {
     (0..count).map(Partition::new).collect()
 }
 
-/// The format of an [`Image`]: 2 since partitions carry closed timestamps and pins. Images of
-/// earlier builds had no format byte (their first byte is 0 or 1) and do not decode.
-pub const IMAGE_FORMAT: u8 = 2;
+/// The format of an [`Image`]: 2 since partitions carry closed timestamps and pins, 3 since
+/// they carry the cluster's GC horizon. Images of builds before 2 had no format byte (their
+/// first byte is 0 or 1) and do not decode.
+pub const IMAGE_FORMAT: u8 = 3;
 
 /// The state of a group at one applied log id: what a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +82,8 @@ pub trait Observer: Send + Sync + 'static {
     fn unpinned(&self, _pin: &Pin) {}
     /// A snapshot replaced the group's state: `pins` is every pin it holds now.
     fn pins_restored(&self, _pins: &[Pin]) {}
+    /// The cluster's GC horizon is now `horizon` (a `Horizon` command, or a snapshot).
+    fn horizon(&self, _horizon: u64) {}
 }
 
 /// An observer that learns nothing (a machine tested on its own).
@@ -110,8 +113,9 @@ fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> O
     };
     let out = part.apply(cmd, KEEP_ALL);
     match (cmd, &out) {
-        (Command::Pin { pin }, _) => observer.pinned(pin),
+        (Command::Pin { pin }, Outcome::Pinned) => observer.pinned(pin),
         (Command::Unpin { .. }, Outcome::Unpinned(Some(pin))) => observer.unpinned(pin),
+        (Command::Horizon { .. }, Outcome::Horizon(h)) => observer.horizon(*h),
         _ => {}
     }
     if let Outcome::Committed(v) = out {
@@ -237,6 +241,7 @@ impl PartitionMachine {
             p.restore(dump);
         }
         self.observer.pins_restored(&self.partitions.iter().flat_map(|p| p.pins()).collect::<Vec<_>>());
+        self.observer.horizon(self.partitions.iter().map(Partition::cluster_horizon).max().unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
