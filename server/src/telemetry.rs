@@ -38,8 +38,10 @@ fn export_wanted() -> bool {
         .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
 }
 
-/// Installs the global subscriber: stderr logs, plus OTLP export when configured.
-pub fn init() -> Telemetry {
+/// Installs the global subscriber: stderr logs, plus OTLP export when configured. A cluster
+/// member names itself in the resource (`service.instance.id`, its node id), so a trace
+/// across members shows which member made each span.
+pub fn init(instance: Option<String>) -> Telemetry {
     use tracing_subscriber::filter::{FilterExt, filter_fn};
     // Unless RUST_LOG asks for more, the log output shows events but not the spans around
     // them: a log layer that sees a span formats its fields when it opens, which cost about a
@@ -67,7 +69,11 @@ pub fn init() -> Telemetry {
             return Telemetry { provider: None };
         }
     };
-    let resource = opentelemetry_sdk::Resource::builder().build();
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if let Some(id) = instance {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", id));
+    }
+    let resource = resource.build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("restm");
     // Spans reach the exporter at every level; the env filter governs only the log output.
@@ -97,4 +103,43 @@ pub fn parse_traceparent(raw: &str) -> Option<(String, String)> {
     let mut parts = raw.trim().split('-');
     let (_v, t, s) = (parts.next()?, parts.next()?, parts.next()?);
     (t.len() == 32 && s.len() == 16).then(|| (t.to_string(), s.to_string()))
+}
+
+/// A span's place in its trace, carried inside a Raft proposal so that the members that
+/// apply it hang their spans under the leader's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpanParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+/// Where `span` is, when it is exported (`None` otherwise: nothing to carry).
+pub fn parent_of(span: &tracing::Span) -> Option<SpanParent> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| SpanParent { trace_id: sc.trace_id().to_bytes(), span_id: sc.span_id().to_bytes() })
+}
+
+/// Parents `span` on `parent` (a span of another member, or of this one).
+pub fn set_parent_to(span: &tracing::Span, parent: &SpanParent) {
+    let sc = SpanContext::new(
+        TraceId::from_bytes(parent.trace_id),
+        SpanId::from_bytes(parent.span_id),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    if sc.is_valid() {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// The W3C `traceparent` of `span`, when it is exported.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let p = parent_of(span)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Some(format!("00-{}-{}-01", hex(&p.trace_id), hex(&p.span_id)))
 }

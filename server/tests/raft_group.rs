@@ -152,7 +152,7 @@ async fn propose_writes(members: &[Member], from: u64, count: u64) {
         let (partition, cmd) = write(&format!("p{}", v % 23), v);
         loop {
             let l = leader(members).await;
-            match members[l].replica.propose(partition, cmd.clone()).await {
+            match members[l].replica.propose(partition, cmd.clone(), None).await {
                 Ok(out) => {
                     assert_eq!(out, Outcome::Committed(v));
                     break;
@@ -211,7 +211,7 @@ async fn three_members_apply_one_log_and_survive_losing_the_leader() {
     let together = (1001..=1200).map(|v| {
         let (partition, cmd) = write(&format!("q{v}"), v);
         let replica = &members[l].replica;
-        async move { (v, replica.propose(partition, cmd).await) }
+        async move { (v, replica.propose(partition, cmd, None).await) }
     });
     for (v, out) in futures_util::future::join_all(together).await {
         assert_eq!(out.expect("proposed together"), Outcome::Committed(v));

@@ -52,8 +52,18 @@ fn receiver() -> (u16, Arc<Mutex<Vec<Span>>>) {
                             ExportTraceServiceRequest::decode(body.as_slice()).expect("valid OTLP protobuf");
                         let mut out = store.lock().unwrap();
                         for rs in req.resource_spans {
+                            // Which member sent it, as a span attribute the tests can read.
+                            let instance = rs
+                                .resource
+                                .iter()
+                                .flat_map(|r| r.attributes.iter())
+                                .find(|a| a.key == "service.instance.id")
+                                .cloned();
                             for ss in rs.scope_spans {
-                                out.extend(ss.spans);
+                                out.extend(ss.spans.into_iter().map(|mut s| {
+                                    s.attributes.extend(instance.clone());
+                                    s
+                                }));
                             }
                         }
                     }
@@ -154,4 +164,107 @@ async fn a_transaction_is_one_trace_and_conflicts_name_the_winner() {
     assert_eq!(attr(conflict, "restm.ptr").as_deref(), Some("acct"));
     assert_eq!(attr(conflict, "restm.winner_txn"), p.winner_txn);
     assert_eq!(attr(conflict, "restm.winner_version"), Some(winner_version.to_string()));
+}
+
+/// On a cluster a transaction is still one trace: sent to a follower, each request is a
+/// `forward` span there with the leader's request span under it, and each command the leader
+/// proposes is a `raft.propose` span with a `raft.apply` span under it on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_through_a_follower_is_one_trace_across_the_members() {
+    let (port, spans) = receiver();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let node = Node::cluster_with_env(
+        3,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Some(l) = node.all().find_map(Node::leader_seen) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let follower = node.all().nth(if leader == 1 { 1 } else { 0 }).unwrap().base.clone();
+    let follower_id = if leader == 1 { 2 } else { 1 };
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let http = reqwest::Client::new();
+    let r =
+        http.post(format!("{follower}/txn/begin")).header("traceparent", &traceparent).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let tr = r.headers()["traceresponse"].to_str().unwrap().to_string();
+    assert_eq!(
+        tr.split('-').nth(1),
+        Some(trace),
+        "the leader's traceresponse comes back through the follower"
+    );
+    let txn = r.json::<serde_json::Value>().await.unwrap()["txn"].as_str().unwrap().to_string();
+    // Eight pointers: of 64 partitions, surely more than one, so the commit is two-phase.
+    for i in 0..8 {
+        let r = http
+            .put(format!("{follower}/ptr/k{i}"))
+            .header("traceparent", &traceparent)
+            .header("X-reSTM-Txn", &txn)
+            .json(&json!(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = http
+        .post(format!("{follower}/txn/{txn}/commit"))
+        .header("traceparent", &traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let node_of = |s: &Span| attr(s, "service.instance.id").unwrap_or_default();
+    let applied_on = |got: &[Span], kind: &str| -> std::collections::BTreeSet<String> {
+        got.iter()
+            .filter(|s| hex(&s.trace_id) == trace && s.name == "raft.apply")
+            .filter(|s| attr(s, "restm.command").as_deref() == Some(kind))
+            .map(node_of)
+            .collect()
+    };
+    let got = wait_for(&spans, |s| {
+        applied_on(s, "commit").len() == 3
+            && applied_on(s, "txn_record").len() == 3
+            && s.iter().filter(|x| hex(&x.trace_id) == trace && x.name == "forward").count() >= 10
+    });
+    let in_trace: Vec<&Span> = got.iter().filter(|s| hex(&s.trace_id) == trace).collect();
+    let names: Vec<(String, String)> = in_trace.iter().map(|s| (node_of(s), s.name.clone())).collect();
+    for kind in ["prepare", "txn_record", "commit"] {
+        assert_eq!(
+            applied_on(&got, kind),
+            (1..=3).map(|i| format!("node-{i}")).collect(),
+            "{kind} applied on every member, in the txn's trace: {names:?}"
+        );
+    }
+    // The hop: the follower's forward span, and the leader's request span under it.
+    let (leader_name, follower_name) = (format!("node-{leader}"), format!("node-{follower_id}"));
+    let forwards: Vec<&&Span> =
+        in_trace.iter().filter(|s| s.name == "forward" && node_of(s) == follower_name).collect();
+    assert!(forwards.len() >= 10, "a forward span per request on the follower: {names:?}");
+    let begin = in_trace
+        .iter()
+        .find(|s| s.name == "POST /txn/begin" && node_of(s) == leader_name)
+        .unwrap_or_else(|| panic!("the leader's begin in the trace: {names:?}"));
+    assert!(
+        forwards.iter().any(|f| f.span_id == begin.parent_span_id),
+        "the leader's begin hangs under the hop"
+    );
+    // Each member's apply hangs under a proposal of the leader's.
+    let proposals: Vec<&&Span> =
+        in_trace.iter().filter(|s| s.name == "raft.propose" && node_of(s) == leader_name).collect();
+    for apply in in_trace.iter().filter(|s| s.name == "raft.apply") {
+        assert!(
+            proposals.iter().any(|p| p.span_id == apply.parent_span_id),
+            "an apply on {} without the leader's proposal as its parent",
+            node_of(apply)
+        );
+        assert_eq!(attr(apply, "restm.txn").as_deref(), Some(txn.as_str()));
+    }
 }

@@ -310,7 +310,11 @@ fn parse_gc_interval(s: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let telemetry = crate::telemetry::init();
+    let instance = match &cli.command {
+        Command::Serve(args) => args.node_id.map(|id| format!("node-{id}")),
+        _ => None,
+    };
+    let telemetry = crate::telemetry::init(instance);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

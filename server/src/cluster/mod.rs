@@ -182,11 +182,21 @@ impl Cluster {
 
     /// Appends `command` for `partition` to the data group's log; answers what applying it
     /// answered, once a majority of the voters hold the entry durably.
+    /// The proposal is a `raft.propose` span (when traces are exported), which each
+    /// member's `raft.apply` of it hangs under.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
+        use tracing::Instrument;
         let started = std::time::Instant::now();
-        let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, self.replica.propose(partition, command))
-            .await
-        {
+        let span = tracing::debug_span!(
+            "raft.propose",
+            otel.kind = "producer",
+            restm.group = DATA_GROUP,
+            restm.partition = partition,
+            restm.command = command.kind(),
+        );
+        let parent = crate::telemetry::parent_of(&span);
+        let proposing = self.replica.propose(partition, command, parent).instrument(span);
+        let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
             Ok(answer) => answer,
             Err(_) => {
                 Err(ReplicaError::Timeout { what: "a majority to hold the entry", after: PROPOSE_TIMEOUT })

@@ -102,6 +102,35 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, for spans and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Prepare { .. } => "prepare",
+            Command::PrepareCommit { .. } => "prepare_commit",
+            Command::Commit { .. } => "commit",
+            Command::Abort { .. } => "abort",
+            Command::TxnRecord { .. } => "txn_record",
+            Command::Close { .. } => "close",
+            Command::Pin { .. } => "pin",
+            Command::Unpin { .. } => "unpin",
+            Command::Horizon { .. } => "horizon",
+        }
+    }
+
+    /// The txn the command is about, if any.
+    pub fn txn(&self) -> Option<&TxnId> {
+        match self {
+            Command::Prepare { txn, .. }
+            | Command::PrepareCommit { txn, .. }
+            | Command::Commit { txn, .. }
+            | Command::Abort { txn }
+            | Command::TxnRecord { txn, .. } => Some(txn),
+            _ => None,
+        }
+    }
+}
+
 /// What applying a command answered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {

@@ -77,7 +77,9 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state.metrics.observe_request(route, &method, status, started.elapsed().as_secs_f64());
     tracing::Span::current().record("http.response.status_code", status);
-    if let Some((t, s)) = crate::telemetry::current()
+    // An answer relayed from the leader keeps the leader's (the txn's trace).
+    if !resp.headers().contains_key("traceresponse")
+        && let Some((t, s)) = crate::telemetry::current()
         && let Ok(v) = axum::http::HeaderValue::from_str(&format!("00-{t}-{s}-01"))
     {
         resp.headers_mut().insert("traceresponse", v);

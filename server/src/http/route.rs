@@ -11,7 +11,9 @@
 //!   here, by any member, from its own state: every commit at or below that timestamp is
 //!   already applied here. Anything later goes to the leader.
 //! - Every answer a member serves names it in `X-reSTM-Served-By` (a forwarded answer keeps
-//!   the leader's).
+//!   the leader's, and its `traceresponse`).
+//! - The hop is a `forward` span, whose `traceparent` replaces the client's on the request
+//!   handed on (it continues the client's trace), so the leader's spans hang under it.
 //! - A request is handed on once: one that arrives already forwarded (`x-restm-forwarded`)
 //!   at a node that does not lead is answered `503 unavailable` with `Retry-After`, as is
 //!   one that finds no leader elected or cannot reach it.
@@ -23,6 +25,7 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
@@ -86,7 +89,12 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         return ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
             .into_response();
     };
-    match forward(state, &url, cluster.node_id(), req).await {
+    // The hop is a span of its own, and the leader's spans hang under it.
+    let span = tracing::info_span!("forward", otel.kind = "client", restm.to = leader);
+    match forward(state, &url, cluster.node_id(), req, crate::telemetry::traceparent_of(&span))
+        .instrument(span)
+        .await
+    {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -122,7 +130,14 @@ fn served_by(me: u64, mut resp: Response) -> Response {
 }
 
 /// Sends `req` to the node at `url` and relays its answer.
-async fn forward(state: &AppState, url: &str, me: u64, req: Request) -> Result<Response, ApiError> {
+/// `traceparent` (the hop's span) replaces the client's, whose trace it continues.
+async fn forward(
+    state: &AppState,
+    url: &str,
+    me: u64,
+    req: Request,
+    traceparent: Option<String>,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, state.max_body)
         .await
@@ -131,9 +146,13 @@ async fn forward(state: &AppState, url: &str, me: u64, req: Request) -> Result<R
         format!("{}{}", url.trim_end_matches('/'), parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let mut out = state.forwarder.request(parts.method.clone(), &target).body(body);
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
+        let replaced = traceparent.is_some() && name == "traceparent";
+        if !hop_by_hop(name) && !replaced {
             out = out.header(name, value);
         }
+    }
+    if let Some(tp) = traceparent {
+        out = out.header("traceparent", tp);
     }
     out = out.header(HEADER_FORWARDED, HeaderValue::from(me));
     let answer = out.send().await.map_err(|e| {

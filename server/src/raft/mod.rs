@@ -47,6 +47,9 @@ pub type GroupId = u32;
 pub struct Proposed {
     pub partition: u32,
     pub command: Command,
+    /// The proposer's span, when traces are exported: every member's `raft.apply` span of
+    /// the command hangs under it, so a transaction's trace shows it on each member.
+    pub parent: Option<crate::telemetry::SpanParent>,
 }
 
 /// One log entry's payload: every command proposed while the previous entry was being
@@ -60,7 +63,7 @@ pub struct Proposal {
 impl Proposal {
     /// An entry of one command.
     pub fn one(partition: u32, command: Command) -> Self {
-        Self { commands: vec![Proposed { partition, command }] }
+        Self { commands: vec![Proposed { partition, command, parent: None }] }
     }
 }
 

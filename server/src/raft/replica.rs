@@ -253,12 +253,18 @@ impl Replica {
     /// Appends `command` for `partition` to the log (in one entry with whatever else is
     /// proposed meanwhile); answers what applying it answered, once a majority of the voters
     /// hold the entry durably and it is applied here.
-    pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
+    /// `parent` is the proposer's span, carried to every member's apply.
+    pub async fn propose(
+        &self,
+        partition: u32,
+        command: Command,
+        parent: Option<crate::telemetry::SpanParent>,
+    ) -> Result<Outcome, ReplicaError> {
         if self.partitions.get(partition as usize).is_none() {
             return Err(ReplicaError::NoPartition { group: self.group, partition });
         }
         let (answer, outcome) = tokio::sync::oneshot::channel();
-        let waiting = Waiting { command: super::Proposed { partition, command }, answer };
+        let waiting = Waiting { command: super::Proposed { partition, command, parent }, answer };
         if self.batcher.tx.send(waiting).is_err() {
             return Err(ReplicaError::Raft("the replica's proposer stopped".into()));
         }

@@ -305,7 +305,23 @@ impl RaftStateMachine<Restm> for PartitionMachine {
                     .commands
                     .iter()
                     .map(|p| match self.partitions.get(p.partition as usize) {
-                        Some(part) => Some(apply_observed(part, &p.command, &*self.observer)),
+                        Some(part) => {
+                            let span = p.parent.map(|parent| {
+                                let span = tracing::debug_span!(
+                                    "raft.apply",
+                                    otel.kind = "consumer",
+                                    restm.group = self.group,
+                                    restm.partition = p.partition,
+                                    restm.command = p.command.kind(),
+                                    restm.txn = p.command.txn().map(|t| &**t),
+                                    raft.index = entry.log_id.index,
+                                );
+                                crate::telemetry::set_parent_to(&span, &parent);
+                                span
+                            });
+                            let _entered = span.as_ref().map(tracing::Span::enter);
+                            Some(apply_observed(part, &p.command, &*self.observer))
+                        }
                         None => {
                             // Proposers check the partition first; a command for another is
                             // skipped the same way on every replica.
