@@ -19,7 +19,9 @@ use super::{Accounts, Setup, Workload, count_check};
 #[derive(Clone)]
 pub struct Etcd {
     http: reqwest::Client,
-    base: String,
+    /// One endpoint, or every member of a cluster: calls go to each in turn.
+    bases: Arc<[String]>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn b64(s: &str) -> String {
@@ -34,14 +36,20 @@ fn num(v: &Value) -> u64 {
 }
 
 impl Etcd {
-    pub fn new(http: reqwest::Client, base: &str) -> Self {
-        Self { http, base: base.trim_end_matches('/').to_string() }
+    pub fn new(http: reqwest::Client, bases: &[String]) -> Self {
+        let bases = bases.iter().map(|b| b.trim_end_matches('/').to_string()).collect();
+        Self { http, bases, turn: Arc::default() }
+    }
+
+    fn base(&self) -> &str {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map_or("", String::as_str)
     }
 
     async fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
         let r = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.base()))
             .json(body)
             .send()
             .await
@@ -114,7 +122,7 @@ pub async fn prepare(sys: &Etcd, w: Workload, s: &Setup) -> Result<Prepared, Str
                 Box::pin(async move {
                     let r = sys
                         .http
-                        .get(format!("{}/health", sys.base))
+                        .get(format!("{}/health", sys.base()))
                         .send()
                         .await
                         .map_err(|e| e.to_string())?;

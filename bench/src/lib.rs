@@ -106,6 +106,11 @@ pub struct BenchArgs {
     /// Base URL of the node.
     #[arg(long, env = "RESTM_URL", default_value = "http://127.0.0.1:7070")]
     pub target: String,
+    /// Every member of a cluster (client URLs, comma-separated), instead of `--target`:
+    /// requests go to each member in turn, and an as-of read also runs against the leader
+    /// alone (`as-of-read/leader`), so follower reads compare with leader-only ones.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "target")]
+    pub cluster: Vec<String>,
     /// Bearer token.
     #[arg(long, env = "RESTM_AUTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -138,9 +143,10 @@ pub struct BenchArgs {
     /// which queue on the lock.
     #[arg(long)]
     pub optimistic: bool,
-    /// Also run each workload against this etcd (v3 JSON gateway, e.g. http://127.0.0.1:2379).
-    #[arg(long)]
-    pub against_etcd: Option<String>,
+    /// Also run each workload against this etcd (v3 JSON gateway, e.g. http://127.0.0.1:2379);
+    /// several endpoints (comma-separated) of an etcd cluster take requests in turn.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub against_etcd: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -247,6 +253,7 @@ pub async fn main(a: BenchArgs) -> Result<(), String> {
         Action::One(w) => Some(w),
     };
     let clients = a.clients.unwrap_or(16);
+    let on_cluster = !a.cluster.is_empty();
     let plan: Vec<(Workload, u64)> = match workload {
         Some(w) => vec![(w, clients)],
         None => vec![
@@ -262,8 +269,15 @@ pub async fn main(a: BenchArgs) -> Result<(), String> {
         ],
     };
     let http = http_client(clients.max(32))?;
-    let node = restm::Restm::new(http.clone(), &a.target, a.token.clone());
-    let etcd = a.against_etcd.as_deref().map(|u| etcd::Etcd::new(http.clone(), u));
+    let bases = if on_cluster { a.cluster.clone() } else { vec![a.target.clone()] };
+    let node = restm::Restm::new(http.clone(), &bases, a.token.clone());
+    let etcd = (!a.against_etcd.is_empty()).then(|| etcd::Etcd::new(http.clone(), &a.against_etcd));
+    let leader = match on_cluster {
+        true => {
+            Some(node.leader().await.ok_or("no member of --cluster names a leader it can be reached at")?)
+        }
+        false => None,
+    };
     let stop = match a.count {
         Some(n) => Stop::Count(n),
         None => Stop::After(a.duration.unwrap_or(Duration::from_secs(10))),
@@ -285,6 +299,18 @@ pub async fn main(a: BenchArgs) -> Result<(), String> {
         let ours = finish("restm", &name, clients, a.warmup, stop, prepared).await?;
         println!("{}", row(&ours));
         reports.push(ours);
+        if let (Workload::AsOfRead, Some(leader)) = (w, &leader) {
+            // The same reads, all sent to the leader.
+            let prepared = restm::prepare(&node.only(leader), w, &setup()).await?;
+            let alone = finish("restm", &format!("{name}/leader"), clients, a.warmup, stop, prepared).await?;
+            println!("{}", row(&alone));
+            let spread = &reports[reports.len() - 1];
+            println!(
+                "  spread over members / leader alone: throughput {:.2}x",
+                spread.ops_per_s / alone.ops_per_s
+            );
+            reports.push(alone);
+        }
         if let Some(etcd) = &etcd {
             let prepared = etcd::prepare(etcd, w, &setup()).await?;
             let theirs = finish("etcd", &name, clients, a.warmup, stop, prepared).await?;
@@ -311,7 +337,7 @@ pub async fn main(a: BenchArgs) -> Result<(), String> {
     for r in reports.iter().filter_map(|r| r.check.as_ref().map(|c| (r, c))) {
         println!("{} {}: {}", r.0.system, r.0.workload, r.1);
     }
-    let targets = if workload.is_none() { targets(&reports) } else { Vec::new() };
+    let targets = if workload.is_none() { targets(&reports, on_cluster) } else { Vec::new() };
     if !targets.is_empty() {
         println!("\ntargets (ratios within this run):");
         for t in &targets {
@@ -383,8 +409,8 @@ fn row(r: &Report) -> String {
     )
 }
 
-/// The project's targets, from a suite's reports.
-fn targets(reports: &[Report]) -> Vec<Target> {
+/// The project's targets, from a suite's reports (and the cluster's, on a cluster).
+fn targets(reports: &[Report], on_cluster: bool) -> Vec<Target> {
     let get =
         |system: &str, workload: &str| reports.iter().find(|r| r.system == system && r.workload == workload);
     let mut out = Vec::new();
@@ -426,6 +452,26 @@ fn targets(reports: &[Report]) -> Vec<Target> {
         1.0,
         false,
     );
+    if on_cluster {
+        push(
+            "cluster: replicated durable write ops/s / etcd cluster put ops/s",
+            ratio(ops("restm", "write"), ops("etcd", "write")),
+            2.0,
+            false,
+        );
+        push(
+            "cluster: latest read ops/s / etcd cluster range ops/s",
+            ratio(ops("restm", "latest-read"), ops("etcd", "latest-read")),
+            5.0,
+            false,
+        );
+        push(
+            "cluster: as-of read over members ops/s / leader alone ops/s",
+            ratio(ops("restm", "as-of-read"), ops("restm", "as-of-read/leader")),
+            1.5,
+            false,
+        );
+    }
     out
 }
 

@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use super::run::{Prepared, backoff, fill};
 use super::{Accounts, Setup, Workload, count_check};
 
-/// A reSTM node under test.
+/// A reSTM node under test, or the members of a cluster: requests go to each in turn.
 #[derive(Clone)]
 pub struct Restm {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
 }
 
@@ -27,12 +28,43 @@ enum Fail {
 }
 
 impl Restm {
-    pub fn new(http: reqwest::Client, base: &str, token: Option<String>) -> Self {
-        Self { http, base: base.trim_end_matches('/').to_string(), token }
+    /// Load on `bases` (one node, or every member of a cluster), spread request by request.
+    pub fn new(http: reqwest::Client, bases: &[String], token: Option<String>) -> Self {
+        let bases = bases.iter().map(|b| b.trim_end_matches('/').to_string()).collect();
+        Self { http, bases, turn: Arc::default(), token }
+    }
+
+    /// The same system with every request sent to `base` only.
+    pub fn only(&self, base: &str) -> Self {
+        Self::new(self.http.clone(), &[base.to_string()], self.token.clone())
+    }
+
+    fn base(&self) -> &str {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map_or("", String::as_str)
+    }
+
+    /// The member that leads the cluster's data group (asked of each member's `/cluster`);
+    /// `None` on a node of its own or without a leader.
+    pub async fn leader(&self) -> Option<String> {
+        let mut leader = None;
+        let mut ids = Vec::new();
+        for base in self.bases.iter() {
+            let mut req = self.http.get(format!("{base}/cluster"));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let Ok(r) = req.send().await else { continue };
+            let Ok(status) = r.json::<restm_shared::ClusterStatus>().await else { continue };
+            leader = leader.or_else(|| status.groups.first().and_then(|g| g.leader));
+            ids.push((status.node_id, base.clone()));
+        }
+        let leader = leader?;
+        ids.into_iter().find(|(id, _)| *id == leader).map(|(_, base)| base)
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        let r = self.http.request(method, format!("{}{path}", self.base()));
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -52,11 +84,12 @@ impl Restm {
         }
     }
 
+    /// Sends `req` once: any answer but a success (or 404) is the run's error, named.
     async fn fatal(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
-        match self.send(req).await {
-            Ok(r) => Ok(r),
-            Err(Fail::Retry) => Err("unexpected 409/503".into()),
-            Err(Fail::Fatal(e)) => Err(e),
+        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        match resp.status().as_u16() {
+            200..=299 | 404 => Ok(resp),
+            s => Err(format!("{s}: {}", resp.text().await.unwrap_or_default())),
         }
     }
 
@@ -333,7 +366,22 @@ async fn deep(sys: &Arc<Restm>, ptr: &str, s: &Setup) -> Result<Arc<Vec<u64>>, S
     let versions = fill(s.versions, s.clients, move || {
         let (sys, path, v) = (sys.clone(), path.clone(), v.clone());
         async move {
-            let r = sys.fatal(sys.req(reqwest::Method::PUT, &path).json(&v)).await?;
+            // Writers queue on the one pointer's lock; one that waited too long (a 409
+            // lock-timeout, likelier behind a cluster's log) or met a moving lead writes again.
+            let mut attempt = 0;
+            let r = loop {
+                match sys.send(sys.req(reqwest::Method::PUT, &path).json(&v)).await {
+                    Ok(r) => break r,
+                    Err(Fail::Retry) if attempt < 20 => {
+                        attempt += 1;
+                        backoff(attempt).await;
+                    }
+                    Err(Fail::Retry) => {
+                        return Err(format!("writing {path} failed {attempt} times (409/503)"));
+                    }
+                    Err(Fail::Fatal(e)) => return Err(e),
+                }
+            };
             let w: restm_shared::WriteResponse = r.json().await.map_err(|e| e.to_string())?;
             Ok(w.version)
         }

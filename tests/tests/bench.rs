@@ -9,12 +9,12 @@ use restm_tests::{Node, free_port, restm_bin, temp_dir};
 use serde_json::Value;
 
 fn bench(node: &Node, args: &[&str], json: &Path) -> (String, Value) {
-    let out = Command::new(restm_bin())
-        .args(["bench", "--target", &node.base, "--warmup", "0s", "--json"])
-        .arg(json)
-        .args(args)
-        .output()
-        .expect("run restm bench");
+    let mut cmd = Command::new(restm_bin());
+    cmd.arg("bench");
+    if !args.contains(&"--cluster") {
+        cmd.args(["--target", &node.base]);
+    }
+    let out = cmd.args(["--warmup", "0s", "--json"]).arg(json).args(args).output().expect("run restm bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -139,4 +139,52 @@ fn against_etcd_runs_both_sides_and_prints_the_ratio() {
             assert!(out.contains("etcd bank: 50 accounts sum to 50000"), "{out}");
         }
     }
+}
+
+/// `--cluster` spreads the load over every member, and the as-of read runs once more
+/// against the leader alone, so the two compare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_load_goes_to_every_member_and_as_of_reads_also_to_the_leader_alone() {
+    let node = Node::cluster(3, &[]);
+    let members: Vec<String> = node.all().map(|m| m.base.clone()).collect();
+    let cluster = members.join(",");
+    // Pointer requests each member answered (handed on or served), by its own metrics.
+    async fn served(m: &str) -> f64 {
+        let text = reqwest::get(format!("{m}/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("restm_http_request_duration_seconds_count{") && l.contains("/ptr/{id}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+    let mut before = Vec::new();
+    for m in &members {
+        before.push(served(m).await);
+    }
+    let dir = temp_dir("bench");
+    let json = dir.join("cluster-bank.json");
+    let (out, report) = bench(
+        &node,
+        &["bank", "--cluster", &cluster, "--count", "200", "--keys", "20", "--clients", "4"],
+        &json,
+    );
+    assert_eq!(
+        (report["runs"][0]["ops"].as_u64(), report["runs"][0]["errors"].as_u64()),
+        (Some(200), Some(0))
+    );
+    assert!(out.contains("20 accounts sum to 20000, none negative"), "{out}");
+    for (m, b) in members.iter().zip(&before) {
+        assert!(served(m).await > *b + 50.0, "{m} took part of the load");
+    }
+    let json = dir.join("cluster-asof.json");
+    let (out, report) =
+        bench(&node, &["as-of-read", "--cluster", &cluster, "--versions", "200", "--count", "300"], &json);
+    let runs = report["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    assert_eq!(names, ["as-of-read", "as-of-read/leader"]);
+    for r in runs {
+        assert_eq!((r["ops"].as_u64(), r["errors"].as_u64()), (Some(300), Some(0)), "{r}");
+    }
+    assert!(out.contains("spread over members / leader alone"), "{out}");
 }
