@@ -14,3 +14,4 @@ pub mod node;
 pub mod raft;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

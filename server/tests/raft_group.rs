@@ -78,6 +78,7 @@ fn identity(id: NodeId) -> Arc<Identity> {
         node: id,
         token: Some("secret".into()),
         client_url: String::new(),
+        tls: None,
     })
 }
 
@@ -297,6 +298,7 @@ async fn a_peer_with_the_wrong_token_or_cluster_is_refused() {
             node: 2,
             token: Some("secret".into()),
             client_url: String::new(),
+            tls: None,
         },
         3,
     )
@@ -307,17 +309,25 @@ async fn a_peer_with_the_wrong_token_or_cluster_is_refused() {
         node: 2,
         token: Some("guess".into()),
         client_url: String::new(),
+        tls: None,
     })
     .await;
     assert_eq!(wrong_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
-    let no_token =
-        ask(Identity { cluster: "raft-test".into(), node: 2, token: None, client_url: String::new() }).await;
+    let no_token = ask(Identity {
+        cluster: "raft-test".into(),
+        node: 2,
+        token: None,
+        client_url: String::new(),
+        tls: None,
+    })
+    .await;
     assert_eq!(no_token.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
     let other_cluster = ask(Identity {
         cluster: "other".into(),
         node: 2,
         token: Some("secret".into()),
         client_url: String::new(),
+        tls: None,
     })
     .await;
     assert_eq!(other_cluster.expect_err("refused").kind(), std::io::ErrorKind::PermissionDenied);
@@ -327,6 +337,7 @@ async fn a_peer_with_the_wrong_token_or_cluster_is_refused() {
         node: 2,
         token: Some("secret".into()),
         client_url: String::new(),
+        tls: None,
     })
     .await;
     assert!(matches!(welcome, Ok(restm::raft::transport::Response::NoGroup(0))), "{welcome:?}");

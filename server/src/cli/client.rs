@@ -19,6 +19,10 @@ pub struct Target {
     /// Run inside this transaction.
     #[arg(long)]
     pub txn: Option<String>,
+    /// PEM CA bundle to trust for an https:// node (for example its self-signed
+    /// certificate), instead of the system's roots.
+    #[arg(long, env = "RESTM_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,19 +75,36 @@ fn ptr_url(t: &Target, ptr: &str, suffix: &str) -> String {
     format!("{}/ptr/{}{}", t.target.trim_end_matches('/'), utf8_percent_encode(ptr, SEGMENT), suffix)
 }
 
-fn request(t: &Target, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-    let mut rb = reqwest::Client::new().request(method, url);
+fn request(t: &Target, method: reqwest::Method, url: String) -> Result<reqwest::RequestBuilder, String> {
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &t.ca {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--ca {}: not a PEM certificate bundle: {e}", path.display()))?;
+        client = client.tls_certs_only(certs);
+    }
+    let client = client.build().map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let mut rb = client.request(method, url);
     if let Some(tok) = &t.token {
         rb = rb.bearer_auth(tok);
     }
     if let Some(txn) = &t.txn {
         rb = rb.header(HEADER_TXN, txn);
     }
-    rb
+    Ok(rb)
 }
 
 async fn finish(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
-    let resp = resp.map_err(|e| format!("cannot reach the node: {e}"))?;
+    let resp = resp.map_err(|e| {
+        // reqwest's own words say only which URL failed; the causes say why.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        format!("cannot reach the node: {why}")
+    })?;
     let status = resp.status();
     let version = resp.headers().get(HEADER_VERSION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = resp.text().await.map_err(|e| e.to_string())?;
@@ -102,7 +123,7 @@ async fn finish(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), S
 }
 
 pub async fn get(a: GetArgs) -> Result<(), String> {
-    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, ""));
+    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, ""))?;
     if let Some(at) = &a.at {
         rb = rb.header(HEADER_AT, at);
     }
@@ -112,7 +133,7 @@ pub async fn get(a: GetArgs) -> Result<(), String> {
 pub async fn put(a: PutArgs) -> Result<(), String> {
     serde_json::from_str::<serde::de::IgnoredAny>(&a.value)
         .map_err(|e| format!("the value is not JSON: {e}"))?;
-    let mut rb = request(&a.target, reqwest::Method::PUT, ptr_url(&a.target, &a.ptr, ""))
+    let mut rb = request(&a.target, reqwest::Method::PUT, ptr_url(&a.target, &a.ptr, ""))?
         .header("content-type", "application/json")
         .body(a.value);
     if let Some(m) = &a.if_match {
@@ -122,7 +143,7 @@ pub async fn put(a: PutArgs) -> Result<(), String> {
 }
 
 pub async fn del(a: DelArgs) -> Result<(), String> {
-    let mut rb = request(&a.target, reqwest::Method::DELETE, ptr_url(&a.target, &a.ptr, ""));
+    let mut rb = request(&a.target, reqwest::Method::DELETE, ptr_url(&a.target, &a.ptr, ""))?;
     if let Some(m) = &a.if_match {
         rb = rb.header("if-match", m);
     }
@@ -139,7 +160,7 @@ pub async fn history(a: HistoryArgs) -> Result<(), String> {
     }
     let suffix =
         if query.is_empty() { "/history".to_string() } else { format!("/history?{}", query.join("&")) };
-    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, &suffix));
+    let mut rb = request(&a.target, reqwest::Method::GET, ptr_url(&a.target, &a.ptr, &suffix))?;
     if let Some(at) = &a.at {
         rb = rb.header(HEADER_AT, at);
     }

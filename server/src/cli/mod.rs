@@ -123,9 +123,21 @@ pub struct ServeArgs {
     /// The cluster's name: nodes of two clusters refuse each other.
     #[arg(long, env = "RESTM_CLUSTER_NAME", default_value = "restm")]
     pub cluster_name: String,
-    /// The URL peers hand clients' requests on to (default: http:// and --listen).
+    /// The URL peers hand clients' requests on to (default: http:// and --listen, or
+    /// https:// with --tls-cert).
     #[arg(long, env = "RESTM_ADVERTISE_CLIENT_URL")]
     pub advertise_client_url: Option<String>,
+    /// PEM certificate (chain) to serve TLS with, on the client port and the peer port.
+    #[arg(long, env = "RESTM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RESTM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle that signs every member's certificate, trusted when this node dials a
+    /// peer or hands a request on (default: --tls-cert itself, for one self-signed
+    /// certificate shared by the cluster).
+    #[arg(long, env = "RESTM_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `--initial-cluster`: member id → the address peers dial it at.
@@ -210,16 +222,21 @@ impl ServeArgs {
             peer_listen: peer,
             initial: initial.0.clone(),
             token: self.peer_token.clone(),
-            client_url: self
-                .advertise_client_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", self.listen)),
+            client_url: self.advertise_client_url.clone().unwrap_or_else(|| {
+                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            }),
+            tls: None,
         }))
     }
 
     /// The node and listener these options describe.
     pub fn into_config(self) -> Result<ServeConfig, String> {
         let cluster = self.cluster()?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key, ca: self.tls_ca }),
+            _ => None,
+        };
         let node = NodeConfig {
             data_dir: self.data_dir,
             partitions: self.partitions,
@@ -249,6 +266,7 @@ impl ServeArgs {
             max_body: self.max_body,
             ui_dir: self.ui_dir,
             cluster,
+            tls,
         })
     }
 }

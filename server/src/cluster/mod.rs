@@ -48,6 +48,8 @@ pub struct ClusterConfig {
     pub token: Option<String>,
     /// Where this node serves clients, for peers that forward to it.
     pub client_url: String,
+    /// TLS on the peer port, and for dialling peers (`--tls-cert`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Why the cluster could not start.
@@ -95,6 +97,7 @@ impl Cluster {
             node: config.node_id,
             token: config.token.clone(),
             client_url: config.client_url.clone(),
+            tls: config.tls.clone(),
         });
         let host = Host::new(db, me.clone());
         let replica =

@@ -138,6 +138,8 @@ pub struct ServeConfig {
     pub ui_dir: Option<std::path::PathBuf>,
     /// The cluster to join (`None`: a cluster of one, unreplicated).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// TLS on the client port (and the peer port), from these files.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Opens the node and serves until Ctrl-C or SIGTERM.
@@ -152,11 +154,19 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
     if args.auth_token.as_deref().is_some_and(str::is_empty) {
         return Err("--auth-token must not be empty".into());
     }
+    let tls = match &args.tls {
+        Some(files) => Some(crate::tls::Tls::load(files).map_err(|e| format!("cannot set up TLS: {e}"))?),
+        None => None,
+    };
+    let mut cluster = args.cluster;
+    if let Some(c) = cluster.as_mut() {
+        c.tls = tls.clone();
+    }
     let data_dir = args.node.data_dir.clone();
     let durability = args.node.durability;
     let events = Arc::new(crate::events::EventHub::new(args.event_buffer, args.event_subscriber_buffer));
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let node = match args.cluster {
+    let node = match cluster {
         None => Node::open(args.node, events.clone(), metrics.clone())
             .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?,
         Some(cluster) => Node::open_cluster(args.node, events.clone(), metrics.clone(), cluster)
@@ -170,19 +180,28 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
         events,
         metrics,
         auth_token: args.auth_token.map(Arc::from),
-        forwarder: route::forwarder(),
+        forwarder: route::forwarder(tls.as_deref()),
         max_body: args.max_body,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%local, ?durability, "restm listening");
-    println!("restm listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%local, ?durability, tls = tls.is_some(), "restm listening");
+    println!("restm listening on {scheme}://{local}");
     match &args.ui_dir {
-        Some(dir) if dir.join("index.html").is_file() => println!("explorer at http://{local}/ui/"),
+        Some(dir) if dir.join("index.html").is_file() => println!("explorer at {scheme}://{local}/ui/"),
         Some(dir) => tracing::warn!(dir = %dir.display(), "no index.html in --ui-dir; /ui/ will answer 404"),
         None => {}
+    }
+    let app = router(state, args.max_body, args.ui_dir.as_deref());
+    if let Some(tls) = tls {
+        let listener = crate::tls::TlsListener::spawn(listener, tls).map_err(|e| e.to_string())?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string());
     }
     // Answers are small and clients wait for each one: send them without Nagle's delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -190,10 +209,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state, args.max_body, args.ui_dir.as_deref()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 /// Ctrl-C or SIGTERM.

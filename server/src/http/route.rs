@@ -38,13 +38,15 @@ pub const HEADER_SERVED_BY: &str = "x-restm-served-by";
 /// How long handing a request on may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The client members use to hand requests on.
-pub fn forwarder() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The client members use to hand requests on; with TLS it trusts only the cluster's CA.
+pub fn forwarder(tls: Option<&crate::tls::Tls>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default()
+        .pool_idle_timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        builder = builder.tls_certs_only(tls.reqwest_roots());
+    }
+    builder.build().unwrap_or_default()
 }
 
 /// Whether the leader serves `path` (everything about pointers, txns, pins and GC).

@@ -51,7 +51,13 @@ pub struct Identity {
     pub token: Option<String>,
     /// Where this node serves clients (`http://host:port`), for peers that forward to it.
     pub client_url: String,
+    /// TLS on the peer port and when dialling peers; `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
+
+/// A peer connection's byte stream: plain TCP, or TLS over it.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
 
 /// The first frame on a connection, from the dialling node.
 #[derive(Debug, Serialize, Deserialize)]
@@ -250,7 +256,13 @@ impl PeerServer {
     async fn connection(stream: TcpStream, me: Arc<Identity>, groups: Arc<Groups>) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let remote = stream.peer_addr()?;
-        let (r, w) = stream.into_split();
+        let stream: Box<dyn PeerIo> = match &me.tls {
+            Some(tls) => Box::new(tls.accept(stream).await.inspect_err(|e| {
+                tracing::warn!(%remote, error = %e, "refused a peer: its TLS handshake failed");
+            })?),
+            None => Box::new(stream),
+        };
+        let (r, w) = tokio::io::split(stream);
         let (mut rd, mut wr) = (FramedRead::new(r, codec()), FramedWrite::new(w, codec()));
         let first = tokio::time::timeout(CONNECT_TIMEOUT, rd.next())
             .await
@@ -321,7 +333,11 @@ impl PeerClient {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("dialling {addr}")))??;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let stream: Box<dyn PeerIo> = match &self.me.tls {
+            Some(tls) => Box::new(tls.connect(addr, stream).await?),
+            None => Box::new(stream),
+        };
+        let (r, w) = tokio::io::split(stream);
         let (mut rd, mut wr) = (FramedRead::new(r, codec()), FramedWrite::new(w, codec()));
         let hello = Hello {
             cluster: self.me.cluster.clone(),
