@@ -807,3 +807,41 @@ async fn a_long_txn_on_the_leader_holds_every_members_history() {
     // Once the new leader's own watermark passes it, GC may go on: 410 then, never a wrong value.
     assert!(status == 200 && body == "1" || status == 410, "{status} {body}");
 }
+
+/// `restm cluster status` prints what `GET /cluster` says, as a table or as JSON.
+#[test]
+fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {
+    let node = Node::cluster(3, &[]);
+    let l = leader_index(&node);
+    let status = |base: &str, json: bool| {
+        let mut cmd = std::process::Command::new(restm_bin());
+        cmd.args(["cluster", "status", "--target", base]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lead = node.all().nth(l).unwrap().base.clone();
+    let follower = node.all().nth((l + 1) % 3).unwrap().base.clone();
+    let text = status(&lead, false);
+    assert!(text.contains(&format!("leader node {}", l + 1)), "{text}");
+    assert!(text.contains("this node: leader"), "{text}");
+    assert_eq!(text.matches("follower ").count(), 2, "each follower's lag: {text}");
+    for id in 1..=3 {
+        assert!(
+            text.lines().any(|line| line.trim_start().starts_with(&format!("{id} "))),
+            "member {id}: {text}"
+        );
+    }
+    let text = status(&follower, false);
+    assert!(
+        text.contains("this node: follower") && text.contains(&format!("leader node {}", l + 1)),
+        "{text}"
+    );
+    let json: restm_shared::ClusterStatus = serde_json::from_str(&status(&follower, true)).unwrap();
+    assert_eq!((json.members.len(), json.groups[0].leader), (3, Some(l as u64 + 1)));
+    let one = Node::start();
+    assert!(status(&one.base, false).contains("a cluster of one"));
+}

@@ -75,7 +75,11 @@ fn ptr_url(t: &Target, ptr: &str, suffix: &str) -> String {
     format!("{}/ptr/{}{}", t.target.trim_end_matches('/'), utf8_percent_encode(ptr, SEGMENT), suffix)
 }
 
-fn request(t: &Target, method: reqwest::Method, url: String) -> Result<reqwest::RequestBuilder, String> {
+pub(crate) fn request(
+    t: &Target,
+    method: reqwest::Method,
+    url: String,
+) -> Result<reqwest::RequestBuilder, String> {
     let mut client = reqwest::Client::builder();
     if let Some(path) = &t.ca {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
@@ -94,17 +98,20 @@ fn request(t: &Target, method: reqwest::Method, url: String) -> Result<reqwest::
     Ok(rb)
 }
 
+/// Why the node could not be reached: reqwest's own words say only which URL failed, its
+/// causes say why (refused, a certificate not trusted, …).
+pub(crate) fn unreachable(e: reqwest::Error) -> String {
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    format!("cannot reach the node: {why}")
+}
+
 async fn finish(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
-    let resp = resp.map_err(|e| {
-        // reqwest's own words say only which URL failed; the causes say why.
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            why = format!("{why}: {s}");
-            source = s.source();
-        }
-        format!("cannot reach the node: {why}")
-    })?;
+    let resp = resp.map_err(unreachable)?;
     let status = resp.status();
     let version = resp.headers().get(HEADER_VERSION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = resp.text().await.map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! to one, so a user need not hand-write curl; `worker` and `tasks` drive the task engine.
 
 pub mod client;
+pub mod cluster;
 pub mod demo;
 pub mod tasks;
 
@@ -49,6 +50,9 @@ pub enum Command {
     Bench(restm_bench::BenchArgs),
     /// Start a local cluster (3 members by default) and print its addresses.
     Demo(demo::DemoArgs),
+    /// Look at a cluster: `restm cluster status`.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Options of `restm serve`.
@@ -355,6 +359,7 @@ pub fn main() -> ExitCode {
             Command::Tasks(cmd) => tasks::run(cmd).await,
             Command::Bench(args) => restm_bench::main(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Cluster(cmd) => cluster::run(cmd).await,
         }
     });
     drop(telemetry);

@@ -1,0 +1,111 @@
+//! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON).
+
+use restm_shared::{ClusterStatus, GroupStatus, Problem};
+
+use super::client::{Target, request, unreachable};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// The members (up or down, last contact) and each group's leader, term, log and
+    /// applied indexes, follower lag and closed timestamps, as the member asked sees them.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the answer as JSON, as `GET /cluster` gives it.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
+    let ClusterCommand::Status(a) = cmd;
+    let url = format!("{}/cluster", a.target.target.trim_end_matches('/'));
+    let resp = request(&a.target, reqwest::Method::GET, url)?.send().await.map_err(unreachable)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => format!("{} {}: {}", p.status, p.code, p.detail),
+            Err(_) => format!("{status}: {text}"),
+        });
+    }
+    if a.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let s: ClusterStatus = serde_json::from_str(&text)
+        .map_err(|e| format!("the node's /cluster is not what this CLI reads: {e}"))?;
+    print!("{}", table(&s));
+    Ok(())
+}
+
+/// The status as the table `restm cluster status` prints.
+pub fn table(s: &ClusterStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if !s.replicated {
+        let _ = writeln!(
+            out,
+            "node {}: a cluster of one (started without cluster flags), unreplicated",
+            s.node_id
+        );
+        return out;
+    }
+    let _ = writeln!(out, "cluster {:?}, as node {} sees it", s.cluster, s.node_id);
+    let _ = writeln!(out, "\nmembers\n  {:<4} {:<8} {:>13}  peer", "id", "state", "last contact");
+    for m in &s.members {
+        let contact = m.last_contact_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        let _ = writeln!(out, "  {:<4} {:<8} {:>13}  {}", m.node_id, m.state, contact, m.peer_url);
+    }
+    for g in &s.groups {
+        group(&mut out, g);
+    }
+    out
+}
+
+fn group(out: &mut String, g: &GroupStatus) {
+    use std::fmt::Write;
+    let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let leader = g.leader.map_or("none elected".to_string(), |l| format!("node {l}"));
+    let _ = writeln!(
+        out,
+        "\ngroup {}: {} partitions, leader {leader}, term {}, voters {}{}",
+        g.group,
+        g.partitions.len(),
+        g.term,
+        ids(&g.voters),
+        if g.learners.is_empty() { String::new() } else { format!(", learners {}", ids(&g.learners)) },
+    );
+    let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+    let _ = writeln!(
+        out,
+        "  this node: {}, log {}, applied {}",
+        g.role,
+        index(g.last_log_index),
+        index(g.applied_index)
+    );
+    if let Some(ms) = g.millis_since_quorum_ack {
+        let _ = writeln!(out, "  a majority acknowledged the leader {ms} ms ago");
+    }
+    for f in &g.follower_lag {
+        let lag = f.lag.map_or("unknown".to_string(), |l| format!("{l} entries behind"));
+        let _ = writeln!(out, "  follower {}: matched {}, {lag}", f.node_id, index(f.matched_index));
+    }
+    let lags: Vec<u64> = g.closed.iter().filter(|c| c.version > 0).map(|c| c.lag_ms).collect();
+    match (lags.iter().min(), lags.iter().max()) {
+        (Some(lo), Some(hi)) => {
+            let _ = writeln!(
+                out,
+                "  closed timestamps: {} of {} partitions, {lo}–{hi} ms behind (as-of reads older than that are served here)",
+                lags.len(),
+                g.closed.len()
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "  closed timestamps: none yet");
+        }
+    }
+}
