@@ -845,3 +845,94 @@ fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {
     let one = Node::start();
     assert!(status(&one.base, false).contains("a cluster of one"));
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next event on `ws`, or `Err` with the close code once the stream ends.
+async fn next_event(ws: &mut Ws) -> Result<Value, Option<u16>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await.expect("an event or the end") {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return Err(None),
+        }
+    }
+}
+
+/// `/events` on a follower is the leader's stream, so it shows the cluster's transactions
+/// (a conflict names its winner). When the lead moves the stream ends with 1012 (reconnect),
+/// and a reconnect to the same member follows the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_a_follower_are_the_leaders_and_follow_the_lead_when_it_moves() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let f = (l + 1) % 3;
+    let (follower, port) = {
+        let m = member(&mut node, f);
+        (m.base.clone(), m.port)
+    };
+    let subscribe = || async move {
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/events?kinds=conflict,commit")).await
+    };
+    let mut ws = subscribe().await.expect("the follower relays the leader's stream").0;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A conflict, all through the follower: a reads ev/x, a one-shot writes it, a commits.
+    let begin = json_ok(http.post(format!("{follower}/txn/begin")).send().await).await.unwrap();
+    let a = begin["txn"].as_str().unwrap().to_string();
+    let r = http.get(format!("{follower}/ptr/ev%2Fx")).header("X-reSTM-Txn", &a).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http.put(format!("{follower}/ptr/ev%2Fx")).json(&json!(1)).send().await.unwrap();
+    let winner: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    let r = http
+        .put(format!("{follower}/ptr/ev%2Fy"))
+        .header("X-reSTM-Txn", &a)
+        .json(&json!(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(http.post(format!("{follower}/txn/{a}/commit")).send().await.unwrap().status(), 409);
+    let conflict = loop {
+        let e = next_event(&mut ws).await.expect("the conflict");
+        if e["kind"] == "conflict" {
+            break e;
+        }
+    };
+    assert_eq!(conflict["txn"], a.as_str(), "{conflict}");
+    assert_eq!(conflict["winner_version"], winner, "{conflict}");
+    assert!(conflict["winner_txn"].as_str().is_some_and(|t| !t.is_empty()), "{conflict}");
+    // The leader dies: the relayed stream ends, saying to reconnect.
+    member(&mut node, l).kill();
+    let code = loop {
+        match next_event(&mut ws).await {
+            Ok(_) => continue,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1012), "the stream ends with 'service restart'");
+    // Reconnected to the same member, the stream is the new leader's.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let version = loop {
+        let r = http.put(format!("{follower}/ptr/ev%2Fz")).json(&json!(3)).send().await.unwrap();
+        if r.status() == 200 {
+            break r.headers()["x-restm-version"].to_str().unwrap().parse::<u64>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no leader after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut ws = subscribe().await.expect("a stream from the new leader").0;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = http.put(format!("{follower}/ptr/ev%2Fz")).json(&json!(4)).send().await.unwrap();
+    let later: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    assert!(later > version);
+    loop {
+        let e = next_event(&mut ws).await.expect("the commit");
+        if e["kind"] == "commit" && e["version"] == later {
+            break;
+        }
+    }
+}

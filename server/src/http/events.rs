@@ -1,6 +1,7 @@
 //! `GET /events`: the live event stream over WebSocket, filtered by `prefix` and `kinds`,
 //! resumable with `since`. A subscriber that falls behind gets `lagged` with the count it
-//! missed; the engine never waits for it.
+//! missed; the engine never waits for it. On a cluster, a member that does not lead relays
+//! the leader's stream ([`super::events_relay`]).
 
 use std::collections::HashSet;
 
@@ -54,12 +55,16 @@ impl Filter {
     }
 }
 
-/// Streams engine events as JSON text messages.
+/// Streams engine events as JSON text messages. On a cluster, a member that does not lead
+/// relays the leader's stream (the leader's numbering), and closes it with code 1012 when
+/// the lead moves: reconnect, with `since`.
 #[utoipa::path(get, path = "/events", tag = "observability", params(EventsQuery),
     responses((status = 101, description = "WebSocket: one JSON Event per text message", body = Event),
-        (status = 400, description = "unknown kind or bad query", body = Problem)))]
+        (status = 400, description = "unknown kind or bad query", body = Problem),
+        (status = 503, description = "a cluster member that does not lead and finds no leader to relay", body = Problem)))]
 pub async fn events(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -90,6 +95,31 @@ pub async fn events(
         Some(p) => ws.protocols([p.to_string()]),
         None => ws,
     };
+    // On a cluster the leader's events are the cluster's: a member that does not lead
+    // relays its stream (and one handed on to it after the lead moved says so).
+    if let Some(cluster) = state.node.cluster().filter(|c| !c.is_leader()).cloned() {
+        if headers.contains_key(super::route::HEADER_FORWARDED) {
+            return Err(ApiError::Unavailable(
+                "handed on to a node that does not lead (the lead just moved); retry, on any node".into(),
+            ));
+        }
+        let leader = cluster.leader().ok_or_else(|| {
+            ApiError::Unavailable(
+                "no leader is elected (a majority of the members is unreachable); retry".into(),
+            )
+        })?;
+        let url = cluster.client_url(leader).await.ok_or_else(|| {
+            ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
+        })?;
+        let up = super::events_relay::Upstream::new(
+            &url,
+            uri.query(),
+            &headers,
+            cluster.node_id(),
+            state.tls.clone(),
+        );
+        return Ok(ws.on_upgrade(move |socket| super::events_relay::relay(socket, up, cluster)));
+    }
     let filter = Filter { prefix: q.prefix.filter(|p| !p.is_empty()), kinds };
     let hub = state.events.clone();
     Ok(ws.on_upgrade(move |socket| stream(socket, hub, filter, q.since)))
@@ -137,7 +167,8 @@ async fn stream(
         // between its last event and the restart is unknown, so say so, then start over.
         let mut e = lagged(0, sub.missed);
         e.reason = Some(format!(
-            "since={} is ahead of this node's events: it restarted and numbering began again at 1",
+            "since={} is ahead of this node's events: it restarted, or (on a cluster) the lead moved \
+             to it, and its numbering is its own",
             since.unwrap_or(0)
         ));
         ok = send(&mut socket, &e).await;

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod events_relay;
 pub mod gc;
 pub mod observe;
 pub mod openapi;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub forwarder: reqwest::Client,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// This node's TLS (`--tls-cert`), for what it dials itself.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl AppState {
@@ -182,6 +185,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
         auth_token: args.auth_token.map(Arc::from),
         forwarder: route::forwarder(tls.as_deref()),
         max_body: args.max_body,
+        tls: tls.clone(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
