@@ -46,6 +46,7 @@ export class Node {
 
   async spawn() {
     const args = ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dir, "--ui-dir", UI_DIR, ...this.extra];
+    this.spawnArgs = args;
     this.proc = spawn(BIN, args, { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
     for (let i = 0; i < 200; i++) {
       try {
@@ -58,7 +59,7 @@ export class Node {
   }
 
   async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     const done = new Promise((r) => this.proc.once("exit", r));
     this.proc.kill("SIGTERM");
     await Promise.race([done, sleep(5000)]);
@@ -94,6 +95,57 @@ export class Node {
 
   begin() {
     return this.req("POST", "/txn/begin", { body: {}, expect: 201 }).then((r) => r.json.txn);
+  }
+}
+
+/** A cluster of `n` members on loopback, each serving the explorer. */
+export class Cluster {
+  static async start(n = 3, extra = []) {
+    const ports = [];
+    for (let i = 0; i < n; i++) ports.push({ client: await freePort(), peer: await freePort() });
+    const initial = ports.map((p, i) => `${i + 1}=http://127.0.0.1:${p.peer}`).join(",");
+    const c = new Cluster();
+    c.members = await Promise.all(ports.map(async (p, i) => {
+      const m = new Node();
+      m.id = i + 1;
+      m.port = p.client;
+      m.dir = mkdtempSync(join(tmpdir(), `restm-e2e-m${i + 1}-`));
+      m.extra = ["--node-id", String(i + 1), "--peer-listen", `127.0.0.1:${p.peer}`, "--initial-cluster", initial, ...extra];
+      m.base = `http://127.0.0.1:${m.port}`;
+      await m.spawn();
+      return m;
+    }));
+    // Every member knows the same leader before a test starts.
+    for (let i = 0; i < 400; i++) {
+      const seen = await Promise.all(c.members.map((m) => fetch(`${m.base}/cluster`).then((r) => r.json()).then((j) => j.groups?.[0]?.leader).catch(() => null)));
+      if (seen[0] && seen.every((l) => l === seen[0])) return c;
+      await sleep(50);
+    }
+    throw new Error("the members did not agree on a leader");
+  }
+
+  /** The member that leads, as the first member that answers says (waits for one). */
+  async leader(except = null) {
+    for (let i = 0; i < 400; i++) {
+      for (const m of this.members) {
+        if (m.proc.exitCode !== null || m.proc.signalCode !== null) continue;
+        try {
+          const r = await fetch(`${m.base}/cluster`);
+          const id = (await r.json()).groups?.[0]?.leader;
+          if (id && id !== except) return this.members[id - 1];
+        } catch {}
+      }
+      await sleep(50);
+    }
+    throw new Error("the cluster elected no leader");
+  }
+
+  kill(member) {
+    member.proc.kill("SIGKILL");
+  }
+
+  async close() {
+    await Promise.all(this.members.map((m) => m.close()));
   }
 }
 
