@@ -98,19 +98,7 @@ pub async fn events(
     // On a cluster the leader's events are the cluster's: a member that does not lead
     // relays its stream (and one handed on to it after the lead moved says so).
     if let Some(cluster) = state.node.cluster().filter(|c| !c.is_leader()).cloned() {
-        if headers.contains_key(super::route::HEADER_FORWARDED) {
-            return Err(ApiError::Unavailable(
-                "handed on to a node that does not lead (the lead just moved); retry, on any node".into(),
-            ));
-        }
-        let leader = cluster.leader().ok_or_else(|| {
-            ApiError::Unavailable(
-                "no leader is elected (a majority of the members is unreachable); retry".into(),
-            )
-        })?;
-        let url = cluster.client_url(leader).await.ok_or_else(|| {
-            ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
-        })?;
+        let (_, url) = super::route::hand_on_to(&cluster, &headers).await?;
         let up = super::events_relay::Upstream::new(
             &url,
             uri.query(),

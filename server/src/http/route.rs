@@ -75,21 +75,9 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         }
         return served_by(me, next.run(req).await);
     }
-    if req.headers().contains_key(HEADER_FORWARDED) {
-        return ApiError::Unavailable(
-            "handed on to a node that does not lead (the lead just moved); retry, on any node".into(),
-        )
-        .into_response();
-    }
-    let Some(leader) = cluster.leader() else {
-        return ApiError::Unavailable(
-            "no leader is elected (a majority of the members is unreachable); retry".into(),
-        )
-        .into_response();
-    };
-    let Some(url) = cluster.client_url(leader).await else {
-        return ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
-            .into_response();
+    let (leader, url) = match hand_on_to(cluster, req.headers()).await {
+        Ok(to) => to,
+        Err(e) => return e.into_response(),
     };
     // The hop is a span of its own, and the leader's spans hang under it.
     let span = tracing::info_span!("forward", otel.kind = "client", restm.to = leader);
@@ -100,6 +88,27 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// Where a member that does not lead hands a request with `headers` on to: the leader's id
+/// and client URL. Refused (`503`, retryable) when the request was handed on already (the
+/// lead just moved), when no leader is elected, or when its URL cannot be learned.
+pub async fn hand_on_to(
+    cluster: &crate::cluster::Cluster,
+    headers: &axum::http::HeaderMap,
+) -> Result<(u64, String), ApiError> {
+    if headers.contains_key(HEADER_FORWARDED) {
+        return Err(ApiError::Unavailable(
+            "handed on to a node that does not lead (the lead just moved); retry, on any node".into(),
+        ));
+    }
+    let leader = cluster.leader().ok_or_else(|| {
+        ApiError::Unavailable("no leader is elected (a majority of the members is unreachable); retry".into())
+    })?;
+    let url = cluster.client_url(leader).await.ok_or_else(|| {
+        ApiError::Unavailable(format!("the leader, node {leader}, cannot be reached; retry"))
+    })?;
+    Ok((leader, url))
 }
 
 /// Whether `req` is a read this node serves from its own state, leader or not: `GET
