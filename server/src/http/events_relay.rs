@@ -58,10 +58,7 @@ impl Upstream {
     }
 }
 
-type Leader = tokio_tungstenite::WebSocketStream<Box<dyn PeerStream>>;
-
-trait PeerStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerStream for T {}
+type Leader = tokio_tungstenite::WebSocketStream<Box<dyn crate::tls::Io>>;
 
 /// Opens the leader's stream.
 async fn open(up: &Upstream) -> Result<Leader, String> {
@@ -77,7 +74,7 @@ async fn open(up: &Upstream) -> Result<Leader, String> {
     let addr = format!("{host}:{port}");
     let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("dialling {addr}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let stream: Box<dyn PeerStream> = match (secure, &up.tls) {
+    let stream: Box<dyn crate::tls::Io> = match (secure, &up.tls) {
         (true, Some(tls)) => Box::new(tls.connect(&addr, tcp).await.map_err(|e| e.to_string())?),
         (true, None) => return Err("the leader serves TLS and this member has no --tls-cert".into()),
         (false, _) => Box::new(tcp),

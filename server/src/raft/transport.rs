@@ -55,10 +55,6 @@ pub struct Identity {
     pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
-/// A peer connection's byte stream: plain TCP, or TLS over it.
-trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
-
 /// The first frame on a connection, from the dialling node.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -256,7 +252,7 @@ impl PeerServer {
     async fn connection(stream: TcpStream, me: Arc<Identity>, groups: Arc<Groups>) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let remote = stream.peer_addr()?;
-        let stream: Box<dyn PeerIo> = match &me.tls {
+        let stream: Box<dyn crate::tls::Io> = match &me.tls {
             Some(tls) => Box::new(tls.accept(stream).await.inspect_err(|e| {
                 tracing::warn!(%remote, error = %e, "refused a peer: its TLS handshake failed");
             })?),
@@ -333,7 +329,7 @@ impl PeerClient {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("dialling {addr}")))??;
         stream.set_nodelay(true)?;
-        let stream: Box<dyn PeerIo> = match &self.me.tls {
+        let stream: Box<dyn crate::tls::Io> = match &self.me.tls {
             Some(tls) => Box::new(tls.connect(addr, stream).await?),
             None => Box::new(stream),
         };
