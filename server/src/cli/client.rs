@@ -122,10 +122,16 @@ async fn finish(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), S
         }
         Ok(())
     } else {
-        match serde_json::from_str::<Problem>(&text) {
-            Ok(p) => Err(format!("{} {}: {}", p.status, p.code, p.detail)),
-            Err(_) => Err(format!("{status}: {text}")),
-        }
+        Err(refusal(status, &text))
+    }
+}
+
+/// What a node's non-success answer says: its problem's status, code and detail, or the
+/// status and body when it is not a problem.
+pub(crate) fn refusal(status: reqwest::StatusCode, text: &str) -> String {
+    match serde_json::from_str::<Problem>(text) {
+        Ok(p) => format!("{} {}: {}", p.status, p.code, p.detail),
+        Err(_) => format!("{status}: {text}"),
     }
 }
 

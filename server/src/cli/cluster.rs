@@ -1,8 +1,8 @@
 //! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON).
 
-use restm_shared::{ClusterStatus, GroupStatus, Problem};
+use restm_shared::{ClusterStatus, GroupStatus};
 
-use super::client::{Target, request, unreachable};
+use super::client::{Target, refusal, request, unreachable};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {
@@ -27,10 +27,7 @@ pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
     let status = resp.status();
     let text = resp.text().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
-        return Err(match serde_json::from_str::<Problem>(&text) {
-            Ok(p) => format!("{} {}: {}", p.status, p.code, p.detail),
-            Err(_) => format!("{status}: {text}"),
-        });
+        return Err(refusal(status, &text));
     }
     if a.json {
         println!("{text}");

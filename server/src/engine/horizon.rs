@@ -25,7 +25,7 @@ impl Engine {
     /// ([`Engine::local_watermark`]), capped on a cluster by the cluster's horizon.
     pub fn watermark(&self) -> Watermark {
         let mut w = self.uncapped_watermark();
-        let cap = self.cluster_horizon.load(Ordering::SeqCst);
+        let cap = self.cluster_horizon();
         if cap < w.version {
             w = Watermark { version: cap, held_by: HeldBy::Cluster };
         }
