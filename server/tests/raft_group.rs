@@ -15,7 +15,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use restm::engine::command::{Command, Outcome};
 use restm::engine::partition::partition_of;
 use restm::raft::log_store::{Flusher, LogStore};
-use restm::raft::replica::{Host, Replica, ReplicaError, loopback_config};
+use restm::raft::replica::{Host, Replica, ReplicaError, Timing};
 use restm::raft::state_machine::{Observer, PartitionMachine, Unobserved, partitions};
 use restm::raft::transport::{Groups, Identity, PeerServer, Peers};
 use restm::raft::{BasicNode, NodeId, Restm, StorageError};
@@ -99,6 +99,12 @@ impl Observer for Counting {
     fn saw_version(&self, _: u64) {}
 }
 
+/// The groups' timing here: a longer election timeout than the default, so that a member
+/// restarted on a loaded machine is asked for its vote well inside the refusal it owes.
+fn timing() -> Timing {
+    Timing::new(Duration::from_millis(250), Duration::from_secs(2)).expect("timing")
+}
+
 async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Member {
     start_observed(id, dir, listener, Arc::new(Unobserved)).await
 }
@@ -112,7 +118,7 @@ async fn start_observed(
     let addr = listener.local_addr().expect("addr").to_string();
     let host = Host::new(open_db(dir), identity(id));
     let server = PeerServer::spawn(listener, identity(id), host.groups.clone());
-    let mut config = loopback_config("raft-test");
+    let mut config = timing().raft_config("raft-test");
     config.snapshot_policy = SnapshotPolicy::LogsSinceLast(40);
     config.max_in_snapshot_log_to_keep = 0;
     let replica =
@@ -367,8 +373,9 @@ async fn a_leader_under_its_lease_and_a_restarted_member_refuse_votes() {
     members[0].replica.initialize(voters).await.expect("initialize");
     propose_writes(&members, 1, 10).await;
     let l = leader(&members).await;
-    // openraft's own refusal on a leader lapses 2 s after its election; the lease's does not.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    // openraft's own refusal on a leader lapses an election timeout after its election; the
+    // lease's does not.
+    tokio::time::sleep(timing().election + Duration::from_millis(200)).await;
     members[l].replica.confirm_leader().await.expect("the lead is confirmed");
     let term = members[l].replica.metrics().current_term;
     let answer = ask_vote(members[l].id, &members[l].addr, term + 10).await;

@@ -423,6 +423,14 @@ fn cluster_flags_refuse_what_would_let_the_wrong_node_in() {
         ],
         "named twice",
     );
+    let member =
+        ["--node-id", "1", "--peer-listen", "127.0.0.1:1", "--initial-cluster", "1=http://127.0.0.1:1"];
+    refused(
+        &[&member[..], &["--heartbeat-interval", "300", "--election-timeout", "700"]].concat(),
+        "at least 2.5",
+    );
+    refused(&[&member[..], &["--heartbeat-interval", "0"]].concat(), "--heartbeat-interval");
+    refused(&[&member[..], &["--election-timeout", "ms"]].concat(), "--election-timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use crate::cluster::ClusterConfig;
 use crate::engine::EngineConfig;
 use crate::http::ServeConfig;
 use crate::node::NodeConfig;
+use crate::raft::replica::Timing;
 use crate::storage::Durability;
 
 /// reSTM: a distributed software transactional memory over HTTP.
@@ -30,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a node with embedded persistence.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read a pointer (optionally as of a past moment).
     Get(client::GetArgs),
     /// Write a JSON value to a pointer.
@@ -142,6 +143,14 @@ pub struct ServeArgs {
     /// certificate shared by the cluster).
     #[arg(long, env = "RESTM_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+    /// How often a Raft leader heartbeats its followers, in milliseconds (as etcd's flag).
+    #[arg(long, env = "RESTM_HEARTBEAT_INTERVAL", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub heartbeat_interval: u64,
+    /// How long followers go without a heartbeat before electing a new leader, in
+    /// milliseconds (as etcd's flag); at least 2.5 × --heartbeat-interval. A dead leader is
+    /// replaced 1.5–2 × this after its last heartbeat.
+    #[arg(long, env = "RESTM_ELECTION_TIMEOUT", default_value_t = 700, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub election_timeout: u64,
 }
 
 /// `--initial-cluster`: member id → the address peers dial it at.
@@ -213,6 +222,10 @@ impl ServeArgs {
                  can reach it could join the cluster"
             ));
         }
+        let timing = Timing::new(
+            Duration::from_millis(self.heartbeat_interval),
+            Duration::from_millis(self.election_timeout),
+        )?;
         if self.listen.ip().is_unspecified() && self.advertise_client_url.is_none() {
             return Err(format!(
                 "--listen {} is every address: say with --advertise-client-url where peers reach this node's \
@@ -231,6 +244,7 @@ impl ServeArgs {
                 format!("{scheme}://{}", self.listen)
             }),
             tls: None,
+            timing,
         }))
     }
 

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
 
 use crate::engine::command::{Command, Outcome};
-use crate::raft::replica::{Host, Replica, ReplicaError, loopback_config};
+use crate::raft::replica::{Host, Replica, ReplicaError, Timing};
 use crate::raft::state_machine::{Observer, Partitions};
 use crate::raft::transport::{Identity, PeerServer, Request, Response};
 use crate::raft::{BasicNode, NodeId};
@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub client_url: String,
     /// TLS on the peer port, and for dialling peers (`--tls-cert`).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Heartbeat and election timing of the Raft groups.
+    pub timing: Timing,
 }
 
 /// Why the cluster could not start.
@@ -101,7 +103,8 @@ impl Cluster {
         });
         let host = Host::new(db, me.clone());
         let replica =
-            Replica::start(&host, DATA_GROUP, partitions, observer, loopback_config(&config.name)).await?;
+            Replica::start(&host, DATA_GROUP, partitions, observer, config.timing.raft_config(&config.name))
+                .await?;
         // Served once the group is registered, so no peer is told it holds none.
         let server = PeerServer::spawn(listener, me, host.groups.clone());
         let voters: BTreeMap<NodeId, BasicNode> =

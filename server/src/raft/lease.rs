@@ -10,7 +10,7 @@
 //!   timeout's maximum, `hold`) after it last heard the leader;
 //! - the leader itself refuses every vote while it holds a lease ([`Lease::refuses_votes`],
 //!   answered by the peer port before openraft sees the request): openraft 0.9 does not
-//!   refresh a leader's own vote time, so it would grant one 2 s after its election;
+//!   refresh a leader's own vote time, so it would grant one an election timeout after its election;
 //! - a member that restarts has forgotten when it heard the leader last, but openraft takes
 //!   its start as that moment (`StorageHelper::get_initial_state` stamps the saved vote with
 //!   the time it starts), so it too refuses for `hold`.

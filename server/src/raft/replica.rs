@@ -192,18 +192,56 @@ fn write_error(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Re
     }
 }
 
-/// The groups' timing. A heartbeat's answer may take up to the interval (openraft's limit
-/// for an `AppendEntries`), so the interval leaves room for a loaded machine: at 100 ms,
-/// two busy cores missed it and read confirmations failed. Elections start after 1–2 s
-/// without a heartbeat, so a dead leader is replaced in about 2 s.
-pub fn loopback_config(cluster: &str) -> RaftConfig {
-    RaftConfig {
-        cluster_name: cluster.to_string(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1_000,
-        election_timeout_max: 2_000,
-        install_snapshot_timeout: 10_000,
-        ..Default::default()
+/// The groups' timing (`serve --heartbeat-interval` and `--election-timeout`, as etcd's
+/// flags of the same names).
+///
+/// A heartbeat's answer may take up to the interval (openraft's limit for an
+/// `AppendEntries`), so the default leaves room for a loaded machine: at 100 ms, two busy
+/// cores missed it and read confirmations failed. openraft keeps a member that heard a
+/// leader from voting for `election` (its leader lease), then campaigns after a random
+/// half-to-whole `election` more: a dead leader is replaced 1.5–2 × `election` after its
+/// last heartbeat, about 1.05–1.4 s by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { heartbeat: Duration::from_millis(250), election: Duration::from_millis(700) }
+    }
+}
+
+impl Timing {
+    /// Checks that an election timeout outlasts a few heartbeats, so one slow heartbeat
+    /// does not depose a live leader.
+    pub fn new(heartbeat: Duration, election: Duration) -> Result<Self, String> {
+        if heartbeat.is_zero() {
+            return Err("--heartbeat-interval must be above 0".into());
+        }
+        if election.as_millis() * 2 < heartbeat.as_millis() * 5 {
+            return Err(format!(
+                "--election-timeout ({} ms) must be at least 2.5 × --heartbeat-interval ({} ms), or a single \
+                 late heartbeat starts an election",
+                election.as_millis(),
+                heartbeat.as_millis()
+            ));
+        }
+        Ok(Self { heartbeat, election })
+    }
+
+    /// openraft's configuration of a group of `cluster`.
+    pub fn raft_config(&self, cluster: &str) -> RaftConfig {
+        let election = self.election.as_millis().try_into().unwrap_or(u64::MAX);
+        RaftConfig {
+            cluster_name: cluster.to_string(),
+            heartbeat_interval: self.heartbeat.as_millis().try_into().unwrap_or(u64::MAX),
+            election_timeout_min: election / 2,
+            election_timeout_max: election,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
     }
 }
 
