@@ -82,19 +82,15 @@ pub fn init(instance: Option<String>) -> Telemetry {
     Telemetry { provider: Some(provider) }
 }
 
-/// The trace id and span id of the current span, when it is exported.
+/// The trace id and span id (hex) of the current span, when it is exported.
 pub fn current() -> Option<(String, String)> {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    parent_of(&tracing::Span::current()).map(|p| (p.trace_hex(), p.span_hex()))
 }
 
-/// Parents `span` on a W3C `traceparent` value (`00-<trace>-<span>-<flags>`).
+/// Parents `span` on a trace id and span id in hex (of a `traceparent`, or a txn's root).
 pub fn set_parent(span: &tracing::Span, trace_id: &str, span_id: &str) {
-    let (Ok(t), Ok(s)) = (TraceId::from_hex(trace_id), SpanId::from_hex(span_id)) else { return };
-    let sc = SpanContext::new(t, s, TraceFlags::SAMPLED, true, TraceState::default());
-    if sc.is_valid() {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    if let Some(parent) = SpanParent::from_hex(trace_id, span_id) {
+        set_parent_to(span, &parent);
     }
 }
 
@@ -111,6 +107,26 @@ pub fn parse_traceparent(raw: &str) -> Option<(String, String)> {
 pub struct SpanParent {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
+}
+
+impl SpanParent {
+    fn from_hex(trace_id: &str, span_id: &str) -> Option<Self> {
+        let (t, s) = (TraceId::from_hex(trace_id).ok()?, SpanId::from_hex(span_id).ok()?);
+        Some(Self { trace_id: t.to_bytes(), span_id: s.to_bytes() })
+    }
+
+    fn trace_hex(&self) -> String {
+        TraceId::from_bytes(self.trace_id).to_string()
+    }
+
+    fn span_hex(&self) -> String {
+        SpanId::from_bytes(self.span_id).to_string()
+    }
+
+    /// As a W3C `traceparent` (or `traceresponse`) value, sampled.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_hex(), self.span_hex())
+    }
 }
 
 /// Where `span` is, when it is exported (`None` otherwise: nothing to carry).
@@ -139,7 +155,5 @@ pub fn set_parent_to(span: &tracing::Span, parent: &SpanParent) {
 
 /// The W3C `traceparent` of `span`, when it is exported.
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    let p = parent_of(span)?;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    Some(format!("00-{}-{}-01", hex(&p.trace_id), hex(&p.span_id)))
+    parent_of(span).map(|p| p.traceparent())
 }

@@ -79,8 +79,8 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
     tracing::Span::current().record("http.response.status_code", status);
     // An answer relayed from the leader keeps the leader's (the txn's trace).
     if !resp.headers().contains_key("traceresponse")
-        && let Some((t, s)) = crate::telemetry::current()
-        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("00-{t}-{s}-01"))
+        && let Some(tp) = crate::telemetry::traceparent_of(&tracing::Span::current())
+        && let Ok(v) = axum::http::HeaderValue::from_str(&tp)
     {
         resp.headers_mut().insert("traceresponse", v);
     }
