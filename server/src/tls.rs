@@ -146,13 +146,7 @@ impl Tls {
         addr: &str,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let host =
-            addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))?;
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, stream))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {addr}")))?
+        dial(&self.connector, addr, stream).await
     }
 
     /// Answers TLS on an accepted `stream`.
@@ -161,6 +155,44 @@ impl Tls {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))?
     }
+}
+
+/// Dials TLS with `connector` over `stream` to `addr` (`host:port`): the certificate must
+/// name `host`.
+pub async fn dial(
+    connector: &TlsConnector,
+    addr: &str,
+    stream: TcpStream,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {addr}")))?
+}
+
+/// What a client (the CLI) dials an `https://` node with: trusting the PEM bundle `ca`
+/// (`--ca`), or without it the system's roots.
+pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in certificates(path)? {
+                store
+                    .add(cert)
+                    .map_err(|e| TlsError::Ca { path: path.to_path_buf(), error: e.to_string() })?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped, as reqwest does: the handshake
+            // then says the node's certificate is not trusted.
+            let (added, _) = store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            tracing::debug!(roots = added, "trusting the system's roots");
+        }
+    }
+    let client = rustls::ClientConfig::builder().with_root_certificates(store).with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(client)))
 }
 
 /// The client port over TLS, for `axum::serve`: accepts TCP, and runs each handshake in a

@@ -71,6 +71,58 @@ async fn a_node_with_tls_serves_https_and_refuses_plain_http_and_untrusting_clie
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restm_events_subscribes_over_wss_trusting_ca_and_only_then() {
+    use std::io::BufRead;
+    let dir = temp_dir("tls-events");
+    let (cert, key) = certificate(&dir);
+    let args = tls_args(&cert, &key);
+    let node = Node::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let https = format!("https://127.0.0.1:{}", node.port);
+    let client = trusting(&cert);
+    // Without --ca the system's roots do not know the self-signed certificate.
+    let out = Command::new(restm_bin())
+        .args(["events", "--target", &https])
+        .env_remove("RESTM_CA")
+        .output()
+        .expect("run restm events");
+    assert!(!out.status.success(), "subscribed without trusting the certificate");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot subscribe"), "{out:?}");
+    // With it, the stream carries a commit made after subscribing.
+    let mut events = Command::new(restm_bin())
+        .args(["events", "--target", &https, "--prefix", "over-wss"])
+        .arg("--ca")
+        .arg(&cert)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run restm events");
+    let stdout = events.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = None;
+    for i in 0.. {
+        // Written until one shows up: the subscription opens at some point after the spawn.
+        let r = client.put(format!("{https}/ptr/over-wss")).json(&json!(i)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event over wss:// within 20 s");
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let line = seen.expect("an event");
+    let event: Value = serde_json::from_str(&line).expect("one JSON event per line");
+    assert!(line.contains("over-wss"), "{event}");
+}
+
 /// A member process of a TLS cluster, killed when dropped.
 struct Member {
     child: Child,
