@@ -15,6 +15,9 @@ pub enum Error {
     /// The node could not be reached, or the answer was cut short.
     #[error("cannot reach the node: {0}")]
     Transport(#[from] reqwest::Error),
+    /// The client was set up with something unusable (a CA bundle that is not PEM).
+    #[error("client configuration: {0}")]
+    Config(String),
     /// The node's answer is not what the contract says.
     #[error("unexpected answer: {0}")]
     Protocol(String),

@@ -45,10 +45,28 @@ pub struct Client {
 impl Client {
     /// A client of the node at `base` (e.g. `http://127.0.0.1:7070`).
     pub fn new(base: impl Into<String>) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
+        Self::over(base, Self::http())
+    }
+
+    /// A client of the `https://` node at `base` that trusts only the certificates of the
+    /// PEM bundle `ca_pem` (a private CA, or the node's own self-signed certificate; the
+    /// CLI's `--ca`), not the system's roots.
+    pub fn with_ca(base: impl Into<String>, ca_pem: &[u8]) -> Result<Self, Error> {
+        let certs = reqwest::Certificate::from_pem_bundle(ca_pem)
+            .map_err(|e| Error::Config(format!("the CA bundle is not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Config("the CA bundle holds no certificate".into()));
+        }
+        Self::over(base, Self::http().tls_certs_only(certs))
+    }
+
+    /// The connection pool's settings.
+    fn http() -> reqwest::ClientBuilder {
+        reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(90)).tcp_nodelay(true)
+    }
+
+    fn over(base: impl Into<String>, http: reqwest::ClientBuilder) -> Result<Self, Error> {
+        let http = http.build()?;
         Ok(Self {
             http,
             base: base.into().trim_end_matches('/').to_string(),

@@ -197,3 +197,29 @@ async fn a_node_that_cannot_be_reached_is_a_transport_error() {
     assert!(matches!(err, Error::Transport(_)), "{err}");
     assert!(!err.is_retryable());
 }
+
+#[tokio::test]
+async fn with_ca_trusts_a_private_certificate_and_new_does_not() {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = restm_tests::temp_dir("sdk-tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let node = Node::start_with(&["--tls-cert", &cert_s, "--tls-key", &key_s]);
+    let https = format!("https://127.0.0.1:{}", node.port);
+
+    let c = Client::with_ca(&https, made.cert.pem().as_bytes()).unwrap();
+    c.one_shot().put("sdk-tls", &"private ca").unwrap().commit().await.unwrap();
+    let got = c.read_only(|tx| async move { tx.get::<String>("sdk-tls").await }).await.unwrap();
+    assert_eq!(got.as_deref(), Some("private ca"));
+
+    // The system's roots do not know the certificate: the handshake fails.
+    let stranger = Client::new(&https).unwrap();
+    let err = stranger.read_only(|tx| async move { tx.get::<String>("sdk-tls").await }).await.unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+    // A bundle that is not PEM is named, not accepted.
+    let bad = Client::with_ca(&https, b"not a certificate").unwrap_err();
+    assert!(matches!(bad, Error::Config(_)), "{bad}");
+    let _ = std::fs::remove_dir_all(dir);
+}
