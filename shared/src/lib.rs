@@ -228,6 +228,23 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// The replication groups; today one data group holds every partition.
     pub groups: Vec<GroupStatus>,
+    /// The groups' Raft timing (`None` on a cluster of one).
+    #[serde(default)]
+    pub timing: Option<RaftTiming>,
+}
+
+/// How fast a cluster notices a dead leader, and how long a leader reads on its own.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RaftTiming {
+    /// `--heartbeat-interval`: milliseconds between the leader's heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// `--election-timeout`: milliseconds a member refuses votes after it last heard the
+    /// leader; it campaigns after a random half to whole of it more.
+    pub election_timeout_ms: u64,
+    /// How long a heartbeat round a majority acknowledged lets the leader serve latest
+    /// reads without another (half the election timeout).
+    pub lease_ms: u64,
 }
 
 /// One member of the cluster.

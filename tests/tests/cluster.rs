@@ -893,6 +893,13 @@ fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {
     );
     let json: restm_shared::ClusterStatus = serde_json::from_str(&status(&follower, true)).unwrap();
     assert_eq!((json.members.len(), json.groups[0].leader), (3, Some(l as u64 + 1)));
+    let timing = json.timing.expect("a cluster's timing");
+    assert_eq!(
+        (timing.heartbeat_interval_ms, timing.election_timeout_ms, timing.lease_ms),
+        (250, 700, 350),
+        "the defaults"
+    );
+    assert!(text.contains("election timeout 700 ms"), "{text}");
     let one = Node::start();
     assert!(status(&one.base, false).contains("a cluster of one"));
 }

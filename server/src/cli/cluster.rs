@@ -57,6 +57,13 @@ pub fn table(s: &ClusterStatus) -> String {
         let contact = m.last_contact_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
         let _ = writeln!(out, "  {:<4} {:<8} {:>13}  {}", m.node_id, m.state, contact, m.peer_url);
     }
+    if let Some(t) = &s.timing {
+        let _ = writeln!(
+            out,
+            "\ntiming: heartbeat every {} ms, election timeout {} ms, leader lease {} ms",
+            t.heartbeat_interval_ms, t.election_timeout_ms, t.lease_ms
+        );
+    }
     for g in &s.groups {
         group(&mut out, g);
     }

@@ -67,6 +67,10 @@ pub enum ClusterError {
     Storage(#[from] crate::engine::StorageError),
 }
 
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
 /// This node's part of the cluster.
 pub struct Cluster {
     config: ClusterConfig,
@@ -329,6 +333,11 @@ impl Cluster {
                     })
                     .collect(),
             }],
+            timing: Some(restm_shared::RaftTiming {
+                heartbeat_interval_ms: millis(self.config.timing.heartbeat),
+                election_timeout_ms: millis(self.config.timing.election),
+                lease_ms: millis(self.config.timing.lease()),
+            }),
         }
     }
 }

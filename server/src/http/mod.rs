@@ -118,6 +118,7 @@ pub async fn cluster_status(
                 last_contact_ms: Some(0),
             }],
             groups: vec![],
+            timing: None,
         },
     })
 }

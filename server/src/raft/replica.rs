@@ -231,6 +231,12 @@ impl Timing {
         Ok(Self { heartbeat, election })
     }
 
+    /// How long a confirmed heartbeat round lets the leader read on its own
+    /// ([`Lease::new`] of the election timeout).
+    pub fn lease(&self) -> Duration {
+        self.election / 2
+    }
+
     /// openraft's configuration of a group of `cluster`.
     pub fn raft_config(&self, cluster: &str) -> RaftConfig {
         let election = self.election.as_millis().try_into().unwrap_or(u64::MAX);
