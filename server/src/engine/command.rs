@@ -13,7 +13,7 @@
 //! | [`Command::PrepareCommit`] | the one-partition fast path: validate and install at `commit_version` in one step |
 //! | [`Command::Commit`] | install the txn's intents at `commit_version`; forget its record |
 //! | [`Command::Abort`] | drop the txn's intents and its record |
-//! | [`Command::TxnRecord`] | on the primary's partition: the txn's fate; [`TxnState::Committed`] is the commit point |
+//! | [`Command::TxnRecord`] | on the primary's partition: the txn's fate; [`TxnState::Committed`] is the commit point; the first decision stands, and a commit needs the txn's intents still here |
 //! | [`Command::Close`] | raise the partition's closed timestamp: no later command commits at or below it |
 //! | [`Command::Pin`] | record a pin of the cluster's history (on the first partition), dropping those expired at its creation time |
 //! | [`Command::Unpin`] | remove a pin |
@@ -156,4 +156,7 @@ pub enum Outcome {
     /// `Pin` of a version below the cluster's horizon (named): that history may be gone on
     /// some member, so the pin is refused.
     BelowHorizon(u64),
+    /// `TxnRecord` that came too late: the txn's fate was already decided otherwise (an
+    /// abort recorded, or its intents here dropped), and this is it. Nothing changed.
+    Decided(TxnState),
 }

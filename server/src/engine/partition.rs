@@ -390,8 +390,26 @@ impl Partition {
                 Outcome::Aborted
             }
             Command::TxnRecord { txn, state } => {
-                self.records.lock().insert(txn.clone(), *state);
-                Outcome::Recorded
+                // The first decision stands: a resolver's abort and a coordinator's commit
+                // may race through the log, and whichever lands first is the txn's fate.
+                // A commit is recorded only while the txn still holds its intents here (the
+                // primary is one of its writes): after an abort took them, it is refused.
+                let holds_intents = self.prepared.lock().contains_key(txn);
+                let mut records = self.records.lock();
+                match (records.get(txn).copied(), *state) {
+                    (Some(decided @ (TxnState::Committed(_) | TxnState::Aborted)), asked)
+                        if decided != asked =>
+                    {
+                        Outcome::Decided(decided)
+                    }
+                    (None | Some(TxnState::Open), TxnState::Committed(_)) if !holds_intents => {
+                        Outcome::Decided(TxnState::Aborted)
+                    }
+                    _ => {
+                        records.insert(txn.clone(), *state);
+                        Outcome::Recorded
+                    }
+                }
             }
             Command::Close { closed } => {
                 // Never past a prepared txn's mark: its commit version is only known to be
@@ -874,6 +892,36 @@ mod tests {
         let copy = Partition::new(0);
         copy.restore(p.dump());
         assert_eq!(copy.cluster_horizon(), 80, "a snapshot carries the horizon");
+    }
+
+    #[test]
+    fn a_txn_record_keeps_its_first_decision_and_commits_only_over_its_intents() {
+        let p = Partition::new(0);
+        let prepare = |txn: &str| Command::Prepare {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            prepared_above: 10,
+            reads: vec![],
+            writes: vec![(format!("x{txn}").into(), Some(Bytes::from_static(b"1")))],
+            primary: format!("x{txn}").into(),
+        };
+        let record = |txn: &str, state| Command::TxnRecord { txn: txn.into(), state };
+        // A resolver aborts first: the coordinator's late commit is refused, naming the abort.
+        assert_eq!(p.apply(&prepare("a"), 4), Outcome::Prepared);
+        assert_eq!(p.apply(&record("a", TxnState::Aborted), 4), Outcome::Recorded);
+        assert_eq!(p.apply(&record("a", TxnState::Committed(20)), 4), Outcome::Decided(TxnState::Aborted));
+        // The coordinator commits first: a resolver's abort is refused, naming the commit,
+        // and a re-sent commit at the same version is recorded again.
+        assert_eq!(p.apply(&prepare("b"), 4), Outcome::Prepared);
+        assert_eq!(p.apply(&record("b", TxnState::Committed(21)), 4), Outcome::Recorded);
+        assert_eq!(p.apply(&record("b", TxnState::Aborted), 4), Outcome::Decided(TxnState::Committed(21)));
+        assert_eq!(p.apply(&record("b", TxnState::Committed(21)), 4), Outcome::Recorded);
+        assert_eq!(p.record("b"), Some(TxnState::Committed(21)));
+        // Once an abort dropped the intents (and the record with them), a commit is refused.
+        assert_eq!(p.apply(&prepare("c"), 4), Outcome::Prepared);
+        assert_eq!(p.apply(&Command::Abort { txn: "c".into() }, 4), Outcome::Aborted);
+        assert_eq!(p.apply(&record("c", TxnState::Committed(22)), 4), Outcome::Decided(TxnState::Aborted));
+        assert_eq!(p.record("c"), None);
     }
 
     #[test]

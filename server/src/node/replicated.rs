@@ -367,14 +367,26 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
         crash_point("after-prepare");
     }
     // 2. The commit point: the primary's record (one-partition commits have none).
-    if let Some((p, cmd)) = plan.record
-        && let Err(e) = cluster.propose(p, cmd).await
-    {
-        // It may still commit (appended, then the lead moved): the next leader decides by
-        // the record. Locks go: this node no longer leads, or cannot reach a majority.
-        let cause = unavailable(&e);
-        engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
-        return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
+    if let Some((p, cmd)) = plan.record {
+        match cluster.propose(p, cmd).await {
+            Ok(Outcome::Recorded) => {}
+            Ok(Outcome::Decided(TxnState::Committed(v))) if v == cv => {}
+            Ok(other) => {
+                // A resolver decided first (it took this coordinator for gone): the txn is
+                // aborted by its record, and the resolver drops the intents.
+                tracing::warn!(txn = %txn, answer = ?other, "the txn's record was decided without it");
+                engine.fail_replicated(prepared, AbortReason::LeadershipLost);
+                return Err(EngineError::TxnAborted { txn, reason: AbortReason::LeadershipLost });
+            }
+            Err(e) => {
+                // It may still commit (appended, then the lead moved): the next leader
+                // decides by the record. Locks go: this node no longer leads, or cannot
+                // reach a majority.
+                let cause = unavailable(&e);
+                engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
+                return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
+            }
+        }
     }
     if decided {
         crash_point("after-record");
