@@ -16,7 +16,7 @@ use restm::engine::command::{Command, Outcome};
 use restm::engine::partition::partition_of;
 use restm::raft::log_store::{Flusher, LogStore};
 use restm::raft::replica::{Host, Replica, ReplicaError, Timing};
-use restm::raft::state_machine::{Observer, PartitionMachine, Unobserved, partitions};
+use restm::raft::state_machine::{Held, Observer, PartitionMachine, Unobserved, partitions};
 use restm::raft::transport::{Groups, Identity, PeerServer, Peers};
 use restm::raft::{BasicNode, NodeId, Restm, StorageError};
 use tokio::net::TcpListener;
@@ -53,7 +53,12 @@ impl StoreBuilder<Restm, LogStore, PartitionMachine, DirGuard> for Fresh {
         let dir = temp_dir("suite");
         let db = open_db(&dir);
         let log = LogStore::open(&db, 3, Flusher::start(db.clone())).expect("log store");
-        let machine = PartitionMachine::open(&db, 3, partitions(PARTITIONS), Arc::new(Unobserved))?;
+        let machine = PartitionMachine::open(
+            &db,
+            Held { group: 3, of: 1 },
+            partitions(PARTITIONS),
+            Arc::new(Unobserved),
+        )?;
         Ok((DirGuard(dir), log, machine))
     }
 }
@@ -121,8 +126,9 @@ async fn start_observed(
     let mut config = timing().raft_config("raft-test");
     config.snapshot_policy = SnapshotPolicy::LogsSinceLast(40);
     config.max_in_snapshot_log_to_keep = 0;
-    let replica =
-        Replica::start(&host, 0, partitions(PARTITIONS), observer, config).await.expect("start replica");
+    let replica = Replica::start(&host, Held::ALL, partitions(PARTITIONS), observer, config)
+        .await
+        .expect("start replica");
     Member { id, dir: dir.to_path_buf(), addr, replica, _server: server }
 }
 
@@ -396,6 +402,126 @@ async fn a_leader_under_its_lease_and_a_restarted_member_refuse_votes() {
     let answer = ask_vote(back.id, &back.addr, term + 20).await;
     assert!(!answer.vote_granted, "a restarted member granted a vote at once");
     back.replica.shutdown().await;
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A node's clock as the cluster sees it: the highest version it was told of.
+#[derive(Default)]
+struct Clocked(std::sync::atomic::AtomicU64);
+
+impl Observer for Clocked {
+    fn installed(
+        &self,
+        _: &restm::engine::TxnId,
+        _: &Arc<str>,
+        _: u64,
+        _: &[(restm::engine::PtrId, Option<Bytes>)],
+    ) {
+    }
+    fn saw_version(&self, v: u64) {
+        self.0.fetch_max(v, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn last_version(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Three nodes whose partitions are in four groups, each with a log and a leader of its
+/// own: a node proposes to a group it does not lead through that group's leader, the
+/// answer carries the leader's clock, and every replica of every group ends with the same
+/// partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
+    use restm::cluster::{Cluster, ClusterConfig};
+    const GROUPS: u32 = 4;
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("g{i}"))).collect();
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+    }
+    let initial: BTreeMap<NodeId, String> =
+        (1..=3u64).map(|id| (id, format!("http://{}", addrs[id as usize - 1]))).collect();
+    let mut nodes: Vec<(Arc<Cluster>, Arc<Clocked>, restm::raft::state_machine::Partitions)> = Vec::new();
+    for id in 1..=3u64 {
+        let config = ClusterConfig {
+            node_id: id,
+            name: "raft-test".into(),
+            peer_listen: addrs[id as usize - 1],
+            initial: initial.clone(),
+            token: Some("secret".into()),
+            client_url: format!("http://node{id}"),
+            tls: None,
+            timing: timing(),
+            groups: GROUPS,
+        };
+        let clock = Arc::new(Clocked::default());
+        let parts = partitions(PARTITIONS);
+        let metrics = Arc::new(restm::metrics::Metrics::new());
+        let cluster =
+            Cluster::start(config, open_db(&dirs[id as usize - 1]), parts.clone(), clock.clone(), metrics)
+                .await
+                .expect("start the cluster member");
+        nodes.push((cluster, clock, parts));
+    }
+    // Every group elects a leader that every node knows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leaders = loop {
+        let leaders: Vec<Option<NodeId>> = (0..GROUPS).map(|g| nodes[0].0.leader_of(g)).collect();
+        if leaders.iter().all(Option::is_some)
+            && (0..GROUPS).all(|g| nodes.iter().all(|n| n.0.leader_of(g) == leaders[g as usize]))
+        {
+            break leaders;
+        }
+        assert!(Instant::now() < deadline, "the groups have no agreed leaders within 30 s: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Each node writes one pointer of each group: at least two nodes propose to a group
+    // led elsewhere.
+    let mut version = 1_000;
+    let mut written = 0;
+    for (n, (cluster, clock, _)) in nodes.iter().enumerate() {
+        for g in 0..GROUPS {
+            let ptr = (0..)
+                .map(|i| format!("n{n}-g{g}-{i}"))
+                .find(|p| partition_of(p, PARTITIONS) % GROUPS == g)
+                .expect("a pointer of the group");
+            version += 10;
+            let (partition, cmd) = write(&ptr, version);
+            assert_eq!(cluster.group_of(partition), g);
+            let answer = cluster.propose(partition, cmd).await.expect("propose anywhere");
+            assert_eq!(answer, Outcome::Committed(version), "node {} writing group {g}", n + 1);
+            assert!(clock.last_version() >= version, "the answer carries the leader's clock past the commit");
+            written += 1;
+        }
+    }
+    assert_eq!(written, 12);
+    // `/cluster` lists every group with its own partitions and leader.
+    let status = nodes[1].0.status(0);
+    assert_eq!(status.groups.len(), GROUPS as usize);
+    for gs in &status.groups {
+        assert!(
+            gs.partitions.iter().all(|p| p % GROUPS == gs.group),
+            "group {} lists {:?}",
+            gs.group,
+            gs.partitions
+        );
+        assert_eq!(gs.leader, leaders[gs.group as usize]);
+    }
+    // Every replica converges on the same partitions.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let dumps: Vec<Vec<_>> = nodes.iter().map(|n| n.2.iter().map(|p| p.dump()).collect()).collect();
+        let versions: usize =
+            dumps[0].iter().map(|d| d.pointers.values().map(|v| v.0.len()).sum::<usize>()).sum();
+        if dumps[1] == dumps[0] && dumps[2] == dumps[0] && versions == 12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ after 15 s ({versions} versions on node 1)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }

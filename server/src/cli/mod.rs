@@ -245,6 +245,7 @@ impl ServeArgs {
             }),
             tls: None,
             timing,
+            groups: 1,
         }))
     }
 

@@ -23,11 +23,12 @@ use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, Mem
 
 use crate::engine::command::{Command, Outcome};
 use crate::raft::replica::{Host, Replica, ReplicaError, Timing};
-use crate::raft::state_machine::{Observer, Partitions};
-use crate::raft::transport::{Identity, PeerServer, Request, Response};
-use crate::raft::{BasicNode, NodeId};
+use crate::raft::state_machine::{Held, Observer, Partitions};
+use crate::raft::transport::{Identity, PeerServer, Refused, Request, Response, Service};
+use crate::raft::{BasicNode, GroupId, NodeId, Proposed};
 
-/// The one data group's id.
+/// The first group's id: with one group, the data group of every partition; with more, the
+/// group of partition 0, which holds the cluster's pins and GC horizon.
 pub const DATA_GROUP: u32 = 0;
 
 /// Longest a proposal waits for a majority: a group that lost its majority answers within
@@ -52,6 +53,9 @@ pub struct ClusterConfig {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Heartbeat and election timing of the Raft groups.
     pub timing: Timing,
+    /// How many Raft groups share the partitions (partition `p` in group `p % groups`); 1
+    /// puts every partition in one data group.
+    pub groups: u32,
 }
 
 /// Why the cluster could not start.
@@ -75,7 +79,9 @@ fn millis(d: Duration) -> u64 {
 pub struct Cluster {
     config: ClusterConfig,
     host: Host,
-    replica: Replica,
+    /// This node's member of each group, by group id.
+    replicas: Vec<Replica>,
+    observer: Arc<dyn Observer>,
     _server: PeerServer,
     /// Peers' client addresses, learned over the peer port.
     client_urls: Mutex<HashMap<NodeId, String>>,
@@ -106,25 +112,42 @@ impl Cluster {
             tls: config.tls.clone(),
         });
         let host = Host::new(db, me.clone());
-        let replica =
-            Replica::start(&host, DATA_GROUP, partitions, observer, config.timing.raft_config(&config.name))
-                .await?;
-        // Served once the group is registered, so no peer is told it holds none.
+        let groups = config.groups.max(1);
+        let mut replicas = Vec::with_capacity(groups as usize);
+        for group in 0..groups {
+            let held = Held { group, of: groups };
+            let config = config.timing.raft_config(&config.name);
+            replicas.push(Replica::start(&host, held, partitions.clone(), observer.clone(), config).await?);
+        }
+        // Served once the groups are registered, so no peer is told this node holds none.
         let server = PeerServer::spawn(listener, me, host.groups.clone());
         let voters: BTreeMap<NodeId, BasicNode> =
             config.initial.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-        replica.initialize(voters).await?;
-        tracing::info!(node = config.node_id, peers = ?config.initial, "joined the cluster");
-        let cluster =
-            Arc::new(Self { config, host, replica, _server: server, client_urls: Mutex::default(), metrics });
-        cluster.spawn_metrics_watch();
+        for replica in &replicas {
+            replica.initialize(voters.clone()).await?;
+        }
+        tracing::info!(node = config.node_id, peers = ?config.initial, groups, "joined the cluster");
+        let cluster = Arc::new(Self {
+            config,
+            host,
+            replicas,
+            observer,
+            _server: server,
+            client_urls: Mutex::default(),
+            metrics,
+        });
+        let service: Arc<dyn Service> = cluster.clone();
+        cluster.host.groups.serve(Arc::downgrade(&service));
+        for group in 0..groups {
+            cluster.spawn_metrics_watch(group);
+        }
         Ok(cluster)
     }
 
-    /// Counts leader changes and the elections this member starts.
-    fn spawn_metrics_watch(self: &Arc<Self>) {
+    /// Counts `group`'s leader changes and the elections this member starts in it.
+    fn spawn_metrics_watch(self: &Arc<Self>, group: GroupId) {
         let me = Arc::downgrade(self);
-        let mut watch = self.replica.watch();
+        let mut watch = self.replicas[group as usize].watch();
         tokio::spawn(async move {
             let (mut leader, mut state) = {
                 let m = watch.borrow_and_update();
@@ -148,23 +171,43 @@ impl Cluster {
         self.config.node_id
     }
 
-    /// The data group's term, as this node knows it.
-    pub fn term(&self) -> u64 {
-        self.replica.metrics().current_term
+    /// This node's member of the first group (with one group, the data group).
+    fn replica(&self) -> &Replica {
+        &self.replicas[DATA_GROUP as usize]
     }
 
-    /// The data group's leader, as this node knows it.
+    /// How many groups share the partitions.
+    pub fn groups(&self) -> u32 {
+        self.replicas.len() as u32
+    }
+
+    /// The group that holds `partition`.
+    pub fn group_of(&self, partition: u32) -> GroupId {
+        Held::group_of(partition, self.groups())
+    }
+
+    /// The first group's term, as this node knows it.
+    pub fn term(&self) -> u64 {
+        self.replica().metrics().current_term
+    }
+
+    /// The first group's leader, as this node knows it.
     pub fn leader(&self) -> Option<NodeId> {
-        self.replica.metrics().current_leader
+        self.replica().metrics().current_leader
+    }
+
+    /// `group`'s leader, as this node knows it.
+    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        self.replicas.get(group as usize)?.metrics().current_leader
     }
 
     pub fn is_leader(&self) -> bool {
-        self.replica.is_leader()
+        self.replica().is_leader()
     }
 
-    /// A watch that changes whenever this node's view of the group does.
+    /// A watch that changes whenever this node's view of the first group does.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
-        self.replica.watch()
+        self.replica().watch()
     }
 
     /// Where `node` serves clients: asked over the peer port once, then remembered.
@@ -175,8 +218,7 @@ impl Cluster {
         if let Some(url) = self.client_urls.lock().get(&node) {
             return Some(url.clone());
         }
-        let addr = self.replica.metrics().membership_config.membership().get_node(&node)?.addr.clone();
-        let client = self.host.peers.client(node, &addr);
+        let client = self.peer(node)?;
         match client.call(&Request::Info, Duration::from_secs(2)).await {
             Ok(Response::Info { client_url }) => {
                 self.client_urls.lock().insert(node, client_url.clone());
@@ -190,22 +232,31 @@ impl Cluster {
         }
     }
 
-    /// Appends `command` for `partition` to the data group's log; answers what applying it
-    /// answered, once a majority of the voters hold the entry durably.
+    /// The connection to `node`, at the peer address the first group's membership names.
+    fn peer(&self, node: NodeId) -> Option<Arc<crate::raft::transport::PeerClient>> {
+        let addr = self.replica().metrics().membership_config.membership().get_node(&node)?.addr.clone();
+        Some(self.host.peers.client(node, &addr))
+    }
+
+    /// Appends `command` for `partition` to its group's log; answers what applying it
+    /// answered, once a majority of the voters hold the entry durably. With several groups,
+    /// a group this node does not lead gets the command through its leader (over the peer
+    /// port); with one, only its leader proposes.
     /// The proposal is a `raft.propose` span (when traces are exported), which each
     /// member's `raft.apply` of it hangs under.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
         use tracing::Instrument;
         let started = std::time::Instant::now();
+        let group = self.group_of(partition);
         let span = tracing::debug_span!(
             "raft.propose",
             otel.kind = "producer",
-            restm.group = DATA_GROUP,
+            restm.group = group,
             restm.partition = partition,
             restm.command = command.kind(),
         );
         let parent = crate::telemetry::parent_of(&span);
-        let proposing = self.replica.propose(partition, command, parent).instrument(span);
+        let proposing = self.route(group, Proposed { partition, command, parent }).instrument(span);
         let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
             Ok(answer) => answer,
             Err(_) => {
@@ -221,6 +272,36 @@ impl Cluster {
         answer
     }
 
+    /// Proposes to `group` here if this node leads it (or there is only one group), and
+    /// otherwise through its leader.
+    async fn route(&self, group: GroupId, proposed: Proposed) -> Result<Outcome, ReplicaError> {
+        let replica = &self.replicas[group as usize];
+        if self.replicas.len() == 1 || replica.is_leader() {
+            return replica.propose(proposed.partition, proposed.command, proposed.parent).await;
+        }
+        let Some(leader) = replica.metrics().current_leader.filter(|l| *l != self.config.node_id) else {
+            return Err(ReplicaError::NotLeader { leader: None, addr: None });
+        };
+        let peer = self
+            .peer(leader)
+            .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
+        let ask = Request::Propose { group, proposed, hlc: self.observer.last_version() };
+        match peer.call(&ask, PROPOSE_TIMEOUT).await {
+            Ok(Response::Proposed { answer, hlc }) => {
+                self.observer.saw_version(hlc);
+                answer.map_err(|refused| match refused {
+                    Refused::NotLeader(leader) => ReplicaError::NotLeader { leader, addr: None },
+                    Refused::Timeout(_) => {
+                        ReplicaError::Timeout { what: "the leader's majority", after: PROPOSE_TIMEOUT }
+                    }
+                    Refused::Failed(why) => ReplicaError::Raft(why),
+                })
+            }
+            Ok(other) => Err(ReplicaError::Raft(format!("node {leader} answered a proposal with {other:?}"))),
+            Err(e) => Err(ReplicaError::Raft(format!("proposing through node {leader}: {e}"))),
+        }
+    }
+
     /// Confirms that this node still leads (a heartbeat round to a majority), so that what
     /// it reads next is no older than any acknowledged write.
     /// A round that misses its majority (a slow answer) is tried again within the budget;
@@ -228,7 +309,7 @@ impl Cluster {
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
         let rounds = async {
             loop {
-                match self.replica.confirm_leader().await {
+                match self.replica().confirm_leader().await {
                     Ok(how) => {
                         self.metrics.observe_read_confirmation(how.as_str());
                         return Ok(());
@@ -252,21 +333,20 @@ impl Cluster {
     /// Waits until this node has applied every entry of its log (a new leader does this
     /// before it resolves what the old one left prepared).
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), ReplicaError> {
-        let m = self.replica.metrics();
+        let replica = self.replica();
+        let m = replica.metrics();
         match m.last_log_index {
-            Some(i) => self.replica.wait_applied(i, timeout).await,
+            Some(i) => replica.wait_applied(i, timeout).await,
             None => Ok(()),
         }
     }
 
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
     pub fn status(&self, now_millis: u64) -> ClusterStatus {
-        let m = self.replica.metrics();
+        let m = self.replica().metrics();
         let membership = m.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let learners: Vec<u64> = membership.learner_ids().collect();
-        let replication = m.replication.clone().unwrap_or_default();
-        let last_log = m.last_log_index;
+        // A member is down to this node only if no group's traffic has heard from it.
+        let leads_any = self.replicas.iter().any(Replica::is_leader);
         let members = membership
             .nodes()
             .map(|(id, node)| {
@@ -276,10 +356,11 @@ impl Cluster {
                     .min()
                     .map(|d| d.as_millis() as u64);
                 let heard = *id == self.config.node_id || contact.is_some_and(|ms| ms < 2_000);
+                let leads_here = self.replicas.iter().any(|r| r.metrics().current_leader == Some(*id));
                 let state = if heard {
                     "up"
-                } else if m.state != openraft::ServerState::Leader && m.current_leader != Some(*id) {
-                    // A follower hears only from the leader: of the others it cannot tell.
+                } else if !leads_any && !leads_here {
+                    // A follower hears only from leaders: of the others it cannot tell.
                     "unknown"
                 } else {
                     "down"
@@ -289,7 +370,29 @@ impl Cluster {
                 MemberStatus { node_id: *id, peer_url: node.addr.clone(), state, last_contact_ms }
             })
             .collect();
-        let follower_lag = replication
+        ClusterStatus {
+            cluster: self.config.name.clone(),
+            node_id: self.config.node_id,
+            replicated: true,
+            members,
+            groups: self.replicas.iter().map(|r| self.group_status(r, now_millis)).collect(),
+            timing: Some(restm_shared::RaftTiming {
+                heartbeat_interval_ms: millis(self.config.timing.heartbeat),
+                election_timeout_ms: millis(self.config.timing.election),
+                lease_ms: millis(self.config.timing.lease()),
+            }),
+        }
+    }
+
+    /// One group's part of `GET /cluster`, as this member sees it.
+    fn group_status(&self, replica: &Replica, now_millis: u64) -> GroupStatus {
+        let m = replica.metrics();
+        let membership = m.membership_config.membership();
+        let last_log = m.last_log_index;
+        let follower_lag = m
+            .replication
+            .clone()
+            .unwrap_or_default()
             .iter()
             .filter(|(id, _)| **id != self.config.node_id)
             .map(|(id, matched)| {
@@ -305,39 +408,53 @@ impl Cluster {
             openraft::ServerState::Follower => "follower",
             openraft::ServerState::Shutdown => "shutdown",
         };
-        ClusterStatus {
-            cluster: self.config.name.clone(),
-            node_id: self.config.node_id,
-            replicated: true,
-            members,
-            groups: vec![GroupStatus {
-                group: DATA_GROUP,
-                partitions: self.replica.partitions().iter().map(|p| p.id).collect(),
-                leader: m.current_leader,
-                voters,
-                learners,
-                term: m.current_term,
-                role: role.into(),
-                last_log_index: m.last_log_index,
-                applied_index: m.last_applied.map(|l| l.index),
-                millis_since_quorum_ack: m.millis_since_quorum_ack,
-                follower_lag,
-                closed: self
-                    .replica
-                    .partitions()
-                    .iter()
-                    .map(|p| {
-                        let version = p.closed();
-                        let lag_ms = now_millis.saturating_sub(crate::engine::hlc::millis_of(version));
-                        ClosedTimestamp { partition: p.id, version, lag_ms }
-                    })
-                    .collect(),
-            }],
-            timing: Some(restm_shared::RaftTiming {
-                heartbeat_interval_ms: millis(self.config.timing.heartbeat),
-                election_timeout_ms: millis(self.config.timing.election),
-                lease_ms: millis(self.config.timing.lease()),
-            }),
+        GroupStatus {
+            group: replica.group(),
+            partitions: replica.partitions().map(|p| p.id).collect(),
+            leader: m.current_leader,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            term: m.current_term,
+            role: role.into(),
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            follower_lag,
+            closed: replica
+                .partitions()
+                .map(|p| {
+                    let version = p.closed();
+                    let lag_ms = now_millis.saturating_sub(crate::engine::hlc::millis_of(version));
+                    ClosedTimestamp { partition: p.id, version, lag_ms }
+                })
+                .collect(),
         }
+    }
+}
+
+impl Service for Cluster {
+    fn propose(
+        self: Arc<Self>,
+        group: GroupId,
+        proposed: Proposed,
+        hlc: u64,
+    ) -> futures_util::future::BoxFuture<'static, (Result<Outcome, Refused>, u64)> {
+        self.observer.saw_version(hlc);
+        Box::pin(async move {
+            let answer = match self.replicas.get(group as usize) {
+                None => Err(Refused::Failed(format!("this node holds no group {group}"))),
+                Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
+                Some(r) => {
+                    let proposing = r.propose(proposed.partition, proposed.command, proposed.parent);
+                    match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
+                        Err(_) => Err(Refused::Timeout(millis(PROPOSE_TIMEOUT))),
+                        Ok(Ok(outcome)) => Ok(outcome),
+                        Ok(Err(ReplicaError::NotLeader { leader, .. })) => Err(Refused::NotLeader(leader)),
+                        Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
+                    }
+                }
+            };
+            (answer, self.observer.last_version())
+        })
     }
 }

@@ -54,6 +54,10 @@ impl Observer for StoreObserver {
         }
     }
 
+    fn last_version(&self) -> u64 {
+        self.engine.upgrade().map_or(0, |e| e.last_version())
+    }
+
     // The engine's pin table holds the watermark (and so every member's GC) to the
     // replicated pins.
     fn pinned(&self, pin: &Pin) {

@@ -16,7 +16,7 @@ use openraft::{Raft, RaftMetrics, ServerState};
 use super::lease::Lease;
 use super::log_store::{Flusher, LogStore};
 use super::network::Network;
-use super::state_machine::{Observer, PartitionMachine, Partitions};
+use super::state_machine::{Held, Observer, PartitionMachine, Partitions};
 use super::transport::{Groups, Peers};
 use super::{BasicNode, GroupId, NodeId, RaftConfig, Restm};
 use crate::engine::command::{Command, Outcome};
@@ -72,6 +72,7 @@ pub struct Replica {
     group: GroupId,
     raft: Raft<Restm>,
     partitions: Partitions,
+    held: Held,
     groups: Arc<Groups>,
     batcher: Batcher,
     reads: Arc<parking_lot::Mutex<ReadRound>>,
@@ -252,19 +253,21 @@ impl Timing {
 }
 
 impl Replica {
-    /// Starts `host`'s member of `group` over `partitions`, with its log and state in the
+    /// Starts `host`'s member of the group `held` names, over its share of `partitions`, with
+    /// its log and state in the
     /// host's database, telling `observer` what it applies.
     pub async fn start(
         host: &Host,
-        group: GroupId,
+        held: Held,
         partitions: Partitions,
         observer: Arc<dyn Observer>,
         config: RaftConfig,
     ) -> Result<Self, ReplicaError> {
         let config = Arc::new(config.validate()?);
         let hold = Duration::from_millis(config.election_timeout_max);
+        let group = held.group;
         let log = LogStore::open(&host.db, group, host.flusher.clone())?;
-        let machine = PartitionMachine::open(&host.db, group, partitions.clone(), observer)?;
+        let machine = PartitionMachine::open(&host.db, held, partitions.clone(), observer)?;
         let raft =
             Raft::new(host.node, config, Network::new(host.peers.clone(), group), log, machine).await?;
         // openraft refuses votes for `leader_lease` (= the election timeout's maximum) after
@@ -277,6 +280,7 @@ impl Replica {
             group,
             raft,
             partitions,
+            held,
             groups: host.groups.clone(),
             batcher,
             reads: Arc::default(),
@@ -304,7 +308,7 @@ impl Replica {
         command: Command,
         parent: Option<crate::telemetry::SpanParent>,
     ) -> Result<Outcome, ReplicaError> {
-        if self.partitions.get(partition as usize).is_none() {
+        if self.partitions.get(partition as usize).is_none() || !self.held.holds(partition) {
             return Err(ReplicaError::NoPartition { group: self.group, partition });
         }
         let (answer, outcome) = tokio::sync::oneshot::channel();
@@ -325,14 +329,23 @@ impl Replica {
             .map_err(|e| write_error(&e))
     }
 
-    /// The partitions this member applies to.
-    pub fn partitions(&self) -> &Partitions {
-        &self.partitions
+    /// The partitions this member applies to, ascending.
+    pub fn partitions(&self) -> impl Iterator<Item = &crate::engine::partition::Partition> + '_ {
+        self.held.of_these(&self.partitions)
+    }
+
+    /// openraft's handle of this member.
+    pub fn raft(&self) -> &Raft<Restm> {
+        &self.raft
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
     }
 
     /// The replicated state of every partition, to compare replicas.
     pub fn dumps(&self) -> Vec<(u32, crate::engine::partition::PartitionDump)> {
-        self.partitions.iter().map(|p| (p.id, p.dump())).collect()
+        self.partitions().map(|p| (p.id, p.dump())).collect()
     }
 
     /// openraft's view of the group from this member.

@@ -45,6 +45,36 @@ pub fn partitions(count: u32) -> Partitions {
     (0..count).map(Partition::new).collect()
 }
 
+/// Which of a node's partitions a group holds: `of` groups share them, partition `p` in
+/// group `p % of` (one group of all of them when `of` is 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub group: GroupId,
+    pub of: u32,
+}
+
+impl Held {
+    /// Every partition in one group.
+    pub const ALL: Held = Held { group: 0, of: 1 };
+
+    /// The group that holds `partition`, of `groups`.
+    pub fn group_of(partition: u32, groups: u32) -> GroupId {
+        partition % groups.max(1)
+    }
+
+    /// Whether the group holds `partition` (a group that is one of one holds every one,
+    /// whatever its id).
+    pub fn holds(&self, partition: u32) -> bool {
+        self.of <= 1 || Self::group_of(partition, self.of) == self.group
+    }
+
+    /// The partitions of `all` this group holds, ascending.
+    pub fn of_these<'a>(&self, all: &'a Partitions) -> impl Iterator<Item = &'a Partition> + 'a {
+        let held = *self;
+        all.iter().filter(move |p| held.holds(p.id))
+    }
+}
+
 /// The format of an [`Image`]: 2 since partitions carry closed timestamps and pins, 3 since
 /// they carry the cluster's GC horizon. Images of builds before 2 had no format byte (their
 /// first byte is 0 or 1) and do not decode.
@@ -76,6 +106,11 @@ pub trait Observer: Send + Sync + 'static {
     fn installed(&self, txn: &TxnId, trace_id: &Arc<str>, version: u64, writes: &[(PtrId, Option<Bytes>)]);
     /// A command carried `version` (a commit version, or a prepared txn's lower bound).
     fn saw_version(&self, version: u64);
+    /// The node's clock now: sent with what the node asks of a peer, whose answer carries
+    /// the peer's clock back (to `saw_version`), so versions stay above every message.
+    fn last_version(&self) -> u64 {
+        0
+    }
     /// A `Pin` command recorded `pin`.
     fn pinned(&self, _pin: &Pin) {}
     /// An `Unpin` command removed `pin`.
@@ -137,6 +172,7 @@ pub struct PartitionMachine {
     group: GroupId,
     observer: Arc<dyn Observer>,
     partitions: Partitions,
+    held: Held,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
     snapshots: Keyspace,
@@ -150,14 +186,15 @@ fn snapshot_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 }
 
 impl PartitionMachine {
-    /// The machine of `group` over `partitions`, restored from the snapshot stored in `db`,
-    /// if there is one.
+    /// The machine of the group `held` names, over its partitions of `partitions`, restored
+    /// from the snapshot stored in `db`, if there is one.
     pub fn open(
         db: &Database,
-        group: GroupId,
+        held: Held,
         partitions: Partitions,
         observer: Arc<dyn Observer>,
     ) -> Result<Self, StorageError> {
+        let group = held.group;
         let snapshots = db
             .keyspace("raft_snapshot", KeyspaceCreateOptions::default)
             .map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
@@ -165,6 +202,7 @@ impl PartitionMachine {
             group,
             observer,
             partitions,
+            held,
             last_applied: None,
             membership: StoredMembership::default(),
             snapshots,
@@ -177,9 +215,19 @@ impl PartitionMachine {
         Ok(m)
     }
 
-    /// The partitions this machine applies to (shared with whoever reads them).
+    /// The node's partitions (shared with whoever reads them); the machine applies to those
+    /// it [`Self::held`].
     pub fn partitions(&self) -> &Partitions {
         &self.partitions
+    }
+
+    pub fn held(&self) -> Held {
+        self.held
+    }
+
+    /// The partition `id`, if this group holds it.
+    fn part(&self, id: u32) -> Option<&Partition> {
+        self.partitions.get(id as usize).filter(|_| self.held.holds(id))
     }
 
     /// The image of the state now.
@@ -189,8 +237,8 @@ impl PartitionMachine {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             partitions: self
-                .partitions
-                .iter()
+                .held
+                .of_these(&self.partitions)
                 .map(|p| (p.id, p.dump()))
                 .filter(|(_, d)| *d != PartitionDump::default())
                 .collect(),
@@ -216,16 +264,14 @@ impl PartitionMachine {
             ));
         }
         let image: Image = decode(data).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
-        if let Some((id, _)) =
-            image.partitions.iter().find(|(id, _)| self.partitions.get(*id as usize).is_none())
-        {
+        if let Some((id, _)) = image.partitions.iter().find(|(id, _)| self.part(*id).is_none()) {
             return Err(snapshot_err(
                 ErrorVerb::Read,
                 format!("the snapshot holds partition {id}, which group {} does not", self.group),
             ));
         }
         let mut by_id: std::collections::HashMap<u32, PartitionDump> = image.partitions.into_iter().collect();
-        for p in self.partitions.iter() {
+        for p in self.held.of_these(&self.partitions) {
             let dump = by_id.remove(&p.id).unwrap_or_default();
             // The node's version store learns the image's versions too (history, cold reads).
             for (ptr, (versions, _, _)) in &dump.pointers {
@@ -240,8 +286,12 @@ impl PartitionMachine {
             }
             p.restore(dump);
         }
-        self.observer.pins_restored(&self.partitions.iter().flat_map(|p| p.pins()).collect::<Vec<_>>());
-        self.observer.horizon(self.partitions.iter().map(Partition::cluster_horizon).max().unwrap_or(0));
+        // The pins and the horizon live on the first partition: only its group's image
+        // carries them.
+        if let Some(first) = self.part(0) {
+            self.observer.pins_restored(&first.pins());
+            self.observer.horizon(first.cluster_horizon());
+        }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -304,7 +354,7 @@ impl RaftStateMachine<Restm> for PartitionMachine {
                 EntryPayload::Normal(batch) => batch
                     .commands
                     .iter()
-                    .map(|p| match self.partitions.get(p.partition as usize) {
+                    .map(|p| match self.part(p.partition) {
                         Some(part) => {
                             let span = p.parent.map(|parent| {
                                 let span = tracing::debug_span!(

@@ -91,6 +91,14 @@ pub enum Request {
     },
     /// Where the peer serves clients.
     Info,
+    /// Propose a command to `group`, which the peer leads: a coordinator elsewhere changing
+    /// one of the group's partitions. `hlc` is the sender's clock, which the peer's moves
+    /// above before it answers.
+    Propose {
+        group: GroupId,
+        proposed: super::Proposed,
+        hlc: u64,
+    },
 }
 
 /// A peer's answer.
@@ -104,6 +112,37 @@ pub enum Response {
     Info {
         client_url: String,
     },
+    /// What applying a proposed command answered, and the peer's clock after it.
+    Proposed {
+        answer: Result<crate::engine::command::Outcome, Refused>,
+        hlc: u64,
+    },
+}
+
+/// Why a peer did not propose a command for another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refused {
+    #[error("the peer does not lead the group (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("the peer waited {0} ms for a majority")]
+    Timeout(u64),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a node does for its peers beyond Raft's own messages (the [`Cluster`] around the
+/// groups implements it).
+///
+/// [`Cluster`]: crate::cluster::Cluster
+pub trait Service: Send + Sync + 'static {
+    /// Proposes `proposed` to `group`, which this node leads, after moving its clock above
+    /// `hlc`; answers the outcome and this node's clock.
+    fn propose(
+        self: Arc<Self>,
+        group: GroupId,
+        proposed: super::Proposed,
+        hlc: u64,
+    ) -> futures_util::future::BoxFuture<'static, (Result<crate::engine::command::Outcome, Refused>, u64)>;
 }
 
 impl Identity {
@@ -141,12 +180,19 @@ pub struct Groups {
     rafts: RwLock<HashMap<GroupId, Member>>,
     /// When each peer's last request arrived.
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Who answers requests beyond Raft's (set once the cluster is up).
+    service: std::sync::OnceLock<std::sync::Weak<dyn Service>>,
 }
 
 impl Groups {
     /// Serves `group` with `raft`; `lease` says when the member refuses votes.
     pub fn insert(&self, group: GroupId, raft: Raft<Restm>, lease: Arc<Lease>) {
         self.rafts.write().insert(group, (raft, lease));
+    }
+
+    /// Answers [`Request::Propose`] with `service` from now on.
+    pub fn serve(&self, service: std::sync::Weak<dyn Service>) {
+        let _ = self.service.set(service);
     }
 
     pub fn remove(&self, group: GroupId) -> Option<Raft<Restm>> {
@@ -178,6 +224,15 @@ impl Groups {
     async fn handle(&self, req: Request, me: &Identity) -> Response {
         match req {
             Request::Info => Response::Info { client_url: me.client_url.clone() },
+            Request::Propose { group, proposed, hlc } => {
+                match self.service.get().and_then(std::sync::Weak::upgrade) {
+                    Some(service) => {
+                        let (answer, hlc) = service.propose(group, proposed, hlc).await;
+                        Response::Proposed { answer, hlc }
+                    }
+                    None => Response::NoGroup(group),
+                }
+            }
             Request::Append { group, rpc } => match self.get(group) {
                 Some(r) => Response::Append(r.append_entries(rpc).await),
                 None => Response::NoGroup(group),
