@@ -17,6 +17,7 @@
 //! | [`Command::Close`] | raise the partition's closed timestamp: no later command commits at or below it |
 //! | [`Command::Pin`] | record a pin of the cluster's history (on the first partition), dropping those expired at its creation time |
 //! | [`Command::Unpin`] | remove a pin |
+//! | [`Command::Guard`] | validate reads a coordinator elsewhere made; until the txn's `Commit` or `Abort`, no other txn writes them, and its commit leaves a read floor (see [`super::guard`]) |
 //! | [`Command::Horizon`] | raise the cluster's GC horizon (on the first partition), never past a live pin; every member prunes only below it |
 //!
 //! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
@@ -100,6 +101,16 @@ pub enum Command {
         horizon: u64,
         now_ms: u64,
     },
+    /// A txn's reads on a partition it may write nothing on, validated as `Prepare`
+    /// validates them, then guarded until its `Commit` (which leaves a read floor at the
+    /// commit version) or `Abort`. Added last, so log entries of earlier builds still decode.
+    Guard {
+        txn: TxnId,
+        /// Pointers read, with the version seen (`None`: absent).
+        reads: Vec<(PtrId, Option<u64>)>,
+        /// The pointer whose partition holds the txn's record.
+        primary: PtrId,
+    },
 }
 
 impl Command {
@@ -115,6 +126,7 @@ impl Command {
             Command::Pin { .. } => "pin",
             Command::Unpin { .. } => "unpin",
             Command::Horizon { .. } => "horizon",
+            Command::Guard { .. } => "guard",
         }
     }
 
@@ -125,7 +137,8 @@ impl Command {
             | Command::PrepareCommit { txn, .. }
             | Command::Commit { txn, .. }
             | Command::Abort { txn }
-            | Command::TxnRecord { txn, .. } => Some(txn),
+            | Command::TxnRecord { txn, .. }
+            | Command::Guard { txn, .. } => Some(txn),
             _ => None,
         }
     }
@@ -134,7 +147,7 @@ impl Command {
 /// What applying a command answered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
-    /// `Prepare`: the intents are recorded.
+    /// `Prepare`: the intents are recorded. `Guard`: the reads are guarded.
     Prepared,
     /// `PrepareCommit` or `Commit`: installed at this version (`Commit` of a txn with no
     /// intents here installs nothing and answers this too: commands may be re-sent).
@@ -159,4 +172,9 @@ pub enum Outcome {
     /// `TxnRecord` that came too late: the txn's fate was already decided otherwise (an
     /// abort recorded, or its intents here dropped), and this is it. Nothing changed.
     Decided(TxnState),
+    /// `Prepare`: the intents are recorded, but a pointer written has a version
+    /// ([`Conflict::Stale`]) or a guarded reader's commit ([`Conflict::ReadAbove`]) above
+    /// `prepared_above`; the highest is named. The commit version must be above it, or the
+    /// txn is aborted by that conflict. The intents' mark is raised to it.
+    PreparedAbove(Conflict),
 }

@@ -82,6 +82,10 @@ pub enum Conflict {
     /// replicas that no commit that low was still to come: only a deposed leader's command
     /// can be that old, and it is refused on every replica alike.
     Closed { ptr: PtrId, closed: u64 },
+    /// The pointer written was read by a committed txn (`reader`) at `read_at`, at or above
+    /// this commit version: this write would have to serialize before a read that did not
+    /// see it. Begin again; the next commit version is above it.
+    ReadAbove { ptr: PtrId, reader: TxnId, read_at: u64 },
 }
 
 impl Conflict {
@@ -91,7 +95,8 @@ impl Conflict {
             | Conflict::Stale { ptr, .. }
             | Conflict::Collected { ptr }
             | Conflict::LockLost { ptr }
-            | Conflict::Closed { ptr, .. } => ptr,
+            | Conflict::Closed { ptr, .. }
+            | Conflict::ReadAbove { ptr, .. } => ptr,
         }
     }
 
@@ -103,10 +108,12 @@ impl Conflict {
         }
     }
 
-    /// The transaction whose commit made a read stale, and its version, for [`Conflict::Stale`].
+    /// The transaction whose commit made a read stale, and its version, for [`Conflict::Stale`];
+    /// the reader that committed above a write, for [`Conflict::ReadAbove`].
     pub fn winner(&self) -> Option<(&TxnId, u64)> {
         match self {
             Conflict::Stale { winner_txn, winner_version, .. } => Some((winner_txn, *winner_version)),
+            Conflict::ReadAbove { reader, read_at, .. } => Some((reader, *read_at)),
             _ => None,
         }
     }
@@ -131,6 +138,11 @@ impl fmt::Display for Conflict {
                 f,
                 "the commit of {ptr:?} came at or below its partition's closed timestamp {closed} (its \
                  coordinator no longer leads); begin it again"
+            ),
+            Conflict::ReadAbove { ptr, reader, read_at } => write!(
+                f,
+                "pointer {ptr:?} was read by txn {reader}, committed at {read_at}, at or above this \
+                 commit; begin it again"
             ),
         }
     }

@@ -27,6 +27,7 @@ mod commit;
 pub mod error;
 pub mod events;
 pub mod gc;
+pub mod guard;
 pub mod hlc;
 mod horizon;
 mod life;

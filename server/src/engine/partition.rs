@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
@@ -27,6 +27,7 @@ use super::command::{Command, Outcome, TxnState};
 use super::error::Conflict;
 use super::gc::Pin;
 use super::gc::{DiskPrune, PartitionGc};
+use super::guard::{Guards, GuardsDump};
 use super::pointer::{
     ChainLookup, ChainPrune, Intent, LockEntry, POINTER_OVERHEAD, PointerCell, PointerState, VersionChain,
     VersionRec,
@@ -90,6 +91,10 @@ pub struct Partition {
     /// The cluster's GC horizon (replicated; only the first partition moves it): no member
     /// prunes at or above it.
     horizon: AtomicU64,
+    /// Read guards and read floors (replicated; see [`super::guard`]).
+    guards: Mutex<Guards>,
+    /// Whether `guards` holds anything: the commit path skips its mutex while it does not.
+    guarding: AtomicBool,
 }
 
 /// A partition's replicated state in a canonical order, for comparing replicas.
@@ -104,6 +109,8 @@ pub struct PartitionDump {
     pub pins: BTreeMap<String, Pin>,
     /// The cluster's GC horizon.
     pub horizon: u64,
+    /// Read guards and floors.
+    pub guards: GuardsDump,
 }
 
 /// Whether a read of `ptr` that saw `seen` still holds on `chain`: no version newer than
@@ -325,25 +332,42 @@ impl Partition {
     pub fn apply_releasing(&self, cmd: &Command, max_hot: usize, leader: Option<&TxnId>) -> Outcome {
         match cmd {
             Command::Prepare { txn, trace_id, prepared_above, reads, writes, .. } => {
-                let cells = match self.check(txn, reads, writes, None) {
-                    Ok(cells) => cells,
+                let (cells, newest) = match self.check(txn, reads, writes, None) {
+                    Ok(checked) => checked,
                     Err(c) => return Outcome::Conflict(c),
                 };
+                // A pointer written has a version, or a guarded reader's floor, above the mark
+                // (a coordinator whose clock lags the partition's): the commit version must
+                // be above it, and readers up to it skip the intents.
+                let floor = self.with_guards(|g| g.floor_of(writes.iter().map(|(p, _)| p))).flatten();
+                let above = newest.into_iter().chain(floor).max_by_key(|c| c.winner().map_or(0, |(_, v)| v));
+                let read_at = above.as_ref().and_then(|c| c.winner()).map_or(0, |(_, v)| v);
+                let mark = (*prepared_above).max(read_at);
                 for ((ptr, value), cell) in writes.iter().zip(cells) {
                     let intent = Intent {
                         txn: txn.clone(),
                         trace_id: trace_id.clone(),
-                        prepared_above: *prepared_above,
+                        prepared_above: mark,
                         value: value.clone(),
                     };
                     self.with_cell(ptr, cell, |_, st| st.intent = Some(intent));
                 }
                 self.prepared.lock().insert(txn.clone(), writes.iter().map(|(p, _)| p.clone()).collect());
+                match above {
+                    Some(conflict) if read_at > *prepared_above => Outcome::PreparedAbove(conflict),
+                    _ => Outcome::Prepared,
+                }
+            }
+            Command::Guard { txn, reads, .. } => {
+                if let Err(c) = self.check(txn, reads, &[], None) {
+                    return Outcome::Conflict(c);
+                }
+                self.change_guards(|g| g.guard(txn, reads.iter().map(|(p, _)| p.clone())));
                 Outcome::Prepared
             }
             Command::PrepareCommit { txn, trace_id, commit_version, reads, writes } => {
                 let cells = match self.check(txn, reads, writes, Some(*commit_version)) {
-                    Ok(cells) => cells,
+                    Ok((cells, _)) => cells,
                     Err(c) => return Outcome::Conflict(c),
                 };
                 for ((ptr, value), cell) in writes.iter().zip(cells) {
@@ -374,6 +398,9 @@ impl Partition {
                     });
                 }
                 self.records.lock().remove(txn);
+                if self.guarding.load(Ordering::SeqCst) {
+                    self.change_guards(|g| g.release(txn, Some(*commit_version)));
+                }
                 Outcome::Committed(*commit_version)
             }
             Command::Abort { txn } => {
@@ -387,6 +414,9 @@ impl Partition {
                     }
                 }
                 self.records.lock().remove(txn);
+                if self.guarding.load(Ordering::SeqCst) {
+                    self.change_guards(|g| g.release(txn, None));
+                }
                 Outcome::Aborted
             }
             Command::TxnRecord { txn, state } => {
@@ -416,7 +446,11 @@ impl Partition {
                 // above that, and a next leader may still install it (by its record).
                 let closed = (*closed).min(self.lowest_prepared_mark());
                 let before = self.closed.fetch_max(closed, Ordering::SeqCst);
-                Outcome::Closed(before.max(closed))
+                let now = before.max(closed);
+                if self.guarding.load(Ordering::SeqCst) {
+                    self.change_guards(|g| g.close(now));
+                }
+                Outcome::Closed(now)
             }
             Command::Pin { pin } => {
                 let mut pins = self.pins.lock();
@@ -461,6 +495,21 @@ impl Partition {
             .unwrap_or(u64::MAX)
     }
 
+    /// `f` of the guards, when there are any (`None` otherwise: there is nothing to find).
+    fn with_guards<R>(&self, f: impl FnOnce(&Guards) -> R) -> Option<R> {
+        if !self.guarding.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(f(&self.guards.lock()))
+    }
+
+    /// Changes the guards, keeping [`Self::guarding`] true exactly while they hold anything.
+    fn change_guards(&self, f: impl FnOnce(&mut Guards)) {
+        let mut g = self.guards.lock();
+        f(&mut g);
+        self.guarding.store(!g.is_empty(), Ordering::SeqCst);
+    }
+
     /// The closed timestamp: a read at or below it sees every commit it ever will, on any
     /// replica that applied this far.
     pub fn closed(&self) -> u64 {
@@ -494,7 +543,11 @@ impl Partition {
     /// records).
     pub fn prepared_txns(&self) -> Vec<TxnId> {
         let mut v: Vec<TxnId> = self.prepared.lock().keys().cloned().collect();
+        if let Some(guarding) = self.with_guards(|g| g.txns().cloned().collect::<Vec<_>>()) {
+            v.extend(guarding);
+        }
         v.sort();
+        v.dedup();
         v
     }
 
@@ -511,14 +564,15 @@ impl Partition {
     /// and the commit version is a conflict.
     ///
     /// Returns the cells of the written pointers that exist, in order, for the change that
-    /// follows to reuse.
+    /// follows to reuse, and for a `Prepare` the newest version among them (as the conflict
+    /// a commit at or below it would be).
     fn check(
         &self,
         txn: &TxnId,
         reads: &[(PtrId, Option<u64>)],
         writes: &[(PtrId, Option<Bytes>)],
         below: Option<u64>,
-    ) -> Result<Vec<Option<Arc<PointerCell>>>, Conflict> {
+    ) -> Result<(Vec<Option<Arc<PointerCell>>>, Option<Conflict>), Conflict> {
         let foreign = |ptr: &PtrId, st: &PointerState| match &st.intent {
             Some(i) if i.txn != *txn && below.is_none_or(|cv| i.prepared_above < cv) => {
                 Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() })
@@ -531,12 +585,26 @@ impl Partition {
                 return Err(Conflict::Closed { ptr: ptr.clone(), closed });
             }
         }
+        if !writes.is_empty() {
+            self.with_guards(|g| writes.iter().try_for_each(|(ptr, _)| g.check_write(txn, ptr, below)))
+                .transpose()?;
+        }
         let mut cells = Vec::with_capacity(writes.len());
+        let mut newest: Option<Conflict> = None;
         for (ptr, _) in writes {
             let cell = self.cell(ptr);
             if let Some(cell) = &cell {
                 let st = cell.state.lock();
                 foreign(ptr, &st)?;
+                if let (None, Some(latest)) = (below, st.chain.latest())
+                    && newest.as_ref().and_then(Conflict::winner).is_none_or(|(_, v)| v < latest.version)
+                {
+                    newest = Some(Conflict::Stale {
+                        ptr: ptr.clone(),
+                        winner_txn: latest.txn.clone(),
+                        winner_version: latest.version,
+                    });
+                }
                 // Versions only grow: a commit at or below the latest one (a deposed leader's
                 // clock, a replayed command) is refused, never installed out of order.
                 if let (Some(cv), Some(latest)) = (below, st.chain.latest())
@@ -557,7 +625,7 @@ impl Partition {
             foreign(ptr, &st)?;
             changed(ptr, &st.chain, *seen, below)?;
         }
-        Ok(cells)
+        Ok((cells, newest))
     }
 
     /// Runs `f` on `ptr`'s live cell (`known`, if it is still live), creating it if need
@@ -634,6 +702,7 @@ impl Partition {
             closed: self.closed(),
             pins: self.pins.lock().clone(),
             horizon: self.cluster_horizon(),
+            guards: self.guards.lock().dump(),
         }
     }
 
@@ -661,6 +730,7 @@ impl Partition {
         self.closed.store(image.closed, Ordering::SeqCst);
         *self.pins.lock() = image.pins;
         self.horizon.store(image.horizon, Ordering::SeqCst);
+        self.change_guards(|g| g.restore(image.guards));
     }
 
     /// The cluster's GC horizon as this partition recorded it (0 on any but the first).
@@ -925,6 +995,77 @@ mod tests {
     }
 
     #[test]
+    fn a_guarded_read_orders_every_later_write_above_the_readers_commit() {
+        let p = Partition::new(0);
+        let (x, y): (PtrId, PtrId) = ("x".into(), "y".into());
+        let one = || Some(Bytes::from_static(b"1"));
+        let write = |txn: &str, cv: u64, ptr: &PtrId| Command::PrepareCommit {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            commit_version: cv,
+            reads: vec![],
+            writes: vec![(ptr.clone(), one())],
+        };
+        let prepare = |txn: &str, above: u64| Command::Prepare {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            prepared_above: above,
+            reads: vec![],
+            writes: vec![(x.clone(), one())],
+            primary: x.clone(),
+        };
+        let guard = |txn: &str, reads: Vec<(PtrId, Option<u64>)>| Command::Guard {
+            txn: txn.into(),
+            reads,
+            primary: y.clone(),
+        };
+        assert_eq!(p.apply(&write("w0", 5, &x), 4), Outcome::Committed(5));
+        // A guard validates like a prepare: a stale read is refused, and nothing is guarded.
+        let stale = Conflict::Stale { ptr: x.clone(), winner_txn: "w0".into(), winner_version: 5 };
+        assert_eq!(p.apply(&guard("r0", vec![(x.clone(), None)]), 4), Outcome::Conflict(stale));
+        assert_eq!(p.apply(&write("w1", 6, &x), 4), Outcome::Committed(6));
+        let w1_read = vec![(x.clone(), Some(6))];
+        assert_eq!(p.apply(&guard("r", w1_read.clone()), 4), Outcome::Prepared);
+        assert_eq!(p.prepared_txns(), vec![TxnId::from("r")], "a new leader resolves a guard too");
+        // While r is undecided, no one else writes what it read, either way.
+        let held = Conflict::Locked { ptr: x.clone(), holder: "r".into() };
+        assert_eq!(p.apply(&write("w2", 30, &x), 4), Outcome::Conflict(held.clone()));
+        assert_eq!(p.apply(&prepare("w3", 8), 4), Outcome::Conflict(held));
+        assert_eq!(p.apply(&write("w4", 7, &y), 4), Outcome::Committed(7), "a pointer not read is free");
+        // Its commit at 20 leaves a floor: a write at or below it would go under the read.
+        assert_eq!(
+            p.apply(&Command::Commit { txn: "r".into(), commit_version: 20 }, 4),
+            Outcome::Committed(20)
+        );
+        assert!(p.prepared_txns().is_empty());
+        let floor = Conflict::ReadAbove { ptr: x.clone(), reader: "r".into(), read_at: 20 };
+        assert_eq!(p.apply(&write("w5", 20, &x), 4), Outcome::Conflict(floor.clone()));
+        assert_eq!(p.latest_version("x"), Some(6), "nothing was installed");
+        // A prepare is told the floor and its intents wait above it.
+        assert_eq!(p.apply(&prepare("w6", 12), 4), Outcome::PreparedAbove(floor));
+        assert!(matches!(p.read("x", 20, None), PartitionRead::Found(v) if v.version == 6));
+        assert!(matches!(p.read("x", 21, None), PartitionRead::Wait { .. }));
+        assert_eq!(p.apply(&Command::Abort { txn: "w6".into() }, 4), Outcome::Aborted);
+        // A snapshot carries guards and floors; a replica restored from it refuses alike.
+        assert_eq!(p.apply(&guard("r2", vec![(y.clone(), Some(7))]), 4), Outcome::Prepared);
+        let q = Partition::new(0);
+        q.restore(p.dump());
+        assert_eq!(q.dump(), p.dump());
+        let on_y = Conflict::Locked { ptr: y.clone(), holder: "r2".into() };
+        assert_eq!(q.apply(&write("w7", 40, &y), 4), Outcome::Conflict(on_y));
+        let under = Conflict::ReadAbove { ptr: x.clone(), reader: "r".into(), read_at: 20 };
+        assert_eq!(q.apply(&write("w8", 19, &x), 4), Outcome::Conflict(under));
+        // An aborted reader leaves no floor; a close past a floor drops it (no commit that low
+        // can come), and the commit path is back to finding nothing.
+        assert_eq!(q.apply(&Command::Abort { txn: "r2".into() }, 4), Outcome::Aborted);
+        assert_eq!(q.apply(&write("w9", 8, &y), 4), Outcome::Committed(8));
+        assert_eq!(q.apply(&Command::Close { closed: 25 }, 4), Outcome::Closed(25));
+        assert_eq!(q.dump().guards, GuardsDump::default());
+        assert!(!q.guarding.load(Ordering::SeqCst));
+        assert_eq!(q.apply(&write("w10", 26, &x), 4), Outcome::Committed(26));
+    }
+
+    #[test]
     fn empty_cells_are_unlinked_on_unlock() {
         let p = Partition::new(0);
         let a: TxnId = "a".into();
@@ -1075,6 +1216,8 @@ mod tests {
         Unpin(u8),
         /// Raises the cluster's horizon to the clock, give or take.
         Horizon(u64),
+        /// Guards reads for a new txn.
+        Guard(Vec<(usize, Seen)>),
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -1087,6 +1230,7 @@ mod tests {
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
         let seen = prop_oneof![4 => Just(Seen::Latest), 1 => Just(Seen::Absent), 1 => (0..40u64).prop_map(Seen::Old)];
+        let seen2 = seen.clone();
         let reads = proptest::collection::vec((0..5usize, seen), 0..3);
         let writes = proptest::collection::vec((0..5usize, proptest::bool::weighted(0.8)), 1..3);
         prop_oneof![
@@ -1099,6 +1243,7 @@ mod tests {
             1 => (0..4u8, 1..10u64).prop_map(|(id, ttl)| Step::Pin(id, ttl)),
             1 => (0..4u8).prop_map(Step::Unpin),
             1 => (0..6u64).prop_map(Step::Horizon),
+            2 => proptest::collection::vec((0..5usize, seen2), 1..3).prop_map(Step::Guard),
         ]
     }
 
@@ -1151,13 +1296,24 @@ mod tests {
                     },
                     Step::Unpin(id) => Command::Unpin { id: format!("pin{id}") },
                     Step::Horizon(d) => Command::Horizon { horizon: (clock + d).saturating_sub(3), now_ms: clock },
+                    Step::Guard(reads) => {
+                        let txn: TxnId = format!("{clock:016x}").into();
+                        txns.push(txn.clone());
+                        Command::Guard { txn, reads: seen(&reads), primary: ptrs[0].clone() }
+                    }
                     _ => continue,
                 };
                 let (closed, horizon) = (a.closed(), a.cluster_horizon());
+                let before = a.dump().guards;
                 let (oa, ob) = (a.apply(&cmd, 3), b.apply(&cmd, 3));
                 proptest::prop_assert_eq!(&oa, &ob, "{:?}", cmd);
-                if let (Command::PrepareCommit { commit_version, .. }, Outcome::Committed(_)) = (&cmd, &oa) {
+                if let (Command::PrepareCommit { commit_version, writes, .. }, Outcome::Committed(_)) = (&cmd, &oa) {
                     proptest::prop_assert!(*commit_version > closed, "a commit at {} under a close at {}", commit_version, closed);
+                    for (ptr, _) in writes {
+                        let floor = before.floors.get(ptr).map_or(0, |f| f.0);
+                        proptest::prop_assert!(*commit_version > floor, "a write at {} under a read floor at {}", commit_version, floor);
+                        proptest::prop_assert!(before.guards.values().all(|g| !g.contains(ptr)), "a write of a guarded pointer");
+                    }
                 }
                 proptest::prop_assert!(a.closed() >= closed, "the closed timestamp went back");
                 proptest::prop_assert!(a.cluster_horizon() >= horizon, "the cluster's horizon went back");

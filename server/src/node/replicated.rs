@@ -347,6 +347,15 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
                 intents.push(p);
                 continue;
             }
+            Ok(Outcome::PreparedAbove(floor)) => {
+                // A version or a guarded reader's commit at or above this commit version:
+                // it cannot serialize before them.
+                intents.push(p);
+                match floor.winner() {
+                    Some((_, read_at)) if read_at < cv => continue,
+                    _ => Err(floor),
+                }
+            }
             Ok(Outcome::Conflict(c)) => Err(c),
             Ok(other) => Ok(StorageError::Corrupt(format!("Prepare answered {other:?}"))),
             Err(e) => Ok(unavailable(&e)),

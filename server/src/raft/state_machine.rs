@@ -78,7 +78,7 @@ impl Held {
 /// The format of an [`Image`]: 2 since partitions carry closed timestamps and pins, 3 since
 /// they carry the cluster's GC horizon. Images of builds before 2 had no format byte (their
 /// first byte is 0 or 1) and do not decode.
-pub const IMAGE_FORMAT: u8 = 3;
+pub const IMAGE_FORMAT: u8 = 4;
 
 /// The state of a group at one applied log id: what a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
