@@ -159,18 +159,17 @@ fn resolve(groups: &mut Groups, txn: &Txn, clock: &mut u64) -> Fate {
         Outcome::Decided(TxnState::Committed(v)) => Fate::Committed(v),
         other => panic!("a resolver's record answered {other:?}"),
     };
-    let cmd = match fate {
-        Fate::Committed(v) => Command::Commit { txn: txn.id.clone(), commit_version: v },
-        Fate::Aborted => Command::Abort { txn: txn.id.clone() },
+    let state = match fate {
+        Fate::Committed(v) => TxnState::Committed(v),
+        Fate::Aborted => TxnState::Aborted,
     };
-    // Where it is still prepared (a partition's own list, as a new leader finds them), then
-    // the primary, whose record goes with it.
-    for p in (0..PARTS).filter(|p| *p != txn.primary) {
+    // Where it is still prepared (a partition's own list, as a group's leader finds them);
+    // the record stays for the resolvers of other groups.
+    for p in 0..PARTS {
         if groups.parts[p].prepared_txns().contains(&txn.id) {
-            groups.apply(p, &cmd, clock);
+            groups.apply(p, &Command::Resolve { txn: txn.id.clone(), state }, clock);
         }
     }
-    groups.apply(txn.primary, &cmd, clock);
     fate
 }
 

@@ -18,6 +18,7 @@
 //! | [`Command::Pin`] | record a pin of the cluster's history (on the first partition), dropping those expired at its creation time |
 //! | [`Command::Unpin`] | remove a pin |
 //! | [`Command::Guard`] | validate reads a coordinator elsewhere made; until the txn's `Commit` or `Abort`, no other txn writes them, and its commit leaves a read floor (see [`super::guard`]) |
+//! | [`Command::Resolve`] | a resolver's `Commit` or `Abort` of an abandoned txn, by its record; the record stays |
 //! | [`Command::Horizon`] | raise the cluster's GC horizon (on the first partition), never past a live pin; every member prunes only below it |
 //!
 //! Locks, lock queues and waiting are not here: they belong to the partition's leader (see
@@ -111,6 +112,14 @@ pub enum Command {
         /// The pointer whose partition holds the txn's record.
         primary: PtrId,
     },
+    /// A resolver's end of a txn its coordinator abandoned, by the fate its record gave:
+    /// installs its intents here at the recorded version, or drops them, and releases its
+    /// guards, as `Commit` or `Abort` would, but leaves its record (on the primary's
+    /// partition), which the resolvers of other groups may still need to read.
+    Resolve {
+        txn: TxnId,
+        state: TxnState,
+    },
 }
 
 impl Command {
@@ -127,6 +136,7 @@ impl Command {
             Command::Unpin { .. } => "unpin",
             Command::Horizon { .. } => "horizon",
             Command::Guard { .. } => "guard",
+            Command::Resolve { .. } => "resolve",
         }
     }
 
@@ -138,7 +148,8 @@ impl Command {
             | Command::Commit { txn, .. }
             | Command::Abort { txn }
             | Command::TxnRecord { txn, .. }
-            | Command::Guard { txn, .. } => Some(txn),
+            | Command::Guard { txn, .. }
+            | Command::Resolve { txn, .. } => Some(txn),
             _ => None,
         }
     }

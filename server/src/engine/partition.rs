@@ -84,6 +84,9 @@ pub struct Partition {
     prepared: Mutex<HashMap<TxnId, Vec<PtrId>>>,
     /// Records of txns whose primary pointer is here (replicated).
     records: Mutex<HashMap<TxnId, TxnState>>,
+    /// The primary pointer of each txn prepared or guarding here (replicated): where a
+    /// resolver finds its record.
+    primaries: Mutex<HashMap<TxnId, PtrId>>,
     /// The closed timestamp (replicated): no commit at or below it is still to come.
     closed: AtomicU64,
     /// The cluster's pins (replicated), by id: only the first partition holds any.
@@ -104,6 +107,7 @@ pub struct PartitionDump {
     pub pointers: BTreeMap<PtrId, (Vec<VersionRec>, bool, Option<Intent>)>,
     pub prepared: BTreeMap<TxnId, Vec<PtrId>>,
     pub records: BTreeMap<TxnId, TxnState>,
+    pub primaries: BTreeMap<TxnId, PtrId>,
     pub closed: u64,
     /// The pins, by id.
     pub pins: BTreeMap<String, Pin>,
@@ -133,6 +137,14 @@ fn changed(ptr: &PtrId, chain: &VersionChain, seen: Option<u64>, below: Option<u
         return Err(Conflict::Collected { ptr: ptr.clone() });
     }
     Ok(())
+}
+
+/// What [`Partition::check`] found fine: the written pointers' cells that exist (in
+/// order, for the change that follows to reuse), and for a `Prepare` the newest version
+/// among them, as the conflict a commit at or below it would be.
+struct Checked {
+    cells: Vec<Option<Arc<PointerCell>>>,
+    newest: Option<Conflict>,
 }
 
 /// Memory a pointer costs with a chain of `chain_bytes` (nothing while it has no version).
@@ -331,8 +343,8 @@ impl Partition {
     /// one critical section per pointer instead of two.
     pub fn apply_releasing(&self, cmd: &Command, max_hot: usize, leader: Option<&TxnId>) -> Outcome {
         match cmd {
-            Command::Prepare { txn, trace_id, prepared_above, reads, writes, .. } => {
-                let (cells, newest) = match self.check(txn, reads, writes, None) {
+            Command::Prepare { txn, trace_id, prepared_above, reads, writes, primary } => {
+                let Checked { cells, newest } = match self.check(txn, reads, writes, None) {
                     Ok(checked) => checked,
                     Err(c) => return Outcome::Conflict(c),
                 };
@@ -353,21 +365,23 @@ impl Partition {
                     self.with_cell(ptr, cell, |_, st| st.intent = Some(intent));
                 }
                 self.prepared.lock().insert(txn.clone(), writes.iter().map(|(p, _)| p.clone()).collect());
+                self.primaries.lock().insert(txn.clone(), primary.clone());
                 match above {
                     Some(conflict) if read_at > *prepared_above => Outcome::PreparedAbove(conflict),
                     _ => Outcome::Prepared,
                 }
             }
-            Command::Guard { txn, reads, .. } => {
+            Command::Guard { txn, reads, primary } => {
                 if let Err(c) = self.check(txn, reads, &[], None) {
                     return Outcome::Conflict(c);
                 }
                 self.change_guards(|g| g.guard(txn, reads.iter().map(|(p, _)| p.clone())));
+                self.primaries.lock().insert(txn.clone(), primary.clone());
                 Outcome::Prepared
             }
             Command::PrepareCommit { txn, trace_id, commit_version, reads, writes } => {
                 let cells = match self.check(txn, reads, writes, Some(*commit_version)) {
-                    Ok((cells, _)) => cells,
+                    Ok(checked) => checked.cells,
                     Err(c) => return Outcome::Conflict(c),
                 };
                 for ((ptr, value), cell) in writes.iter().zip(cells) {
@@ -382,43 +396,25 @@ impl Partition {
                 Outcome::Committed(*commit_version)
             }
             Command::Commit { txn, commit_version } => {
-                let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
-                for ptr in &ptrs {
-                    self.with_cell(ptr, None, |ptr, st| {
-                        if let Some(i) = st.intent.take_if(|i| i.txn == *txn) {
-                            st.released = true; // readers waiting on the intent go on
-                            let rec = VersionRec {
-                                version: *commit_version,
-                                txn: i.txn,
-                                trace_id: i.trace_id,
-                                value: i.value,
-                            };
-                            self.install(ptr, st, rec, max_hot, leader);
-                        }
-                    });
-                }
+                self.end(txn, Some(*commit_version), max_hot, leader);
                 self.records.lock().remove(txn);
-                if self.guarding.load(Ordering::SeqCst) {
-                    self.change_guards(|g| g.release(txn, Some(*commit_version)));
-                }
                 Outcome::Committed(*commit_version)
             }
             Command::Abort { txn } => {
-                let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
-                for ptr in &ptrs {
-                    if let Some(cell) = self.cell(ptr) {
-                        let dropped = cell.state.lock().intent.take_if(|i| i.txn == *txn).is_some();
-                        if dropped {
-                            cell.notify_released();
-                        }
-                    }
-                }
+                self.end(txn, None, max_hot, leader);
                 self.records.lock().remove(txn);
-                if self.guarding.load(Ordering::SeqCst) {
-                    self.change_guards(|g| g.release(txn, None));
-                }
                 Outcome::Aborted
             }
+            Command::Resolve { txn, state } => match state {
+                TxnState::Committed(v) => {
+                    self.end(txn, Some(*v), max_hot, leader);
+                    Outcome::Committed(*v)
+                }
+                TxnState::Aborted | TxnState::Open => {
+                    self.end(txn, None, max_hot, leader);
+                    Outcome::Aborted
+                }
+            },
             Command::TxnRecord { txn, state } => {
                 // The first decision stands: a resolver's abort and a coordinator's commit
                 // may race through the log, and whichever lands first is the txn's fate.
@@ -481,6 +477,43 @@ impl Partition {
                 Outcome::Horizon(before.max(horizon))
             }
         }
+    }
+
+    /// Ends `txn` here: its intents installed at `Some(commit_version)` or dropped, its
+    /// guards released (leaving floors when committed). Its record, if here, is the caller's.
+    fn end(&self, txn: &TxnId, committed: Option<u64>, max_hot: usize, leader: Option<&TxnId>) {
+        let ptrs = self.prepared.lock().remove(txn).unwrap_or_default();
+        for ptr in &ptrs {
+            match committed {
+                Some(version) => self.with_cell(ptr, None, |ptr, st| {
+                    if let Some(i) = st.intent.take_if(|i| i.txn == *txn) {
+                        st.released = true; // readers waiting on the intent go on
+                        let rec = VersionRec { version, txn: i.txn, trace_id: i.trace_id, value: i.value };
+                        self.install(ptr, st, rec, max_hot, leader);
+                    }
+                }),
+                None => {
+                    if let Some(cell) = self.cell(ptr) {
+                        let dropped = cell.state.lock().intent.take_if(|i| i.txn == *txn).is_some();
+                        if dropped {
+                            cell.notify_released();
+                        }
+                    }
+                }
+            }
+        }
+        if self.guarding.load(Ordering::SeqCst) {
+            self.change_guards(|g| g.release(txn, committed));
+        }
+        let mut primaries = self.primaries.lock();
+        if !primaries.is_empty() {
+            primaries.remove(txn);
+        }
+    }
+
+    /// The primary pointer of `txn`, while it is prepared or guards reads here.
+    pub fn primary_of(&self, txn: &str) -> Option<PtrId> {
+        self.primaries.lock().get(txn).cloned()
     }
 
     /// The lowest `prepared_above` of the txns prepared here (`u64::MAX` when none is).
@@ -563,16 +596,13 @@ impl Partition {
     /// commits that serialize after this txn, so only a hot version between the one seen
     /// and the commit version is a conflict.
     ///
-    /// Returns the cells of the written pointers that exist, in order, for the change that
-    /// follows to reuse, and for a `Prepare` the newest version among them (as the conflict
-    /// a commit at or below it would be).
     fn check(
         &self,
         txn: &TxnId,
         reads: &[(PtrId, Option<u64>)],
         writes: &[(PtrId, Option<Bytes>)],
         below: Option<u64>,
-    ) -> Result<(Vec<Option<Arc<PointerCell>>>, Option<Conflict>), Conflict> {
+    ) -> Result<Checked, Conflict> {
         let foreign = |ptr: &PtrId, st: &PointerState| match &st.intent {
             Some(i) if i.txn != *txn && below.is_none_or(|cv| i.prepared_above < cv) => {
                 Err(Conflict::Locked { ptr: ptr.clone(), holder: i.txn.clone() })
@@ -625,7 +655,7 @@ impl Partition {
             foreign(ptr, &st)?;
             changed(ptr, &st.chain, *seen, below)?;
         }
-        Ok((cells, newest))
+        Ok(Checked { cells, newest })
     }
 
     /// Runs `f` on `ptr`'s live cell (`known`, if it is still live), creating it if need
@@ -695,10 +725,12 @@ impl Partition {
         }
         let prepared = self.prepared.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let records = self.records.lock().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let primaries = self.primaries.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         PartitionDump {
             pointers,
             prepared,
             records,
+            primaries,
             closed: self.closed(),
             pins: self.pins.lock().clone(),
             horizon: self.cluster_horizon(),
@@ -727,6 +759,7 @@ impl Partition {
         }
         *self.prepared.lock() = image.prepared.into_iter().collect();
         *self.records.lock() = image.records.into_iter().collect();
+        *self.primaries.lock() = image.primaries.into_iter().collect();
         self.closed.store(image.closed, Ordering::SeqCst);
         *self.pins.lock() = image.pins;
         self.horizon.store(image.horizon, Ordering::SeqCst);
@@ -1066,6 +1099,46 @@ mod tests {
     }
 
     #[test]
+    fn a_resolver_ends_a_txn_by_its_record_and_leaves_the_record() {
+        let p = Partition::new(0);
+        let (x, y): (PtrId, PtrId) = ("x".into(), "y".into());
+        let prepare = |txn: &str, ptr: &PtrId| Command::Prepare {
+            txn: txn.into(),
+            trace_id: "t".into(),
+            prepared_above: 10,
+            reads: vec![],
+            writes: vec![(ptr.clone(), Some(Bytes::from_static(b"1")))],
+            primary: x.clone(),
+        };
+        assert_eq!(p.apply(&prepare("a", &x), 4), Outcome::Prepared);
+        assert_eq!(p.primary_of("a"), Some(x.clone()), "where a resolver finds the record");
+        let record = Command::TxnRecord { txn: "a".into(), state: TxnState::Committed(12) };
+        assert_eq!(p.apply(&record, 4), Outcome::Recorded);
+        // The resolver's own abort loses to the recorded commit, and it installs that.
+        let abort = Command::TxnRecord { txn: "a".into(), state: TxnState::Aborted };
+        assert_eq!(p.apply(&abort, 4), Outcome::Decided(TxnState::Committed(12)));
+        let resolve = Command::Resolve { txn: "a".into(), state: TxnState::Committed(12) };
+        assert_eq!(p.apply(&resolve, 4), Outcome::Committed(12));
+        assert!(matches!(p.read("x", 12, None), PartitionRead::Found(v) if v.version == 12));
+        assert_eq!(p.primary_of("a"), None);
+        assert_eq!(p.record("a"), Some(TxnState::Committed(12)), "other groups' resolvers still read it");
+        // An abandoned txn with no record: the resolver's abort is its fate.
+        assert_eq!(p.apply(&prepare("b", &y), 4), Outcome::Prepared);
+        let abort = Command::TxnRecord { txn: "b".into(), state: TxnState::Aborted };
+        assert_eq!(p.apply(&abort, 4), Outcome::Recorded);
+        let resolve = Command::Resolve { txn: "b".into(), state: TxnState::Aborted };
+        assert_eq!(p.apply(&resolve, 4), Outcome::Aborted);
+        assert!(matches!(p.read("y", 100, None), PartitionRead::Absent));
+        assert!(p.prepared_txns().is_empty());
+        let late = Command::TxnRecord { txn: "b".into(), state: TxnState::Committed(20) };
+        assert_eq!(
+            p.apply(&late, 4),
+            Outcome::Decided(TxnState::Aborted),
+            "the coordinator came back too late"
+        );
+    }
+
+    #[test]
     fn empty_cells_are_unlinked_on_unlock() {
         let p = Partition::new(0);
         let a: TxnId = "a".into();
@@ -1218,6 +1291,8 @@ mod tests {
         Horizon(u64),
         /// Guards reads for a new txn.
         Guard(Vec<(usize, Seen)>),
+        /// A resolver ends a txn (committed at the clock, or aborted).
+        Resolve(usize, bool),
     }
 
     #[derive(Debug, Clone, Copy)]
@@ -1244,6 +1319,7 @@ mod tests {
             1 => (0..4u8).prop_map(Step::Unpin),
             1 => (0..6u64).prop_map(Step::Horizon),
             2 => proptest::collection::vec((0..5usize, seen2), 1..3).prop_map(Step::Guard),
+            1 => (0..8usize, any::<bool>()).prop_map(|(t, c)| Step::Resolve(t, c)),
         ]
     }
 
@@ -1296,6 +1372,10 @@ mod tests {
                     },
                     Step::Unpin(id) => Command::Unpin { id: format!("pin{id}") },
                     Step::Horizon(d) => Command::Horizon { horizon: (clock + d).saturating_sub(3), now_ms: clock },
+                    Step::Resolve(i, c) if !txns.is_empty() => Command::Resolve {
+                        txn: txns[i % txns.len()].clone(),
+                        state: if c { TxnState::Committed(clock) } else { TxnState::Aborted },
+                    },
                     Step::Guard(reads) => {
                         let txn: TxnId = format!("{clock:016x}").into();
                         txns.push(txn.clone());

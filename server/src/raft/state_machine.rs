@@ -136,14 +136,17 @@ fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> O
         Command::PrepareCommit { commit_version, .. } | Command::Commit { commit_version, .. } => {
             observer.saw_version(*commit_version)
         }
-        Command::TxnRecord { state: TxnState::Committed(v), .. } => observer.saw_version(*v),
+        Command::TxnRecord { state: TxnState::Committed(v), .. }
+        | Command::Resolve { state: TxnState::Committed(v), .. } => observer.saw_version(*v),
         // A leader elected later issues versions above what an earlier one closed.
         Command::Close { closed } => observer.saw_version(*closed),
         _ => {}
     }
-    // A `Commit` installs the intents: read them before they go.
+    // A `Commit` (or a resolver's) installs the intents: read them before they go.
     let intents = match cmd {
-        Command::Commit { txn, .. } => Some((part.intents_of(txn), part.trace_of_intents(txn))),
+        Command::Commit { txn, .. } | Command::Resolve { txn, state: TxnState::Committed(_) } => {
+            Some((part.intents_of(txn), part.trace_of_intents(txn)))
+        }
         _ => None,
     };
     let out = part.apply(cmd, KEEP_ALL);
@@ -158,7 +161,9 @@ fn apply_observed(part: &Partition, cmd: &Command, observer: &dyn Observer) -> O
             (Command::PrepareCommit { txn, trace_id, writes, .. }, _) => {
                 observer.installed(txn, trace_id, v, writes)
             }
-            (Command::Commit { txn, .. }, Some((writes, Some(trace)))) if !writes.is_empty() => {
+            (Command::Commit { txn, .. } | Command::Resolve { txn, .. }, Some((writes, Some(trace))))
+                if !writes.is_empty() =>
+            {
                 observer.installed(txn, &trace, v, &writes)
             }
             _ => {}
