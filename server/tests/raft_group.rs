@@ -428,15 +428,14 @@ impl Observer for Clocked {
     }
 }
 
-/// Three nodes whose partitions are in four groups, each with a log and a leader of its
-/// own: a node proposes to a group it does not lead through that group's leader, the
-/// answer carries the leader's clock, and every replica of every group ends with the same
-/// partitions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
+/// A member of a grouped test cluster: its cluster, its clock and its partitions.
+type GroupedNode = (Arc<restm::cluster::Cluster>, Arc<Clocked>, restm::raft::state_machine::Partitions);
+
+/// Three `Cluster`s whose partitions are in `groups` groups, once every group has a leader
+/// all three agree on; with their directories and the leaders.
+async fn start_grouped(groups: u32, tag: &str) -> (Vec<GroupedNode>, Vec<PathBuf>, Vec<Option<NodeId>>) {
     use restm::cluster::{Cluster, ClusterConfig};
-    const GROUPS: u32 = 4;
-    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("g{i}"))).collect();
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("{tag}{i}"))).collect();
     let mut addrs = Vec::new();
     for _ in 0..3 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -444,7 +443,7 @@ async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
     }
     let initial: BTreeMap<NodeId, String> =
         (1..=3u64).map(|id| (id, format!("http://{}", addrs[id as usize - 1]))).collect();
-    let mut nodes: Vec<(Arc<Cluster>, Arc<Clocked>, restm::raft::state_machine::Partitions)> = Vec::new();
+    let mut nodes: Vec<GroupedNode> = Vec::new();
     for id in 1..=3u64 {
         let config = ClusterConfig {
             node_id: id,
@@ -455,7 +454,7 @@ async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
             client_url: format!("http://node{id}"),
             tls: None,
             timing: timing(),
-            groups: GROUPS,
+            groups,
         };
         let clock = Arc::new(Clocked::default());
         let parts = partitions(PARTITIONS);
@@ -469,15 +468,26 @@ async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
     // Every group elects a leader that every node knows.
     let deadline = Instant::now() + Duration::from_secs(30);
     let leaders = loop {
-        let leaders: Vec<Option<NodeId>> = (0..GROUPS).map(|g| nodes[0].0.leader_of(g)).collect();
+        let leaders: Vec<Option<NodeId>> = (0..groups).map(|g| nodes[0].0.leader_of(g)).collect();
         if leaders.iter().all(Option::is_some)
-            && (0..GROUPS).all(|g| nodes.iter().all(|n| n.0.leader_of(g) == leaders[g as usize]))
+            && (0..groups).all(|g| nodes.iter().all(|n| n.0.leader_of(g) == leaders[g as usize]))
         {
             break leaders;
         }
         assert!(Instant::now() < deadline, "the groups have no agreed leaders within 30 s: {leaders:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    (nodes, dirs, leaders)
+}
+
+/// Three nodes whose partitions are in four groups, each with a log and a leader of its
+/// own: a node proposes to a group it does not lead through that group's leader, the
+/// answer carries the leader's clock, and every replica of every group ends with the same
+/// partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
+    const GROUPS: u32 = 4;
+    let (nodes, dirs, leaders) = start_grouped(GROUPS, "g").await;
     // Each node writes one pointer of each group: at least two nodes propose to a group
     // led elsewhere.
     let mut version = 1_000;
@@ -522,6 +532,112 @@ async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
         assert!(Instant::now() < deadline, "replicas differ after 15 s ({versions} versions on node 1)");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Two txns prepared across two groups whose coordinator (`n9`) is gone: one recorded
+/// committed on its primary, one with no record. Each group's leader ends them by the
+/// record: the first installed at its version on both groups, the second aborted (and a
+/// late commit of it refused). A resolver leaves alone what is younger than its patience
+/// and what this node is running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_end_txns_their_coordinator_abandoned_by_the_record() {
+    use restm::cluster::resolver::Resolver;
+    use restm::engine::command::TxnState;
+    const GROUPS: u32 = 2;
+    let (nodes, dirs, _) = start_grouped(GROUPS, "res").await;
+    let of_group = |g: u32, tag: &str| {
+        (0..)
+            .map(|i| format!("{tag}-{i}"))
+            .find(|p| partition_of(p, PARTITIONS) % GROUPS == g)
+            .expect("a pointer of the group")
+    };
+    let (a, b) = (of_group(0, "a"), of_group(1, "b"));
+    let prepare = |txn: &str, ptr: &str, primary: &str| {
+        (
+            partition_of(ptr, PARTITIONS),
+            Command::Prepare {
+                txn: txn.into(),
+                trace_id: "t".into(),
+                prepared_above: 5_000,
+                reads: vec![],
+                writes: vec![(ptr.into(), Some(Bytes::from(format!("\"{txn}\""))))],
+                primary: primary.into(),
+            },
+        )
+    };
+    let propose = |partition: u32, cmd: Command| {
+        let cluster = nodes[2].0.clone();
+        async move { cluster.propose(partition, cmd).await.expect("propose") }
+    };
+    // n9-c: prepared on a (its primary) and b, recorded committed at 5_010, never installed.
+    for (p, cmd) in [prepare("n9-c", &a, &a), prepare("n9-c", &b, &a)] {
+        assert_eq!(propose(p, cmd).await, Outcome::Prepared);
+    }
+    let record = Command::TxnRecord { txn: "n9-c".into(), state: TxnState::Committed(5_010) };
+    assert_eq!(propose(partition_of(&a, PARTITIONS), record).await, Outcome::Recorded);
+    // n9-o: prepared on other pointers of both groups, no record.
+    let (a2, b2) = (of_group(0, "a2"), of_group(1, "b2"));
+    for (p, cmd) in [prepare("n9-o", &a2, &a2), prepare("n9-o", &b2, &a2)] {
+        assert_eq!(propose(p, cmd).await, Outcome::Prepared);
+    }
+    // Each leader's replica must have applied them before its pass looks.
+    let leaders: Vec<usize> = (0..GROUPS)
+        .map(|g| {
+            let id = nodes[0].0.leader_of(g).expect("a leader");
+            nodes.iter().position(|n| n.0.node_id() == id).expect("a member")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leaders.iter().all(|l| nodes[*l].2.iter().map(|p| p.prepared_txns().len()).sum::<usize>() >= 2) {
+        assert!(Instant::now() < deadline, "the leaders did not apply the prepares");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Patience, and the txns a node runs itself, hold a resolver back.
+    for n in &nodes {
+        let mut patient = Resolver::new(Duration::from_secs(3600));
+        assert!(patient.pass(&n.0, &n.2, |_| false).await.is_empty());
+        let mut eager = Resolver::new(Duration::ZERO);
+        assert!(eager.pass(&n.0, &n.2, |_| true).await.is_empty());
+    }
+    let mut resolved = Vec::new();
+    for n in &nodes {
+        resolved.extend(Resolver::new(Duration::ZERO).pass(&n.0, &n.2, |_| false).await);
+    }
+    resolved.sort_by(|x, y| x.txn.cmp(&y.txn));
+    let fates: Vec<(&str, TxnState, usize)> =
+        resolved.iter().map(|r| (&*r.txn, r.state, r.partitions.len())).collect();
+    // Once per group each (the groups may share a leader: then once, on two partitions).
+    let count = |txn: &str| fates.iter().filter(|f| f.0 == txn).map(|f| f.2).sum::<usize>();
+    assert_eq!((count("n9-c"), count("n9-o")), (2, 2), "{fates:?}");
+    assert!(
+        fates
+            .iter()
+            .all(|f| f.1 == if f.0 == "n9-c" { TxnState::Committed(5_010) } else { TxnState::Aborted })
+    );
+    // Every replica ends the same: n9-c's writes at 5_010, nothing of n9-o, nothing prepared.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = nodes.iter().all(|n| {
+            let at = |ptr: &str| n.2[partition_of(ptr, PARTITIONS) as usize].latest_version(ptr);
+            n.2.iter().all(|p| p.prepared_txns().is_empty())
+                && at(&a) == Some(5_010)
+                && at(&b) == Some(5_010)
+                && at(&a2).is_none()
+                && at(&b2).is_none()
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas did not all end the abandoned txns");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The coordinator comes back too late: its commit is refused by the abort recorded.
+    let late = Command::TxnRecord { txn: "n9-o".into(), state: TxnState::Committed(5_020) };
+    assert_eq!(propose(partition_of(&a2, PARTITIONS), late).await, Outcome::Decided(TxnState::Aborted));
+    drop(nodes);
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }

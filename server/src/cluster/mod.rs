@@ -13,6 +13,8 @@
 //!   what applying it answered, once a majority holds it durably.
 //! - [`Cluster::status`] is `GET /cluster`.
 
+pub mod resolver;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -203,6 +205,11 @@ impl Cluster {
 
     pub fn is_leader(&self) -> bool {
         self.replica().is_leader()
+    }
+
+    /// Whether this node leads `group`.
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.replicas.get(group as usize).is_some_and(Replica::is_leader)
     }
 
     /// A watch that changes whenever this node's view of the first group does.

@@ -211,6 +211,7 @@ impl Node {
         )
         .await?;
         let _ = node.cluster.set(c.clone());
+        node.spawn_resolver(c.clone());
         node.spawn_leadership_watch(c);
         Ok(node)
     }

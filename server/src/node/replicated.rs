@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::Node;
 use crate::cluster::Cluster;
+use crate::cluster::resolver::{ABANDONED_AFTER, Resolver};
 use crate::engine::command::{Command, Outcome, TxnState};
 use crate::engine::gc::Pin;
 use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
@@ -238,6 +239,21 @@ impl Node {
         });
     }
 
+    /// Every [`RESOLVE_EVERY`], ends the txns left prepared on the groups this node leads by
+    /// a coordinator that is gone (see [`crate::cluster::resolver`]).
+    pub(super) fn spawn_resolver(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        let engine = Arc::downgrade(&self.engine);
+        tokio::spawn(async move {
+            let mut resolver = Resolver::new(ABANDONED_AFTER);
+            loop {
+                tokio::time::sleep(RESOLVE_EVERY).await;
+                let Some(engine) = engine.upgrade() else { return };
+                let partitions = engine.shared_partitions();
+                resolver.pass(&cluster, &partitions, |txn| coordinates(&engine, txn)).await;
+            }
+        });
+    }
+
     /// Aborts every active txn (their locks are released); returns how many.
     fn abort_all(&self, reason: AbortReason) -> usize {
         let mut n = 0;
@@ -262,13 +278,7 @@ impl Node {
         let mut orphans: std::collections::BTreeMap<TxnId, Vec<u32>> = Default::default();
         for p in partitions.iter() {
             for txn in p.prepared_txns() {
-                let ours = self.engine.txn(&txn).is_ok_and(|t| {
-                    matches!(
-                        t.inner.lock().phase,
-                        crate::engine::Phase::Active | crate::engine::Phase::Committing
-                    )
-                });
-                if !ours {
+                if !coordinates(&self.engine, &txn) {
                     orphans.entry(txn).or_default().push(p.id);
                 }
             }
@@ -330,6 +340,16 @@ async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
             Some(e) => tracing::debug!(error = %e, "closing timestamps; again at the next tick"),
         }
     }
+}
+
+/// How often a node looks for txns abandoned on the groups it leads.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether this node's engine is running `txn` (still active, or committing).
+fn coordinates(engine: &Engine, txn: &TxnId) -> bool {
+    engine.txn(txn).is_ok_and(|t| {
+        matches!(t.inner.lock().phase, crate::engine::Phase::Active | crate::engine::Phase::Committing)
+    })
 }
 
 /// Proposes `prepared`'s plan, step by step, and ends the txn by what the log answered.
