@@ -1,10 +1,12 @@
 //! The cluster around a node: its members, its replica of the data group, where requests
 //! go, and what a node does when it gains or loses the lead.
 //!
-//! Today one data group holds every partition, with a replica on every member, so the
-//! group's leader coordinates every transaction: other members forward clients to it
-//! (see [`crate::http::route`]). Placement of partitions on groups of their own, cross-group
-//! two-phase commit and membership changes build on this.
+//! `serve` runs one data group holding every partition, with a replica on every member, so
+//! the group's leader coordinates every transaction: other members forward clients to it
+//! (see [`crate::http::route`]). [`ClusterConfig::groups`] can split the partitions among
+//! groups of their own (partition `p` in group `p % groups`), each proposing through its
+//! own leader; the cross-group commit that will use them is being built (its replicated
+//! half is `engine::guard`, its resolver [`resolver`]).
 //!
 //! - [`Cluster::start`] opens the group's log in the node's fjall database, serves the peer
 //!   port and makes the `--initial-cluster` members the first voters (every member proposes
