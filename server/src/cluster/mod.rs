@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
 
 use crate::engine::command::{Command, Outcome};
-use crate::raft::replica::{Host, Replica, ReplicaError, Timing};
+use crate::raft::replica::{Host, Replica, ReplicaError, Timing, millis};
 use crate::raft::state_machine::{Held, Observer, Partitions};
 use crate::raft::transport::{Identity, PeerServer, Refused, Request, Response, Service};
 use crate::raft::{BasicNode, GroupId, NodeId, Proposed};
@@ -73,10 +73,6 @@ pub enum ClusterError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Storage(#[from] crate::engine::StorageError),
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// This node's part of the cluster.

@@ -41,7 +41,13 @@ impl Lease {
     /// The lease of a member whose peers refuse votes for `hold` after they last heard the
     /// leader.
     pub fn new(hold: Duration) -> Self {
-        Self { length: hold / 2, state: Mutex::new(State::default()) }
+        Self { length: Self::length_of(hold), state: Mutex::new(State::default()) }
+    }
+
+    /// How long a confirmed round lends the lead when peers refuse votes for `hold`: half
+    /// of it, so a clock running up to twice as fast still expires the lease in time.
+    pub fn length_of(hold: Duration) -> Duration {
+        hold / 2
     }
 
     /// How long a confirmed round lets the leader read on its own.

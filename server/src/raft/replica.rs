@@ -235,15 +235,15 @@ impl Timing {
     /// How long a confirmed heartbeat round lets the leader read on its own
     /// ([`Lease::new`] of the election timeout).
     pub fn lease(&self) -> Duration {
-        self.election / 2
+        Lease::length_of(self.election)
     }
 
     /// openraft's configuration of a group of `cluster`.
     pub fn raft_config(&self, cluster: &str) -> RaftConfig {
-        let election = self.election.as_millis().try_into().unwrap_or(u64::MAX);
+        let election = millis(self.election);
         RaftConfig {
             cluster_name: cluster.to_string(),
-            heartbeat_interval: self.heartbeat.as_millis().try_into().unwrap_or(u64::MAX),
+            heartbeat_interval: millis(self.heartbeat),
             election_timeout_min: election / 2,
             election_timeout_max: election,
             install_snapshot_timeout: 10_000,
@@ -439,4 +439,9 @@ impl Replica {
             tracing::warn!(node = self.node, group = self.group, error = %e, "raft shutdown");
         }
     }
+}
+
+/// `d` in whole milliseconds, as openraft's configuration and `/cluster` count them.
+pub fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
