@@ -172,6 +172,36 @@ pub async fn dial(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {addr}")))?
 }
 
+/// A WebSocket stream over plain TCP or TLS.
+pub type WsStream = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// Opens the WebSocket of `request` (a `ws://` or `wss://` URL with its headers): dials
+/// its host, over TLS with `connector` for `wss://` (without one, a `wss://` URL is
+/// refused), and makes the upgrade. What the CLI's `events` and a member's events relay
+/// share; the error says which step failed.
+pub async fn dial_ws(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    connector: Option<&TlsConnector>,
+) -> Result<WsStream, String> {
+    let uri = request.uri().clone();
+    let host = uri.host().ok_or_else(|| format!("{uri} names no host"))?;
+    let secure = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => return Err(format!("{uri} is not a ws:// or wss:// URL ({other:?})")),
+    };
+    let addr = format!("{host}:{}", uri.port_u16().unwrap_or(if secure { 443 } else { 80 }));
+    let tcp = TcpStream::connect(&addr).await.map_err(|e| format!("dialling {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = match (secure, connector) {
+        (true, Some(connector)) => Box::new(dial(connector, &addr, tcp).await.map_err(|e| e.to_string())?),
+        (true, None) => return Err(format!("{addr} serves TLS, and there is nothing to trust it with")),
+        (false, _) => Box::new(tcp),
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
 /// What a client (the CLI) dials an `https://` node with: trusting the PEM bundle `ca`
 /// (`--ca`), or without it the system's roots.
 pub fn client_connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {

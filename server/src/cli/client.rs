@@ -220,27 +220,14 @@ pub async fn events(a: EventsArgs) -> Result<(), String> {
             .map_err(|_| "the token is not a valid header value".to_string())?;
         request.headers_mut().insert("authorization", v);
     }
-    let uri = request.uri().clone();
-    let host = uri.host().ok_or_else(|| format!("{url} names no host"))?;
-    let secure = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
+    let connector = match request.uri().scheme_str() {
+        Some("wss") => {
+            Some(crate::tls::client_connector(a.target.ca.as_deref()).map_err(|e| format!("--ca: {e}"))?)
+        }
+        Some("ws") => None,
         _ => return Err(format!("--target {} is not an http:// or https:// URL", a.target.target)),
     };
-    let addr = format!("{host}:{}", uri.port_u16().unwrap_or(if secure { 443 } else { 80 }));
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("cannot subscribe: dialling {addr}: {e}"))?;
-    let stream: Box<dyn crate::tls::Io> = if secure {
-        let connector =
-            crate::tls::client_connector(a.target.ca.as_deref()).map_err(|e| format!("--ca: {e}"))?;
-        Box::new(
-            crate::tls::dial(&connector, &addr, tcp).await.map_err(|e| format!("cannot subscribe: {e}"))?,
-        )
-    } else {
-        Box::new(tcp)
-    };
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+    let mut ws = crate::tls::dial_ws(request, connector.as_ref())
         .await
         .map_err(|e| format!("cannot subscribe: {e}"))?;
     while let Some(msg) = ws.next().await {

@@ -58,7 +58,7 @@ impl Upstream {
     }
 }
 
-type Leader = tokio_tungstenite::WebSocketStream<Box<dyn crate::tls::Io>>;
+type Leader = crate::tls::WsStream;
 
 /// Opens the leader's stream.
 async fn open(up: &Upstream) -> Result<Leader, String> {
@@ -67,20 +67,8 @@ async fn open(up: &Upstream) -> Result<Leader, String> {
         request.headers_mut().insert(name.clone(), value.clone());
     }
     request.headers_mut().insert(HEADER_FORWARDED, axum::http::HeaderValue::from(up.me));
-    let uri = request.uri().clone();
-    let host = uri.host().ok_or("the leader's URL has no host")?;
-    let secure = uri.scheme_str() == Some("wss");
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let addr = format!("{host}:{port}");
-    let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("dialling {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let stream: Box<dyn crate::tls::Io> = match (secure, &up.tls) {
-        (true, Some(tls)) => Box::new(tls.connect(&addr, tcp).await.map_err(|e| e.to_string())?),
-        (true, None) => return Err("the leader serves TLS and this member has no --tls-cert".into()),
-        (false, _) => Box::new(tcp),
-    };
-    let (ws, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|e| e.to_string())?;
-    Ok(ws)
+    let connector = up.tls.as_ref().map(|tls| &tls.connector);
+    crate::tls::dial_ws(request, connector).await.map_err(|e| format!("the leader's stream: {e}"))
 }
 
 /// Relays the leader's stream to `socket` until either side ends or the lead moves.
