@@ -28,7 +28,7 @@ use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, Mem
 use crate::engine::command::{Command, Outcome};
 use crate::raft::replica::{Host, Replica, ReplicaError, Timing, millis};
 use crate::raft::state_machine::{Held, Observer, Partitions};
-use crate::raft::transport::{Identity, PeerServer, Refused, Request, Response, Service};
+use crate::raft::transport::{Answer, Identity, PeerServer, Refused, Request, Response, Service};
 use crate::raft::{BasicNode, GroupId, NodeId, Proposed};
 
 /// The first group's id: with one group, the data group of every partition; with more, the
@@ -40,6 +40,8 @@ pub const DATA_GROUP: u32 = 0;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest confirming the lead (a heartbeat round) may take.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a member that forwarded a proposal waits for its own replica to apply it.
+const APPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// How a node joins its cluster (the `serve` flags `--node-id`, `--peer-listen`,
 /// `--initial-cluster`, `--peer-token`, `--cluster-name`).
@@ -292,15 +294,16 @@ impl Cluster {
             .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
         let ask = Request::Propose { group, proposed, hlc: self.observer.last_version() };
         match peer.call(&ask, PROPOSE_TIMEOUT).await {
-            Ok(Response::Proposed { answer, hlc }) => {
+            Ok(Response::Proposed { answer, index, hlc }) => {
                 self.observer.saw_version(hlc);
-                answer.map_err(|refused| match refused {
-                    Refused::NotLeader(leader) => ReplicaError::NotLeader { leader, addr: None },
-                    Refused::Timeout(_) => {
-                        ReplicaError::Timeout { what: "the leader's majority", after: PROPOSE_TIMEOUT }
-                    }
-                    Refused::Failed(why) => ReplicaError::Raft(why),
-                })
+                let outcome = answer.map_err(|refused| refused_error(refused, "the leader's majority"))?;
+                // Read your own write: this member's replica applies the entry too. It is a
+                // voter that just heard of the commit, so this is short; past the bound the
+                // answer stands (the write is committed) and a read here may lag it.
+                if let Err(e) = replica.wait_applied(index, APPLY_WAIT).await {
+                    tracing::warn!(group, index, error = %e, "a forwarded proposal committed; this replica lags it");
+                }
+                Ok(outcome)
             }
             Ok(other) => Err(ReplicaError::Raft(format!("node {leader} answered a proposal with {other:?}"))),
             Err(e) => Err(ReplicaError::Raft(format!("proposing through node {leader}: {e}"))),
@@ -312,9 +315,49 @@ impl Cluster {
     /// A round that misses its majority (a slow answer) is tried again within the budget;
     /// losing the lead is answered at once.
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
+        self.confirm_group(DATA_GROUP).await
+    }
+
+    /// Makes this member's replica of `partition`'s group hold every write acknowledged
+    /// before the call, so a read of it here is linearizable: the group's leader confirms
+    /// its lead ([`Self::confirm_leader`]), and a member that does not lead asks the leader
+    /// how far it has applied (a read index, over the peer port, the HLC both ways) and
+    /// waits until its own replica applied that far.
+    pub async fn read_barrier(&self, partition: u32) -> Result<(), ReplicaError> {
+        let group = self.group_of(partition);
+        let replica = &self.replicas[group as usize];
+        if replica.is_leader() {
+            return self.confirm_group(group).await;
+        }
+        let Some(leader) = replica.metrics().current_leader.filter(|l| *l != self.config.node_id) else {
+            return Err(ReplicaError::NotLeader { leader: None, addr: None });
+        };
+        let peer = self
+            .peer(leader)
+            .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
+        let ask = Request::ReadIndex { group, hlc: self.observer.last_version() };
+        let index = match peer.call(&ask, CONFIRM_TIMEOUT).await {
+            Ok(Response::ReadIndex { answer, hlc }) => {
+                self.observer.saw_version(hlc);
+                answer
+                    .map_err(|refused| refused_error(refused, "the leader's majority to confirm its lead"))?
+            }
+            Ok(other) => {
+                return Err(ReplicaError::Raft(format!(
+                    "node {leader} answered a read index with {other:?}"
+                )));
+            }
+            Err(e) => return Err(ReplicaError::Raft(format!("asking node {leader} for a read index: {e}"))),
+        };
+        replica.wait_applied(index, CONFIRM_TIMEOUT).await
+    }
+
+    /// [`Self::confirm_leader`] of `group`.
+    async fn confirm_group(&self, group: GroupId) -> Result<(), ReplicaError> {
+        let replica = &self.replicas[group as usize];
         let rounds = async {
             loop {
-                match self.replica().confirm_leader().await {
+                match replica.confirm_leader().await {
                     Ok(how) => {
                         self.metrics.observe_read_confirmation(how.as_str());
                         return Ok(());
@@ -438,28 +481,55 @@ impl Cluster {
 }
 
 impl Service for Cluster {
-    fn propose(
-        self: Arc<Self>,
-        group: GroupId,
-        proposed: Proposed,
-        hlc: u64,
-    ) -> futures_util::future::BoxFuture<'static, (Result<Outcome, Refused>, u64)> {
+    fn propose(self: Arc<Self>, group: GroupId, proposed: Proposed, hlc: u64) -> Answer<(Outcome, u64)> {
         self.observer.saw_version(hlc);
         Box::pin(async move {
             let answer = match self.replicas.get(group as usize) {
                 None => Err(Refused::Failed(format!("this node holds no group {group}"))),
                 Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
                 Some(r) => {
-                    let proposing = r.propose(proposed.partition, proposed.command, proposed.parent);
+                    let proposing = r.propose_indexed(proposed.partition, proposed.command, proposed.parent);
                     match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
                         Err(_) => Err(Refused::Timeout(millis(PROPOSE_TIMEOUT))),
-                        Ok(Ok(outcome)) => Ok(outcome),
-                        Ok(Err(ReplicaError::NotLeader { leader, .. })) => Err(Refused::NotLeader(leader)),
-                        Ok(Err(e)) => Err(Refused::Failed(e.to_string())),
+                        Ok(answer) => answer.map_err(refusal),
                     }
                 }
             };
             (answer, self.observer.last_version())
         })
+    }
+
+    fn read_index(self: Arc<Self>, group: GroupId, hlc: u64) -> Answer<u64> {
+        self.observer.saw_version(hlc);
+        Box::pin(async move {
+            let answer = match self.replicas.get(group as usize) {
+                None => Err(Refused::Failed(format!("this node holds no group {group}"))),
+                Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
+                // Every write acknowledged before the confirmation applied here first.
+                Some(r) => match self.confirm_group(group).await {
+                    Ok(()) => Ok(r.applied_index()),
+                    Err(ReplicaError::Timeout { after, .. }) => Err(Refused::Timeout(millis(after))),
+                    Err(e) => Err(refusal(e)),
+                },
+            };
+            (answer, self.observer.last_version())
+        })
+    }
+}
+
+/// What a proposal or confirmation this node failed tells the peer that asked.
+fn refusal(e: ReplicaError) -> Refused {
+    match e {
+        ReplicaError::NotLeader { leader, .. } => Refused::NotLeader(leader),
+        e => Refused::Failed(e.to_string()),
+    }
+}
+
+/// What a peer's refusal means here; `waited` names what a timeout waited for.
+fn refused_error(refused: Refused, waited: &'static str) -> ReplicaError {
+    match refused {
+        Refused::NotLeader(leader) => ReplicaError::NotLeader { leader, addr: None },
+        Refused::Timeout(ms) => ReplicaError::Timeout { what: waited, after: Duration::from_millis(ms) },
+        Refused::Failed(why) => ReplicaError::Raft(why),
     }
 }

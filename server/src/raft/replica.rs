@@ -116,7 +116,8 @@ const IN_FLIGHT: usize = 2;
 /// A command waiting for its entry, and who waits for its outcome.
 struct Waiting {
     command: super::Proposed,
-    answer: tokio::sync::oneshot::Sender<Result<Outcome, ReplicaError>>,
+    /// The outcome, and the index of the entry that carried the command.
+    answer: tokio::sync::oneshot::Sender<Result<(Outcome, u64), ReplicaError>>,
 }
 
 /// Gathers the commands proposed to one replica into log entries (group commit for the
@@ -147,11 +148,13 @@ impl Batcher {
                     drop(slot);
                     match written {
                         Ok(resp) => {
+                            let index = resp.log_id.index;
                             let mut outcomes = resp.data.into_iter();
                             for answer in answers {
-                                let _ = answer.send(outcomes.next().flatten().ok_or_else(|| {
-                                    ReplicaError::Raft("the command applied to nothing".into())
-                                }));
+                                let _ =
+                                    answer.send(outcomes.next().flatten().map(|o| (o, index)).ok_or_else(
+                                        || ReplicaError::Raft("the command applied to nothing".into()),
+                                    ));
                             }
                         }
                         Err(e) => {
@@ -308,6 +311,17 @@ impl Replica {
         command: Command,
         parent: Option<crate::telemetry::SpanParent>,
     ) -> Result<Outcome, ReplicaError> {
+        self.propose_indexed(partition, command, parent).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::propose`], answering also the index of the log entry that carried the
+    /// command (a member that waits until it applied that far reads its own write).
+    pub async fn propose_indexed(
+        &self,
+        partition: u32,
+        command: Command,
+        parent: Option<crate::telemetry::SpanParent>,
+    ) -> Result<(Outcome, u64), ReplicaError> {
         if self.partitions.get(partition as usize).is_none() || !self.held.holds(partition) {
             return Err(ReplicaError::NoPartition { group: self.group, partition });
         }
@@ -420,6 +434,11 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.metrics().state == ServerState::Leader
+    }
+
+    /// The index of the last entry this member applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.metrics().last_applied.map_or(0, |l| l.index)
     }
 
     /// Waits until this member has applied at least `index`.

@@ -99,6 +99,12 @@ pub enum Request {
         proposed: super::Proposed,
         hlc: u64,
     },
+    /// Confirm the lead of `group`, which the peer leads, and answer how far it has
+    /// applied: a member that applies that far holds every write acknowledged before.
+    ReadIndex {
+        group: GroupId,
+        hlc: u64,
+    },
 }
 
 /// A peer's answer.
@@ -113,8 +119,15 @@ pub enum Response {
         client_url: String,
     },
     /// What applying a proposed command answered, and the peer's clock after it.
+    /// `index` is the log entry that carried the command (0 when it was refused).
     Proposed {
         answer: Result<crate::engine::command::Outcome, Refused>,
+        index: u64,
+        hlc: u64,
+    },
+    /// The leader's applied index once it confirmed its lead, and its clock.
+    ReadIndex {
+        answer: Result<u64, Refused>,
         hlc: u64,
     },
 }
@@ -130,19 +143,26 @@ pub enum Refused {
     Failed(String),
 }
 
+/// What a [`Service`] answers a peer: the answer, and this node's clock after it.
+pub type Answer<T> = futures_util::future::BoxFuture<'static, (Result<T, Refused>, u64)>;
+
 /// What a node does for its peers beyond Raft's own messages (the [`Cluster`] around the
 /// groups implements it).
 ///
 /// [`Cluster`]: crate::cluster::Cluster
 pub trait Service: Send + Sync + 'static {
     /// Proposes `proposed` to `group`, which this node leads, after moving its clock above
-    /// `hlc`; answers the outcome and this node's clock.
+    /// `hlc`; answers the outcome with the entry's index, and this node's clock.
     fn propose(
         self: Arc<Self>,
         group: GroupId,
         proposed: super::Proposed,
         hlc: u64,
-    ) -> futures_util::future::BoxFuture<'static, (Result<crate::engine::command::Outcome, Refused>, u64)>;
+    ) -> Answer<(crate::engine::command::Outcome, u64)>;
+
+    /// Confirms that this node leads `group` (after moving its clock above `hlc`); answers
+    /// how far it has applied, and its clock.
+    fn read_index(self: Arc<Self>, group: GroupId, hlc: u64) -> Answer<u64>;
 }
 
 impl Identity {
@@ -228,7 +248,17 @@ impl Groups {
                 match self.service.get().and_then(std::sync::Weak::upgrade) {
                     Some(service) => {
                         let (answer, hlc) = service.propose(group, proposed, hlc).await;
-                        Response::Proposed { answer, hlc }
+                        let index = answer.as_ref().map_or(0, |(_, i)| *i);
+                        Response::Proposed { answer: answer.map(|(o, _)| o), index, hlc }
+                    }
+                    None => Response::NoGroup(group),
+                }
+            }
+            Request::ReadIndex { group, hlc } => {
+                match self.service.get().and_then(std::sync::Weak::upgrade) {
+                    Some(service) => {
+                        let (answer, hlc) = service.read_index(group, hlc).await;
+                        Response::ReadIndex { answer, hlc }
                     }
                     None => Response::NoGroup(group),
                 }
