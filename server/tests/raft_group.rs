@@ -689,3 +689,38 @@ async fn leaders_end_txns_their_coordinator_abandoned_by_the_record() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A data directory keeps the group count it was created with: asking for another is
+/// refused (its logs hold each partition's commands in the group it was in), and a
+/// directory from before the count was stored, with a vote in group 0, has one group.
+#[tokio::test]
+async fn the_group_count_of_a_data_directory_cannot_change() {
+    use restm::raft::log_store::group_count;
+    let dir = temp_dir("count");
+    let db = open_db(&dir);
+    assert_eq!(group_count(&db, 4).ok(), Some(4));
+    assert_eq!(group_count(&db, 4).ok(), Some(4));
+    assert!(matches!(group_count(&db, 2), Err(Ok(4))), "another count is refused, naming the stored one");
+    drop(db);
+    // An older directory: a member of group 0 voted, no count stored.
+    let old = temp_dir("count-old");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let m = start(1, &old, l).await;
+    let me: BTreeMap<NodeId, BasicNode> = [(1, BasicNode { addr: m.addr.clone() })].into();
+    m.replica.initialize(me).await.expect("initialize");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !m.replica.is_leader() {
+        assert!(Instant::now() < deadline, "a lone member did not elect itself");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = m._server;
+    m.replica.shutdown().await;
+    drop(server);
+    let db = open_db(&old);
+    assert!(matches!(group_count(&db, 4), Err(Ok(1))), "an older directory has one group");
+    assert_eq!(group_count(&db, 1).ok(), Some(1));
+    drop(db);
+    for d in [dir, old] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

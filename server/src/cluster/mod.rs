@@ -75,6 +75,13 @@ pub enum ClusterError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Storage(#[from] crate::engine::StorageError),
+    #[error(
+        "the data directory splits its partitions into {stored} Raft groups, but --groups {requested} was \
+         asked for; the group count of a data directory cannot change"
+    )]
+    GroupMismatch { stored: u32, requested: u32 },
+    #[error("reading the data directory's group count: {0}")]
+    GroupCount(String),
 }
 
 /// This node's part of the cluster.
@@ -113,8 +120,14 @@ impl Cluster {
             client_url: config.client_url.clone(),
             tls: config.tls.clone(),
         });
+        let groups = match crate::raft::log_store::group_count(&db, config.groups.max(1)) {
+            Ok(n) => n,
+            Err(Ok(stored)) => {
+                return Err(ClusterError::GroupMismatch { stored, requested: config.groups.max(1) });
+            }
+            Err(Err(e)) => return Err(ClusterError::GroupCount(e.to_string())),
+        };
         let host = Host::new(db, me.clone());
-        let groups = config.groups.max(1);
         let mut replicas = Vec::with_capacity(groups as usize);
         for group in 0..groups {
             let held = Held { group, of: groups };
@@ -380,13 +393,22 @@ impl Cluster {
 
     /// Waits until this node has applied every entry of its log (a new leader does this
     /// before it resolves what the old one left prepared).
+    /// With several groups, it also brings its replica of every group it does not lead up
+    /// to that group's leader ([`Self::read_barrier`]): the coordinator reads every
+    /// partition from its own replicas.
     pub async fn catch_up(&self, timeout: Duration) -> Result<(), ReplicaError> {
         let replica = self.replica();
         let m = replica.metrics();
-        match m.last_log_index {
-            Some(i) => replica.wait_applied(i, timeout).await,
-            None => Ok(()),
+        if let Some(i) = m.last_log_index {
+            replica.wait_applied(i, timeout).await?;
         }
+        for group in 1..self.groups() {
+            // The group's first partition stands for it.
+            tokio::time::timeout(timeout, self.read_barrier(group)).await.map_err(|_| {
+                ReplicaError::Timeout { what: "a group's leader to answer a read index", after: timeout }
+            })??;
+        }
+        Ok(())
     }
 
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.

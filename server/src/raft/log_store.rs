@@ -90,6 +90,32 @@ pub fn keyspaces(db: &Database) -> Result<(Keyspace, Keyspace), fjall::Error> {
     Ok((log, state))
 }
 
+/// Where a data directory records how many groups share its partitions (a key of no
+/// group: no group's id is `u32::MAX`).
+const GROUP_COUNT: &[u8] = b"\xff\xff\xff\xffgroups";
+
+/// The number of groups this data directory's partitions are split into: `requested` for
+/// a new directory (stored, fsynced), and what is stored for an existing one, which
+/// `requested` must match (`Err(stored)` when it does not). A directory from before the
+/// count was stored, with a vote in group 0, has one.
+pub fn group_count(db: &Database, requested: u32) -> Result<u32, Result<u32, fjall::Error>> {
+    let (_, state) = keyspaces(db).map_err(Err)?;
+    let stored = match state.get(GROUP_COUNT).map_err(Err)? {
+        Some(v) => Some(v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)),
+        None if state.get(state_key(0, VOTE)).map_err(Err)?.is_some() => Some(1),
+        None => None,
+    };
+    match stored {
+        Some(n) if n != requested => Err(Ok(n)),
+        Some(n) => Ok(n),
+        None => {
+            state.insert(GROUP_COUNT, requested.to_be_bytes()).map_err(Err)?;
+            db.persist(fjall::PersistMode::SyncAll).map_err(Err)?;
+            Ok(requested)
+        }
+    }
+}
+
 fn index_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&group.to_be_bytes());
