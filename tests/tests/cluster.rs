@@ -142,9 +142,27 @@ async fn transfer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bank_over_every_member_survives_killing_the_leader_then_another() {
-    let mut node = Node::cluster(3, &["--lock-timeout", "100ms"]);
+    bank_over_every_member(1).await;
+}
+
+/// The same, with the partitions split among four Raft groups, each with a leader of its
+/// own (one coordinator still: the first group's leader): commits propose to groups led
+/// elsewhere, and every leader change of any group is ridden out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_over_partitions_in_four_groups_survives_killing_the_leader_then_another() {
+    bank_over_every_member(4).await;
+}
+
+async fn bank_over_every_member(groups: u32) {
+    let groups_flag = groups.to_string();
+    let mut node = Node::cluster(3, &["--lock-timeout", "100ms", "--groups", &groups_flag]);
     let bases: Vec<String> = node.all().map(|n| n.base.clone()).collect();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let status: restm_shared::ClusterStatus =
+        http.get(format!("{}/cluster", bases[0])).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status.groups.len(), groups as usize, "/cluster lists every group");
+    let leaders: Vec<Option<u64>> = status.groups.iter().map(|g| g.leader).collect();
+    eprintln!("cluster bank: {groups} group(s), led by {leaders:?}");
     for i in 0..ACCOUNTS {
         let r = http
             .put(format!("{}/ptr/{}", bases[i % 3], acct(i).replace('/', "%2F")))
