@@ -447,6 +447,15 @@ type GroupedNode = (Arc<restm::cluster::Cluster>, Arc<Clocked>, restm::raft::sta
 /// Three `Cluster`s whose partitions are in `groups` groups, once every group has a leader
 /// all three agree on; with their directories and the leaders.
 async fn start_grouped(groups: u32, tag: &str) -> (Vec<GroupedNode>, Vec<PathBuf>, Vec<Option<NodeId>>) {
+    start_some_grouped(groups, tag, 3).await
+}
+
+/// [`start_grouped`], with only the first `up` of the three members started.
+async fn start_some_grouped(
+    groups: u32,
+    tag: &str,
+    up: u64,
+) -> (Vec<GroupedNode>, Vec<PathBuf>, Vec<Option<NodeId>>) {
     use restm::cluster::{Cluster, ClusterConfig};
     let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("{tag}{i}"))).collect();
     let mut addrs = Vec::new();
@@ -457,7 +466,7 @@ async fn start_grouped(groups: u32, tag: &str) -> (Vec<GroupedNode>, Vec<PathBuf
     let initial: BTreeMap<NodeId, String> =
         (1..=3u64).map(|id| (id, format!("http://{}", addrs[id as usize - 1]))).collect();
     let mut nodes: Vec<GroupedNode> = Vec::new();
-    for id in 1..=3u64 {
+    for id in 1..=up {
         let config = ClusterConfig {
             node_id: id,
             name: "raft-test".into(),
@@ -501,6 +510,9 @@ async fn start_grouped(groups: u32, tag: &str) -> (Vec<GroupedNode>, Vec<PathBuf
 async fn partitions_in_groups_of_their_own_take_proposals_from_any_node() {
     const GROUPS: u32 = 4;
     let (nodes, dirs, leaders) = start_grouped(GROUPS, "g").await;
+    // Each group was formed by its turn among the members, which led it from the start.
+    let ids: Vec<NodeId> = (0..GROUPS as u64).map(|g| g % 3 + 1).collect();
+    assert_eq!(leaders, ids.iter().map(|id| Some(*id)).collect::<Vec<_>>(), "the first leaders are spread");
     // Each node writes one pointer of each group: at least two nodes propose to a group
     // led elsewhere.
     let mut version = 1_000;
@@ -721,6 +733,24 @@ async fn the_group_count_of_a_data_directory_cannot_change() {
     assert_eq!(group_count(&db, 1).ok(), Some(1));
     drop(db);
     for d in [dir, old] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A group whose turn to form was a member's that is down is formed by the others, after
+/// their wait: every group of a two-of-three cluster gets a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_first_member_is_down_is_formed_by_the_others() {
+    let started = Instant::now();
+    let (nodes, dirs, leaders) = start_some_grouped(3, "down", 2).await;
+    assert!(leaders.iter().all(|l| matches!(l, Some(1 | 2))), "{leaders:?}");
+    assert!(
+        started.elapsed() >= timing().election * 3,
+        "group 2 (node 3's turn) had a leader before the others' wait: {:?}",
+        started.elapsed()
+    );
+    drop(nodes);
+    for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }
 }

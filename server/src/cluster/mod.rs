@@ -138,9 +138,19 @@ impl Cluster {
         let server = PeerServer::spawn(listener, me, host.groups.clone());
         let voters: BTreeMap<NodeId, BasicNode> =
             config.initial.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-        for replica in &replicas {
-            replica.initialize(voters.clone()).await?;
+        // With several groups each is first formed by one member, its turn among the voters
+        // (group g: the (g mod n)th), which campaigns at once, so a new cluster's groups
+        // start led by different members. The others propose the same membership too if the
+        // group still has none after three election timeouts (that member is down or slow).
+        // One group is formed by whichever member comes first, as before.
+        let firsts: Vec<NodeId> = voters.keys().copied().collect();
+        let forms_first = |group: usize| groups == 1 || firsts[group % firsts.len()] == config.node_id;
+        for (group, replica) in replicas.iter().enumerate() {
+            if forms_first(group) {
+                replica.initialize(voters.clone()).await?;
+            }
         }
+        let deferred: Vec<GroupId> = (0..groups).filter(|g| !forms_first(*g as usize)).collect();
         tracing::info!(node = config.node_id, peers = ?config.initial, groups, "joined the cluster");
         let cluster = Arc::new(Self {
             config,
@@ -156,7 +166,30 @@ impl Cluster {
         for group in 0..groups {
             cluster.spawn_metrics_watch(group);
         }
+        for group in deferred {
+            cluster.spawn_deferred_formation(group, voters.clone());
+        }
         Ok(cluster)
+    }
+
+    /// Forms `group` from this member after three election timeouts if it has no membership
+    /// yet: the member whose turn it was to form it did not (three election timeouts: a new
+    /// member refuses votes for one after it starts).
+    fn spawn_deferred_formation(self: &Arc<Self>, group: GroupId, voters: BTreeMap<NodeId, BasicNode>) {
+        let me = Arc::downgrade(self);
+        let wait = self.config.timing.election * 3;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(c) = me.upgrade() else { return };
+            let replica = &c.replicas[group as usize];
+            let formed = replica.metrics().membership_config.membership().voter_ids().next().is_some();
+            if !formed {
+                tracing::info!(group, "the member whose turn it was has not formed the group; forming it");
+                if let Err(e) = replica.initialize(voters).await {
+                    tracing::warn!(group, error = %e, "forming the group");
+                }
+            }
+        });
     }
 
     /// Counts `group`'s leader changes and the elections this member starts in it.
