@@ -291,6 +291,21 @@ impl Cluster {
         Some(self.host.peers.client(node, &addr))
     }
 
+    /// The leader of `replica`'s group, another node, and the connection to it.
+    #[allow(clippy::result_large_err)] // as the async callers' errors, answered at once
+    fn leader_peer(
+        &self,
+        replica: &Replica,
+    ) -> Result<(NodeId, Arc<crate::raft::transport::PeerClient>), ReplicaError> {
+        let Some(leader) = replica.metrics().current_leader.filter(|l| *l != self.config.node_id) else {
+            return Err(ReplicaError::NotLeader { leader: None, addr: None });
+        };
+        let peer = self
+            .peer(leader)
+            .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
+        Ok((leader, peer))
+    }
+
     /// Appends `command` for `partition` to its group's log; answers what applying it
     /// answered, once a majority of the voters hold the entry durably. With several groups,
     /// a group this node does not lead gets the command through its leader (over the peer
@@ -332,12 +347,7 @@ impl Cluster {
         if self.replicas.len() == 1 || replica.is_leader() {
             return replica.propose(proposed.partition, proposed.command, proposed.parent).await;
         }
-        let Some(leader) = replica.metrics().current_leader.filter(|l| *l != self.config.node_id) else {
-            return Err(ReplicaError::NotLeader { leader: None, addr: None });
-        };
-        let peer = self
-            .peer(leader)
-            .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
+        let (leader, peer) = self.leader_peer(replica)?;
         let ask = Request::Propose { group, proposed, hlc: self.observer.last_version() };
         match peer.call(&ask, PROPOSE_TIMEOUT).await {
             Ok(Response::Proposed { answer, index, hlc }) => {
@@ -375,12 +385,7 @@ impl Cluster {
         if replica.is_leader() {
             return self.confirm_group(group).await;
         }
-        let Some(leader) = replica.metrics().current_leader.filter(|l| *l != self.config.node_id) else {
-            return Err(ReplicaError::NotLeader { leader: None, addr: None });
-        };
-        let peer = self
-            .peer(leader)
-            .ok_or_else(|| ReplicaError::Raft(format!("node {leader} is not in the membership")))?;
+        let (leader, peer) = self.leader_peer(replica)?;
         let ask = Request::ReadIndex { group, hlc: self.observer.last_version() };
         let index = match peer.call(&ask, CONFIRM_TIMEOUT).await {
             Ok(Response::ReadIndex { answer, hlc }) => {
@@ -539,10 +544,9 @@ impl Service for Cluster {
     fn propose(self: Arc<Self>, group: GroupId, proposed: Proposed, hlc: u64) -> Answer<(Outcome, u64)> {
         self.observer.saw_version(hlc);
         Box::pin(async move {
-            let answer = match self.replicas.get(group as usize) {
-                None => Err(Refused::Failed(format!("this node holds no group {group}"))),
-                Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
-                Some(r) => {
+            let answer = match self.led(group) {
+                Err(refused) => Err(refused),
+                Ok(r) => {
                     let proposing = r.propose_indexed(proposed.partition, proposed.command, proposed.parent);
                     match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
                         Err(_) => Err(Refused::Timeout(millis(PROPOSE_TIMEOUT))),
@@ -557,11 +561,10 @@ impl Service for Cluster {
     fn read_index(self: Arc<Self>, group: GroupId, hlc: u64) -> Answer<u64> {
         self.observer.saw_version(hlc);
         Box::pin(async move {
-            let answer = match self.replicas.get(group as usize) {
-                None => Err(Refused::Failed(format!("this node holds no group {group}"))),
-                Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
+            let answer = match self.led(group) {
+                Err(refused) => Err(refused),
                 // Every write acknowledged before the confirmation applied here first.
-                Some(r) => match self.confirm_group(group).await {
+                Ok(r) => match self.confirm_group(group).await {
                     Ok(()) => Ok(r.applied_index()),
                     Err(ReplicaError::Timeout { after, .. }) => Err(Refused::Timeout(millis(after))),
                     Err(e) => Err(refusal(e)),
@@ -569,6 +572,18 @@ impl Service for Cluster {
             };
             (answer, self.observer.last_version())
         })
+    }
+}
+
+impl Cluster {
+    /// This node's member of `group`, if it leads it; otherwise why a peer's request for
+    /// the group is refused.
+    fn led(&self, group: GroupId) -> Result<&Replica, Refused> {
+        match self.replicas.get(group as usize) {
+            None => Err(Refused::Failed(format!("this node holds no group {group}"))),
+            Some(r) if !r.is_leader() => Err(Refused::NotLeader(r.metrics().current_leader)),
+            Some(r) => Ok(r),
+        }
     }
 }
 
