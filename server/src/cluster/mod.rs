@@ -229,6 +229,20 @@ impl Cluster {
         self.replicas.len() as u32
     }
 
+    /// Whether every member coordinates the txns begun on it (partitions in several
+    /// groups, led anywhere), rather than the one group's leader coordinating all of them.
+    pub fn coordinates_anywhere(&self) -> bool {
+        self.groups() > 1
+    }
+
+    /// The member that coordinates txn `id`: the one its `n<id>-` prefix names, if that is
+    /// a member.
+    pub fn coordinator_of(&self, id: &str) -> Option<u64> {
+        let node: u64 = id.strip_prefix('n')?.split_once('-')?.0.parse().ok()?;
+        let members = self.replica().metrics().membership_config.membership().get_node(&node).is_some();
+        members.then_some(node)
+    }
+
     /// The group that holds `partition`.
     pub fn group_of(&self, partition: u32) -> GroupId {
         Held::group_of(partition, self.groups())
@@ -403,6 +417,12 @@ impl Cluster {
         replica.wait_applied(index, CONFIRM_TIMEOUT).await
     }
 
+    /// [`Self::read_barrier`] on every group (a listing reads every partition).
+    pub async fn read_barrier_all(&self) -> Result<(), ReplicaError> {
+        let barriers = (0..self.groups()).map(|g| self.read_barrier(g));
+        futures_util::future::try_join_all(barriers).await.map(|_| ())
+    }
+
     /// [`Self::confirm_leader`] of `group`.
     async fn confirm_group(&self, group: GroupId) -> Result<(), ReplicaError> {
         let replica = &self.replicas[group as usize];
@@ -447,6 +467,12 @@ impl Cluster {
             })??;
         }
         Ok(())
+    }
+
+    /// How long since this node last heard from member `node` (any group's traffic, or a
+    /// peer call it answered); `None` if it never has.
+    pub fn silent_for(&self, node: NodeId) -> Option<Duration> {
+        [self.host.peers.last_contact(node), self.host.groups.last_heard(node)].into_iter().flatten().min()
     }
 
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.

@@ -34,6 +34,11 @@ use super::Cluster;
 /// a slow majority is rarely resolved under it (and if it is, it aborts cleanly).
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
 
+/// How long a member may go unheard (no group's traffic, no peer call answered) before the
+/// txns it coordinates are taken for abandoned at once: its lease lapsed. A live member
+/// exchanges heartbeats far more often than this.
+pub const COORDINATOR_LEASE: Duration = Duration::from_secs(2);
+
 /// What one pass did with a txn it took for abandoned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -86,7 +91,14 @@ impl Resolver {
         let mut resolved = Vec::new();
         for (txn, (primary, parts)) in found {
             let since = *self.first_seen.entry(txn.clone()).or_insert(now);
-            if now.duration_since(since) < self.patience {
+            // A coordinator that went silent has abandoned its txns; readers and writers
+            // waiting on them need not sit out the whole patience.
+            let coordinator_gone = cluster
+                .coordinator_of(&txn)
+                .filter(|k| *k != cluster.node_id())
+                .and_then(|k| cluster.silent_for(k))
+                .is_some_and(|silent| silent >= COORDINATOR_LEASE);
+            if now.duration_since(since) < self.patience && !coordinator_gone {
                 continue;
             }
             let Some(primary) = primary else {

@@ -15,18 +15,20 @@ impl Engine {
     /// Prepares `txn` on every partition it touched, takes its commit version and validates
     /// its reads. On a conflict the transaction is aborted and the conflict returned.
     pub fn prepare_commit(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
-        self.prepare(txn, true)
+        self.prepare(txn, true, false)
     }
 
     /// [`Self::prepare_commit`] for replicated partitions: the leader's layer only (prepared
     /// marks, the commit version, validation). Nothing is applied: the caller proposes
     /// [`Self::commit_plan`] to the partitions' logs, then ends the txn with
     /// [`Self::complete_replicated`] or [`Self::fail_replicated`].
-    pub fn prepare_replicated(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
-        self.prepare(txn, false)
+    ///
+    /// `across_groups`: other nodes coordinate too (see [`PreparedCommit::across_groups`]).
+    pub fn prepare_replicated(&self, txn: &Arc<Txn>, across_groups: bool) -> Result<CommitStep, EngineError> {
+        self.prepare(txn, false, across_groups)
     }
 
-    fn prepare(&self, txn: &Arc<Txn>, apply: bool) -> Result<CommitStep, EngineError> {
+    fn prepare(&self, txn: &Arc<Txn>, apply: bool, across_groups: bool) -> Result<CommitStep, EngineError> {
         let (writes, reads) = {
             let mut inner = txn.inner.lock();
             Self::ensure_active(txn, &inner.phase)?;
@@ -51,7 +53,9 @@ impl Engine {
         let prepared_above = self.hlc.last();
         let mut reads_by_partition = self.group_pairs(reads.iter().cloned());
         let by_partition = self.group_pairs(writes.iter().cloned());
-        let primary = (by_partition.len() > 1).then(|| writes[0].0.clone());
+        // Across groups even one partition's commit is two-phase: its commit version is
+        // known only once the partition's leader answered.
+        let primary = (by_partition.len() > 1 || across_groups).then(|| writes[0].0.clone());
         let mut prepared: Vec<usize> = Vec::new();
         for (pidx, group) in by_partition {
             let _span =
@@ -108,7 +112,19 @@ impl Engine {
             reads,
             primary,
             prepared_above,
+            across_groups,
         }))
+    }
+
+    /// Across groups: the commit version, picked once every `Prepare` and `Guard` answered
+    /// (the answers moved the clock above every leader's), and above `floor`, the highest
+    /// version or read floor a `PreparedAbove` named. So it is above every version on the
+    /// pointers written and read, and above every snapshot a leader served before the
+    /// prepare (see ARCHITECTURE, "Coordinators on every member").
+    pub fn repick_commit_version(&self, prepared: &mut PreparedCommit, floor: u64) {
+        self.hlc.observe(floor);
+        self.in_flight.release(prepared.commit_version);
+        prepared.commit_version = self.in_flight.issue(&self.hlc);
     }
 
     /// Applies `Abort` on the partitions where `txn` prepared intents.
@@ -201,12 +217,19 @@ impl Engine {
         let primary_idx = self.partition_index(primary) as u32;
         let mut prepare = Vec::new();
         let mut install = Vec::new();
+        let mut guarded = Vec::new();
         for (pidx, writes) in groups {
+            let reads = reads.remove(&pidx).unwrap_or_default();
+            if prepared.across_groups && !reads.is_empty() {
+                // A `Prepare` validates its reads but guards none (under one leader's locks
+                // it need not); beside other coordinators they are guarded too.
+                guarded.push((pidx as u32, reads.clone()));
+            }
             let cmd = Command::Prepare {
                 txn: txn.id.clone(),
                 trace_id: txn.trace_id.clone(),
                 prepared_above: prepared.prepared_above,
-                reads: reads.remove(&pidx).unwrap_or_default(),
+                reads,
                 writes,
                 primary: primary.clone(),
             };
@@ -214,6 +237,16 @@ impl Engine {
             if pidx as u32 != primary_idx {
                 install.push((pidx as u32, Command::Commit { txn: txn.id.clone(), commit_version: cv }));
             }
+        }
+        if prepared.across_groups {
+            for (pidx, reads) in std::mem::take(&mut reads) {
+                // Read, not written: the guard's `Commit` leaves the read floor.
+                install.push((pidx as u32, Command::Commit { txn: txn.id.clone(), commit_version: cv }));
+                guarded.push((pidx as u32, reads));
+            }
+        }
+        for (pidx, reads) in guarded {
+            prepare.push((pidx, Command::Guard { txn: txn.id.clone(), reads, primary: primary.clone() }));
         }
         install.push((primary_idx, Command::Commit { txn: txn.id.clone(), commit_version: cv }));
         let record = Command::TxnRecord { txn: txn.id.clone(), state: TxnState::Committed(cv) };

@@ -177,13 +177,19 @@ pub struct PreparedCommit {
     pub primary: Option<PtrId>,
     /// The commit version is above this (the `Prepare` commands carry it).
     pub prepared_above: u64,
+    /// Coordinated beside other coordinators (partitions in groups of their own, led
+    /// anywhere): every commit is two-phase with a primary, every partition read is
+    /// guarded, and the commit version is picked once the prepares answered
+    /// ([`Engine::repick_commit_version`]).
+    pub across_groups: bool,
 }
 
 /// The commands that make a prepared commit, partition by partition, when partitions are
 /// replicated: each is proposed to its partition's log, and the steps go in order.
 #[derive(Debug, Clone)]
 pub struct CommitPlan {
-    /// `Prepare` on every written partition (empty for a one-partition commit).
+    /// `Prepare` on every written partition (empty for a one-partition commit), and across
+    /// groups `Guard` on every partition read.
     pub prepare: Vec<(u32, command::Command)>,
     /// The committed record on the primary's partition: the commit point.
     pub record: Option<(u32, command::Command)>,
@@ -307,6 +313,11 @@ impl Engine {
 
     pub(super) fn partition(&self, ptr: &str) -> &Partition {
         &self.partitions[self.partition_index(ptr)]
+    }
+
+    /// The partition `ptr` lives on.
+    pub fn partition_of(&self, ptr: &str) -> u32 {
+        self.partition_index(ptr) as u32
     }
 
     /// The index of `ptr`'s partition.

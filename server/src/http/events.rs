@@ -97,7 +97,9 @@ pub async fn events(
     };
     // On a cluster the leader's events are the cluster's: a member that does not lead
     // relays its stream (and one handed on to it after the lead moved says so).
-    if let Some(cluster) = state.node.cluster().filter(|c| !c.is_leader()).cloned() {
+    if let Some(cluster) =
+        state.node.cluster().filter(|c| !c.is_leader() && !c.coordinates_anywhere()).cloned()
+    {
         let (_, url) = super::route::hand_on_to(&cluster, &headers).await?;
         let up = super::events_relay::Upstream::new(
             &url,

@@ -77,6 +77,9 @@ pub async fn get_ptr(
         (Some(txn), _) if for_update => state.node.read_for_update(txn, &ptr).await?,
         (Some(txn), _) => state.node.read(Some(txn), &ptr, txn.read_version()).await?,
         (None, at) => {
+            // Across groups this member's replica first holds every acknowledged write, and
+            // its clock is above them; the latest read's version is taken after that.
+            node.settle(Some(&ptr)).await?;
             let at = at.unwrap_or_else(|| node.now_version());
             state.node.read(None, &ptr, at).await?
         }
@@ -276,6 +279,7 @@ pub async fn list(
         return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
     }
     let txn = txn.map(|id| state.node.use_txn(id)).transpose()?;
+    state.node.settle(None).await?;
     let at = match (txn, at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));

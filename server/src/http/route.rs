@@ -14,6 +14,11 @@
 //!   the leader's, and its `traceresponse`).
 //! - The hop is a `forward` span, whose `traceparent` replaces the client's on the request
 //!   handed on (it continues the client's trace), so the leader's spans hang under it.
+//! - Where every member coordinates (partitions in several groups, `serve --groups`), a
+//!   member serves begins, one-shots and reads itself (its reads wait for a read barrier on
+//!   the pointer's group, [`crate::node::Node::settle`]), and hands a request of a txn
+//!   (`/txn/{id}/…`, or `X-reSTM-Txn`) on to the member its id names (`n2-…`); only
+//!   `/pins` and `/gc` still go to the first group's leader.
 //! - A request is handed on once: one that arrives already forwarded (`x-restm-forwarded`)
 //!   at a node that does not lead is answered `503 unavailable` with `Retry-After`, as is
 //!   one that finds no leader elected or cannot reach it.
@@ -56,7 +61,8 @@ fn leader_route(path: &str) -> bool {
         .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
-/// Serves `req` here, or hands it on to the leader.
+/// Serves `req` here, or hands it on to the leader (or, where every member coordinates,
+/// to the txn's coordinator).
 pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
     let Some(cluster) = state.node.cluster() else { return next.run(req).await };
     if !leader_route(req.uri().path()) {
@@ -65,6 +71,12 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
     let me = cluster.node_id();
     if follower_read(state, &req) {
         return served_by(me, next.run(req).await);
+    }
+    if cluster.coordinates_anywhere() && !meta_route(req.uri().path()) {
+        return match txn_of(&req).and_then(|id| cluster.coordinator_of(&id)).filter(|k| *k != me) {
+            None => served_by(me, next.run(req).await),
+            Some(coordinator) => hand_on(state, cluster, coordinator, req).await,
+        };
     }
     if cluster.is_leader() {
         if req.method() == Method::GET
@@ -79,15 +91,66 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         Ok(to) => to,
         Err(e) => return e.into_response(),
     };
-    // The hop is a span of its own, and the leader's spans hang under it.
-    let span = tracing::info_span!("forward", otel.kind = "client", restm.to = leader);
-    match forward(state, &url, cluster.node_id(), req, crate::telemetry::traceparent_of(&span))
+    relay(state, cluster, leader, &url, req).await
+}
+
+/// Hands `req` on to its txn's coordinator, another member. Refused (`503`, retryable)
+/// when the request was handed on already or the coordinator's URL cannot be learned (it
+/// is down: its txns end by their records).
+async fn hand_on(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    coordinator: u64,
+    req: Request,
+) -> Response {
+    if req.headers().contains_key(HEADER_FORWARDED) {
+        return ApiError::Unavailable(format!(
+            "handed on to a node that does not coordinate this txn (node {coordinator} does); retry"
+        ))
+        .into_response();
+    }
+    let Some(url) = cluster.client_url(coordinator).await else {
+        return ApiError::Unavailable(format!(
+            "the txn's coordinator, node {coordinator}, cannot be reached; retry the txn, on any node"
+        ))
+        .into_response();
+    };
+    relay(state, cluster, coordinator, &url, req).await
+}
+
+/// Sends `req` to member `to` at `url`, in a `forward` span that its spans hang under.
+async fn relay(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    to: u64,
+    url: &str,
+    req: Request,
+) -> Response {
+    let span = tracing::info_span!("forward", otel.kind = "client", restm.to = to);
+    match forward(state, url, cluster.node_id(), req, crate::telemetry::traceparent_of(&span))
         .instrument(span)
         .await
     {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
+}
+
+/// Routes the first group's leader serves even where every member coordinates: the
+/// cluster's pins and its GC.
+fn meta_route(path: &str) -> bool {
+    ["/pins", "/gc"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// The txn a request works in: `/txn/{id}[/…]` (not `/txn/begin`), or `X-reSTM-Txn`.
+fn txn_of(req: &Request) -> Option<String> {
+    if let Some(rest) = req.uri().path().strip_prefix("/txn/") {
+        let id = rest.split('/').next().unwrap_or_default();
+        return (id != "begin" && !id.is_empty()).then(|| id.to_string());
+    }
+    req.headers().get(restm_shared::HEADER_TXN).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 /// Where a member that does not lead hands a request with `headers` on to: the leader's id
@@ -167,12 +230,12 @@ async fn forward(
     }
     out = out.header(HEADER_FORWARDED, HeaderValue::from(me));
     let answer = out.send().await.map_err(|e| {
-        ApiError::Unavailable(format!("handing the request on to the leader at {url} failed: {e}; retry"))
+        ApiError::Unavailable(format!("handing the request on to the member at {url} failed: {e}; retry"))
     })?;
     let status = answer.status();
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.map_err(|e| {
-        ApiError::Unavailable(format!("the leader at {url} broke off its answer: {e}; retry"))
+        ApiError::Unavailable(format!("the member at {url} broke off its answer: {e}; retry"))
     })?;
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
@@ -202,7 +265,29 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::leader_route;
+    use super::{leader_route, meta_route, txn_of};
+
+    #[test]
+    fn a_request_names_its_txn_by_path_or_header_and_pins_and_gc_stay_meta() {
+        let req = |uri: &str, txn: Option<&str>| {
+            let mut b = axum::http::Request::builder().uri(uri);
+            if let Some(t) = txn {
+                b = b.header(restm_shared::HEADER_TXN, t);
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        assert_eq!(txn_of(&req("/txn/n2-00ab/commit", None)).as_deref(), Some("n2-00ab"));
+        assert_eq!(txn_of(&req("/txn/n3-01", None)).as_deref(), Some("n3-01"));
+        assert_eq!(txn_of(&req("/txn/begin", None)), None);
+        assert_eq!(txn_of(&req("/ptr/a", Some("n1-ff"))).as_deref(), Some("n1-ff"));
+        assert_eq!(txn_of(&req("/ptr/a", None)), None);
+        for p in ["/pins", "/pins/x", "/gc"] {
+            assert!(meta_route(p), "{p}");
+        }
+        for p in ["/ptr/a", "/txn/begin", "/txns", "/gcx"] {
+            assert!(!meta_route(p), "{p}");
+        }
+    }
 
     #[test]
     fn the_leader_serves_data_routes_and_each_node_its_own() {

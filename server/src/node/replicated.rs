@@ -170,6 +170,21 @@ impl Node {
         self.cluster.get()
     }
 
+    /// Where every member coordinates (partitions in groups led anywhere), a read here is
+    /// made first to wait for a read barrier on `ptr`'s group (every group, for `None`):
+    /// this member's replica then holds every write acknowledged before the call, its
+    /// clock is above them, and the leader's clock is above this member's (so every later
+    /// commit there is above any snapshot read here now, or its intent is already applied
+    /// here and the read waits for it). Elsewhere it does nothing: the one leader reads.
+    pub async fn settle(&self, ptr: Option<&str>) -> Result<(), EngineError> {
+        let Some(cluster) = self.cluster.get().filter(|c| c.coordinates_anywhere()) else { return Ok(()) };
+        let barrier = match ptr {
+            Some(ptr) => cluster.read_barrier(self.engine.partition_of(ptr)).await,
+            None => cluster.read_barrier_all().await,
+        };
+        barrier.map_err(|e| EngineError::Unreplicated { what: "the read's barrier", cause: e.to_string() })
+    }
+
     /// Commits `txn` through the data group's log (see the module doc). Runs in its own
     /// task, so a client that goes away cannot leave it half done.
     pub(super) async fn commit_replicated(
@@ -177,12 +192,14 @@ impl Node {
         txn: &Arc<crate::engine::Txn>,
         cluster: Arc<Cluster>,
     ) -> Result<u64, EngineError> {
-        let step = tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_replicated(txn));
+        let across = cluster.coordinates_anywhere();
+        let step =
+            tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_replicated(txn, across));
         let prepared = match super::txn::to_persist(step) {
             Ok(p) => p,
             Err(answer) => return answer,
         };
-        if !cluster.is_leader() {
+        if !across && !cluster.is_leader() {
             // Nothing was proposed: a clean abort.
             let leader = cluster.leader();
             self.engine.fail_replicated(prepared, AbortReason::LeadershipLost);
@@ -225,6 +242,11 @@ impl Node {
                             close_while_leading(n2, c2).await;
                         }
                     });
+                } else if !now && leading && cluster.coordinates_anywhere() {
+                    // Every member coordinates its own txns, whoever leads; their locks
+                    // stay with them, and each `Prepare` re-validates.
+                    n.engine.forget_in_flight();
+                    tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), "stopped leading the first group");
                 } else if !now && leading {
                     n.engine.forget_in_flight();
                     let aborted = n.abort_all(AbortReason::LeadershipLost);
@@ -273,6 +295,11 @@ impl Node {
         if let Err(e) = cluster.catch_up(Duration::from_secs(10)).await {
             tracing::warn!(error = %e, "a new leader could not apply its log; orphans stay until the next election");
             return false;
+        }
+        if cluster.coordinates_anywhere() {
+            // What is prepared belongs to coordinators that may well be alive: the
+            // resolvers end it only once it is abandoned.
+            return true;
         }
         let partitions = self.engine.shared_partitions();
         let mut orphans: std::collections::BTreeMap<TxnId, Vec<u32>> = Default::default();
@@ -354,13 +381,16 @@ fn coordinates(engine: &Engine, txn: &TxnId) -> bool {
 
 /// Proposes `prepared`'s plan, step by step, and ends the txn by what the log answered.
 async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) -> Result<u64, EngineError> {
-    let plan = engine.commit_plan(&prepared);
-    let (txn, cv) = (prepared.txn.id.clone(), prepared.commit_version);
+    let mut prepared = prepared;
+    let mut plan = engine.commit_plan(&prepared);
+    let (txn, mut cv) = (prepared.txn.id.clone(), prepared.commit_version);
     // Across partitions the record decides; then a failed install is the next leader's.
     let decided = plan.record.is_some();
-    // 1. Prepare on every written partition. Until the record, failing is a clean abort.
+    // 1. Prepare on every written partition (and across groups, guard every one read).
+    //    Until the record, failing is a clean abort.
     let mut intents: Vec<u32> = Vec::new();
-    for (p, cmd) in plan.prepare {
+    let mut floor_above = 0;
+    for (p, cmd) in std::mem::take(&mut plan.prepare) {
         let answer = cluster.propose(p, cmd).await;
         let failure = match answer {
             Ok(Outcome::Prepared) => {
@@ -368,18 +398,28 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
                 continue;
             }
             Ok(Outcome::PreparedAbove(floor)) => {
-                // A version or a guarded reader's commit at or above this commit version:
-                // it cannot serialize before them.
+                // A version or a guarded reader's commit at or above the mark: the commit
+                // cannot serialize before them. Across groups the commit version is picked
+                // after every answer, above them.
                 intents.push(p);
                 match floor.winner() {
+                    Some((_, read_at)) if prepared.across_groups => {
+                        floor_above = floor_above.max(read_at);
+                        continue;
+                    }
                     Some((_, read_at)) if read_at < cv => continue,
                     _ => Err(floor),
                 }
             }
             Ok(Outcome::Conflict(c)) => Err(c),
             Ok(other) => Ok(StorageError::Corrupt(format!("Prepare answered {other:?}"))),
-            Err(e) => Ok(unavailable(&e)),
+            Err(e) => {
+                // The entry may land yet: its intents or guard go too.
+                intents.push(p);
+                Ok(unavailable(&e))
+            }
         };
+        intents.dedup();
         for q in &intents {
             // Best effort: a leader that cannot is replaced by one that resolves them.
             let _ = cluster.propose(*q, Command::Abort { txn: txn.clone() }).await;
@@ -391,10 +431,20 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
             }
             Ok(cause) => {
                 tracing::warn!(txn = %txn, error = %cause, "aborted before its commit point");
+                let across = prepared.across_groups;
                 engine.fail_replicated(prepared, AbortReason::LeadershipLost);
-                EngineError::NotLeader { leader: cluster.leader() }
+                if across {
+                    EngineError::Unreplicated { what: "the commit's prepare", cause: cause.to_string() }
+                } else {
+                    EngineError::NotLeader { leader: cluster.leader() }
+                }
             }
         });
+    }
+    if prepared.across_groups {
+        engine.repick_commit_version(&mut prepared, floor_above);
+        cv = prepared.commit_version;
+        plan = engine.commit_plan(&prepared);
     }
     if decided {
         crash_point("after-prepare");

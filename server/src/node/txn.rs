@@ -44,6 +44,9 @@ impl Node {
         ptr: &str,
         at: u64,
     ) -> Result<Option<Arc<VersionRec>>, EngineError> {
+        if txn.is_some() {
+            self.settle(Some(ptr)).await?;
+        }
         loop {
             match self.engine.read(txn, ptr, at)? {
                 ReadStep::Done(v) => return Ok(v),
