@@ -484,11 +484,7 @@ impl Cluster {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let contact = [self.host.peers.last_contact(*id), self.host.groups.last_heard(*id)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|d| d.as_millis() as u64);
+                let contact = self.silent_for(*id).map(|d| d.as_millis() as u64);
                 let heard = *id == self.config.node_id || contact.is_some_and(|ms| ms < 2_000);
                 let leads_here = self.replicas.iter().any(|r| r.metrics().current_leader == Some(*id));
                 let state = if heard {

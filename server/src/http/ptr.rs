@@ -279,7 +279,6 @@ pub async fn list(
         return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
     }
     let txn = txn.map(|id| state.node.use_txn(id)).transpose()?;
-    state.node.settle(None).await?;
     let at = match (txn, at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("X-reSTM-At cannot be combined with X-reSTM-Txn"));
@@ -290,8 +289,16 @@ pub async fn list(
                  list in a read-only transaction or with X-reSTM-At",
             ));
         }
-        (Some(t), None) => t.read_version(),
-        (None, at) => at.unwrap_or_else(|| state.node.now_version()),
+        (Some(t), None) => {
+            state.node.settle(None).await?;
+            t.read_version()
+        }
+        (None, at) => {
+            // Across groups, after every group's barrier: a latest listing sees every
+            // acknowledged commit (see `get_ptr`).
+            state.node.settle(None).await?;
+            at.unwrap_or_else(|| state.node.now_version())
+        }
     };
     let (page, more) = state.node.list(&prefix, q.after.as_deref(), at, limit).await?;
     let next = if more { page.last().map(|(p, _)| p.to_string()) } else { None };

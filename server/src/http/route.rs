@@ -56,9 +56,12 @@ pub fn forwarder(tls: Option<&crate::tls::Tls>) -> reqwest::Client {
 
 /// Whether the leader serves `path` (everything about pointers, txns, pins and GC).
 fn leader_route(path: &str) -> bool {
-    ["/ptr", "/txn", "/txns", "/locks", "/pins", "/gc"]
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    under(path, &["/ptr", "/txn", "/txns", "/locks", "/pins", "/gc"])
+}
+
+/// Whether `path` is one of `prefixes` or below one.
+fn under(path: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Serves `req` here, or hands it on to the leader (or, where every member coordinates,
@@ -139,9 +142,7 @@ async fn relay(
 /// Routes the first group's leader serves even where every member coordinates: the
 /// cluster's pins and its GC.
 fn meta_route(path: &str) -> bool {
-    ["/pins", "/gc"]
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    under(path, &["/pins", "/gc"])
 }
 
 /// The txn a request works in: `/txn/{id}[/…]` (not `/txn/begin`), or `X-reSTM-Txn`.

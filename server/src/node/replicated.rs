@@ -242,14 +242,15 @@ impl Node {
                             close_while_leading(n2, c2).await;
                         }
                     });
-                } else if !now && leading && cluster.coordinates_anywhere() {
-                    // Every member coordinates its own txns, whoever leads; their locks
-                    // stay with them, and each `Prepare` re-validates.
-                    n.engine.forget_in_flight();
-                    tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), "stopped leading the first group");
                 } else if !now && leading {
                     n.engine.forget_in_flight();
-                    let aborted = n.abort_all(AbortReason::LeadershipLost);
+                    // Where every member coordinates its own txns, whoever leads, their locks
+                    // stay with them (each `Prepare` re-validates): nothing is aborted.
+                    let aborted = if cluster.coordinates_anywhere() {
+                        0
+                    } else {
+                        n.abort_all(AbortReason::LeadershipLost)
+                    };
                     tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), aborted, "stopped leading the data group");
                 }
                 leading = now;
@@ -419,6 +420,8 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
                 Ok(unavailable(&e))
             }
         };
+        // A partition both written and read holds an intent and a guard: one `Abort` ends both.
+        intents.sort_unstable();
         intents.dedup();
         for q in &intents {
             // Best effort: a leader that cannot is replaced by one that resolves them.
