@@ -229,10 +229,19 @@ async fn a_transaction_through_a_follower_is_one_trace_across_the_members() {
             .map(node_of)
             .collect()
     };
+    // A proposal's span ends when the leader has applied it, so a follower may export its
+    // apply first: wait until every apply's parent has arrived as well.
+    let parents_exported = |got: &[Span]| {
+        let in_trace = || got.iter().filter(|s| hex(&s.trace_id) == trace);
+        let proposed: std::collections::BTreeSet<&[u8]> =
+            in_trace().filter(|s| s.name == "raft.propose").map(|s| s.span_id.as_slice()).collect();
+        in_trace().filter(|s| s.name == "raft.apply").all(|a| proposed.contains(a.parent_span_id.as_slice()))
+    };
     let got = wait_for(&spans, |s| {
         applied_on(s, "commit").len() == 3
             && applied_on(s, "txn_record").len() == 3
             && s.iter().filter(|x| hex(&x.trace_id) == trace && x.name == "forward").count() >= 10
+            && parents_exported(s)
     });
     let in_trace: Vec<&Span> = got.iter().filter(|s| hex(&s.trace_id) == trace).collect();
     let names: Vec<(String, String)> = in_trace.iter().map(|s| (node_of(s), s.name.clone())).collect();
