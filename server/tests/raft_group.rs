@@ -477,6 +477,7 @@ async fn start_some_grouped(
             tls: None,
             timing: timing(),
             groups,
+            lock_wait: Duration::from_millis(200),
         };
         let clock = Arc::new(Clocked::default());
         let parts = partitions(PARTITIONS);

@@ -55,7 +55,8 @@ pub struct Node {
     pub members: Vec<Node>,
 }
 
-/// How many members [`Node::start_with`] starts (`RESTM_TEST_NODES`, default 1).
+/// How many members [`Node::start_with`] starts (`RESTM_TEST_NODES`, default 1); on a
+/// cluster, `RESTM_TEST_GROUPS` sets its `--groups`.
 pub fn test_nodes() -> usize {
     std::env::var("RESTM_TEST_NODES").ok().and_then(|v| v.parse().ok()).filter(|n| *n >= 1).unwrap_or(1)
 }
@@ -84,7 +85,12 @@ impl Node {
     pub fn start_with(extra: &[&str]) -> Node {
         let n = test_nodes();
         if n > 1 {
-            return Self::cluster(n, extra);
+            let groups = std::env::var("RESTM_TEST_GROUPS").ok().filter(|g| !g.is_empty());
+            let mut extra = extra.to_vec();
+            if let Some(g) = groups.as_deref() {
+                extra.extend(["--groups", g]);
+            }
+            return Self::cluster(n, &extra);
         }
         let mut node = Self::start_in(temp_dir("node"), extra);
         node.owns_dir = true;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use restm_tests::{Node, restm_bin};
+use restm_tests::{Node, problem, restm_bin};
 use serde_json::{Value, json};
 
 const ACCOUNTS: usize = 10;
@@ -290,7 +290,7 @@ async fn bank_over_every_member(groups: u32) {
 /// sees every acknowledged commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_coordinates_its_own_txns_and_they_stay_serializable() {
-    let node = Node::cluster(3, &["--groups", "4"]);
+    let node = Node::cluster(3, &["--groups", "4", "--lock-timeout", "200ms"]);
     let bases: Vec<String> = node.all().map(|n| n.base.clone()).collect();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
     let served_by = |r: &reqwest::Response| r.headers()["x-restm-served-by"].to_str().unwrap().to_string();
@@ -329,7 +329,9 @@ async fn every_member_coordinates_its_own_txns_and_they_stay_serializable() {
         assert_eq!(r.json::<Value>().await.unwrap(), json!(10));
     }
     // 2. Lost updates across coordinators: each round, txns on members 2 and 3 read `a` and
-    //    write it plus one. Never both commit, and `a` counts exactly the commits.
+    //    write it plus one. The second writer waits for the first's lock, which is held at
+    //    the leader of `a`'s group whoever coordinates, and times out. Never both commit,
+    //    and `a` counts exactly the commits.
     let mut commits = 0;
     for round in 0..10 {
         let (t2, t3) = (begin(1).await, begin(2).await);
@@ -348,7 +350,12 @@ async fn every_member_coordinates_its_own_txns_and_they_stay_serializable() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 200);
+            if *t == t2 {
+                assert_eq!(r.status(), 200);
+            } else {
+                let p = problem(r, 409, "lock-timeout").await;
+                assert_eq!(p.holder_txn.as_deref(), Some(t2.as_str()), "the first writer holds the lock");
+            }
         }
         let mut won = 0;
         for (t, base) in [(&t2, &bases[1]), (&t3, &bases[2])] {

@@ -152,10 +152,10 @@ pub struct ServeArgs {
     #[arg(long, env = "RESTM_ELECTION_TIMEOUT", default_value_t = 700, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub election_timeout: u64,
     /// How many Raft groups share the partitions on a cluster (partition p in group p mod
-    /// N, each with a leader of its own). Fixed when the data directory is created. Not yet
-    /// a user's flag: every transaction is still coordinated by the first group's leader,
-    /// and cross-group commits from other coordinators are being built.
-    #[arg(long, env = "RESTM_GROUPS", default_value_t = 1, hide = true, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// N, each with a leader of its own). Fixed when the data directory is created. With
+    /// more than one, every member coordinates the transactions begun on it, and a commit
+    /// is two-phase across the groups; with one, its leader coordinates them all.
+    #[arg(long, env = "RESTM_GROUPS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub groups: u32,
 }
 
@@ -252,6 +252,7 @@ impl ServeArgs {
             tls: None,
             timing,
             groups: self.groups,
+            lock_wait: self.lock_timeout,
         }))
     }
 

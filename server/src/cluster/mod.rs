@@ -15,6 +15,7 @@
 //!   what applying it answered, once a majority holds it durably.
 //! - [`Cluster::status`] is `GET /cluster`.
 
+pub mod locks;
 pub mod resolver;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,8 @@ use parking_lot::Mutex;
 use restm_shared::{ClosedTimestamp, ClusterStatus, FollowerLag, GroupStatus, MemberStatus};
 
 use crate::engine::command::{Command, Outcome};
+use crate::engine::partition::{LockOutcome, partition_of};
+use crate::engine::{PtrId, TxnId};
 use crate::raft::replica::{Host, Replica, ReplicaError, Timing, millis};
 use crate::raft::state_machine::{Held, Observer, Partitions};
 use crate::raft::transport::{Answer, Identity, PeerServer, Refused, Request, Response, Service};
@@ -40,6 +43,8 @@ pub const DATA_GROUP: u32 = 0;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest confirming the lead (a heartbeat round) may take.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a peer's txn waiting here for a lock looks whether its coordinator ended it.
+const LOCK_WAIT_SLICE: Duration = Duration::from_millis(100);
 /// Longest a member that forwarded a proposal waits for its own replica to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(1);
 
@@ -62,6 +67,9 @@ pub struct ClusterConfig {
     /// How many Raft groups share the partitions (partition `p` in group `p % groups`); 1
     /// puts every partition in one data group.
     pub groups: u32,
+    /// How long a peer's `Prepare` waits here for the lock of a pointer it writes
+    /// (`--lock-timeout`).
+    pub lock_wait: Duration,
 }
 
 /// Why the cluster could not start.
@@ -95,6 +103,10 @@ pub struct Cluster {
     /// Peers' client addresses, learned over the peer port.
     client_urls: Mutex<HashMap<NodeId, String>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Every partition (this node's replicas of them), whose lock tables peers' txns use.
+    partitions: Partitions,
+    /// The locks peers' txns hold here (see [`locks`]).
+    remote_locks: locks::RemoteLocks,
 }
 
 impl Cluster {
@@ -160,6 +172,8 @@ impl Cluster {
             _server: server,
             client_urls: Mutex::default(),
             metrics,
+            partitions,
+            remote_locks: locks::RemoteLocks::default(),
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
@@ -207,7 +221,15 @@ impl Cluster {
                 if m.current_leader != leader && m.current_leader.is_some() {
                     c.metrics.observe_leader_change();
                 }
-                if m.state == openraft::ServerState::Candidate && state != openraft::ServerState::Candidate {
+                // The watch shows the latest metrics only: a quick election's candidacy may be
+                // missed, but a member that came to lead stood for election first.
+                use openraft::ServerState::{Candidate, Leader};
+                let stood = match m.state {
+                    Candidate => state != Candidate,
+                    Leader => state != Candidate && state != Leader,
+                    _ => false,
+                };
+                if stood {
                     c.metrics.observe_election();
                 }
                 (leader, state) = (m.current_leader, m.state);
@@ -476,6 +498,11 @@ impl Cluster {
     }
 
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
+    /// Every member's id, this node's included.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.replica().metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
+    }
+
     pub fn status(&self, now_millis: u64) -> ClusterStatus {
         let m = self.replica().metrics();
         let membership = m.membership_config.membership();
@@ -566,18 +593,44 @@ impl Service for Cluster {
     fn propose(self: Arc<Self>, group: GroupId, proposed: Proposed, hlc: u64) -> Answer<(Outcome, u64)> {
         self.observer.saw_version(hlc);
         Box::pin(async move {
+            let partition = proposed.partition;
             let answer = match self.led(group) {
                 Err(refused) => Err(refused),
-                Ok(r) => {
-                    let proposing = r.propose_indexed(proposed.partition, proposed.command, proposed.parent);
-                    match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
-                        Err(_) => Err(Refused::Timeout(millis(PROPOSE_TIMEOUT))),
-                        Ok(answer) => answer.map_err(refusal),
+                Ok(r) => match self.admit(partition, &proposed.command).await {
+                    // Written or read under another txn's lock here: lost, as on one node.
+                    Err(conflict) => Ok((Outcome::Conflict(conflict), 0)),
+                    Ok(()) => {
+                        let ends = matches!(
+                            proposed.command,
+                            Command::Commit { .. } | Command::Abort { .. } | Command::Resolve { .. }
+                        )
+                        .then(|| proposed.command.clone());
+                        let proposing = r.propose_indexed(partition, proposed.command, proposed.parent);
+                        let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
+                            Err(_) => Err(Refused::Timeout(millis(PROPOSE_TIMEOUT))),
+                            Ok(answer) => answer.map_err(refusal),
+                        };
+                        if let (Ok(_), Some(ended)) = (&answer, ends) {
+                            self.remote_locks.ended(&self.partitions, partition, &ended);
+                        }
+                        answer
                     }
-                }
+                },
             };
             (answer, self.observer.last_version())
         })
+    }
+
+    fn lock(self: Arc<Self>, txn: TxnId, ptr: PtrId, wait: Duration, hlc: u64) -> Answer<Option<TxnId>> {
+        self.observer.saw_version(hlc);
+        Box::pin(async move {
+            let answer = self.lock_here(txn, ptr, wait).await;
+            (answer, self.observer.last_version())
+        })
+    }
+
+    fn unlock(&self, txn: &TxnId, ptrs: &[PtrId]) {
+        self.remote_locks.end(&self.partitions, txn, ptrs);
     }
 
     fn read_index(self: Arc<Self>, group: GroupId, hlc: u64) -> Answer<u64> {
@@ -595,9 +648,180 @@ impl Service for Cluster {
             (answer, self.observer.last_version())
         })
     }
+
+    fn running(&self, txns: &[crate::engine::TxnId]) -> Vec<bool> {
+        txns.iter().map(|t| self.observer.runs(t)).collect()
+    }
 }
 
 impl Cluster {
+    /// Checks a peer's `Prepare` or `Guard` against the lock table (see
+    /// [`locks::RemoteLocks::admit`]); a pointer it writes whose lock another txn holds is
+    /// waited for, up to the lock timeout, as a local writer waits.
+    async fn admit(&self, partition: u32, cmd: &Command) -> Result<(), crate::engine::Conflict> {
+        let Command::Prepare { txn, writes, .. } = cmd else {
+            return self.remote_locks.admit(&self.partitions, partition, cmd);
+        };
+        for (ptr, _) in writes {
+            // Refused (the txn ended, the lead moved): the checks below and the log decide.
+            if let Ok(Some(holder)) = self.lock_here(txn.clone(), ptr.clone(), self.config.lock_wait).await {
+                return Err(crate::engine::Conflict::Locked { ptr: ptr.clone(), holder });
+            }
+        }
+        self.remote_locks.admit(&self.partitions, partition, cmd)
+    }
+
+    /// Takes `ptr`'s lock here for a peer's `txn`, in the group this node leads, waiting up
+    /// to `wait` as a local writer waits. A holder whose coordinator went silent loses it.
+    async fn lock_here(&self, txn: TxnId, ptr: PtrId, wait: Duration) -> Result<Option<TxnId>, Refused> {
+        let partition = partition_of(&ptr, self.partitions.len() as u32);
+        self.led(self.group_of(partition))?;
+        let part = &self.partitions[partition as usize];
+        let deadline = tokio::time::Instant::now() + wait;
+        let gone = || Refused::Failed(format!("txn {txn} ended while it waited for a lock"));
+        loop {
+            if self.remote_locks.has_ended(&txn) {
+                return Err(gone());
+            }
+            match part.lock(&txn, &ptr) {
+                LockOutcome::Acquired if self.remote_locks.has_ended(&txn) => {
+                    part.unlock(&txn, &ptr);
+                    return Err(gone());
+                }
+                LockOutcome::Acquired => {
+                    self.remote_locks.record(&txn, partition, &ptr);
+                    return Ok(None);
+                }
+                LockOutcome::AlreadyHeld => return Ok(None),
+                LockOutcome::Held { holder, mut listener } => {
+                    if self.abandoned(&holder) {
+                        tracing::info!(txn = %holder, ptr = %ptr, "a lock of a silent coordinator's txn released");
+                        self.remote_locks.release(&self.partitions, &holder, None);
+                        continue;
+                    }
+                    // In slices, on the same listener (its place in line stays), to see the
+                    // coordinator end the txn meanwhile.
+                    loop {
+                        let slice = (tokio::time::Instant::now() + LOCK_WAIT_SLICE).min(deadline);
+                        match tokio::time::timeout_at(slice, &mut listener).await {
+                            Ok(()) => break,
+                            Err(_) if slice >= deadline => return Ok(Some(holder)),
+                            Err(_) if self.remote_locks.has_ended(&txn) => {
+                                return Err(gone());
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether `txn` is another member's whose coordinator has been silent past its lease.
+    fn abandoned(&self, txn: &str) -> bool {
+        self.coordinator_of(txn)
+            .filter(|k| *k != self.config.node_id)
+            .and_then(|k| self.silent_for(k))
+            .is_some_and(|silent| silent >= resolver::COORDINATOR_LEASE)
+    }
+
+    /// Takes `ptr`'s lock for `txn`, which this node coordinates, at the leader of the
+    /// pointer's group, waiting there up to `wait` (see [`locks`]). `Ok(None)`: held, or
+    /// this node leads the group (its own lock table is the pointer's); `Ok(Some(holder))`:
+    /// `wait` ran out behind `holder`.
+    pub async fn lock_at_leader(
+        &self,
+        txn: &TxnId,
+        ptr: &PtrId,
+        wait: Duration,
+    ) -> Result<Option<TxnId>, ReplicaError> {
+        let group = self.group_of(partition_of(ptr, self.partitions.len() as u32));
+        let replica = &self.replicas[group as usize];
+        if replica.is_leader() {
+            return Ok(None);
+        }
+        let (leader, peer) = self.leader_peer(replica)?;
+        let ask = Request::Lock {
+            txn: txn.clone(),
+            ptr: ptr.clone(),
+            wait_ms: millis(wait),
+            hlc: self.observer.last_version(),
+        };
+        match peer.call(&ask, wait + CONFIRM_TIMEOUT).await {
+            Ok(Response::Locked { answer, hlc }) => {
+                self.observer.saw_version(hlc);
+                answer.map_err(|refused| refused_error(refused, "the leader to take a lock"))
+            }
+            Ok(other) => Err(ReplicaError::Raft(format!("node {leader} answered a lock with {other:?}"))),
+            Err(e) => Err(ReplicaError::Raft(format!("asking node {leader} for a lock: {e}"))),
+        }
+    }
+
+    /// Releases the locks `txn` (which this node coordinated) took at other members on
+    /// `ptrs`, in the background: one `Unlock` per leader.
+    pub fn unlock_at_leaders(self: &Arc<Self>, txn: &TxnId, ptrs: &[PtrId]) {
+        let count = self.partitions.len() as u32;
+        let mut by_leader: BTreeMap<NodeId, Vec<PtrId>> = BTreeMap::new();
+        for ptr in ptrs {
+            let group = self.group_of(partition_of(ptr, count));
+            if let Some(leader) = self.leader_of(group).filter(|l| *l != self.config.node_id) {
+                by_leader.entry(leader).or_default().push(ptr.clone());
+            }
+        }
+        for (leader, ptrs) in by_leader {
+            let Some(peer) = self.peer(leader) else { continue };
+            let ask = Request::Unlock { txn: txn.clone(), ptrs };
+            tokio::spawn(async move {
+                if let Err(e) = peer.call(&ask, CONFIRM_TIMEOUT).await {
+                    tracing::debug!(node = leader, error = %e, "releasing locks at a peer (its sweep will)");
+                }
+            });
+        }
+    }
+
+    /// Releases the locks peers' txns have held here for a while whose coordinator went
+    /// silent or no longer runs them (it ended them without saying so, or restarted).
+    pub async fn sweep_locks(&self) {
+        if self.remote_locks.is_empty() {
+            return;
+        }
+        let old = self.remote_locks.older_than(std::time::Instant::now() - resolver::ASK_AFTER);
+        let mut ask: BTreeMap<NodeId, Vec<TxnId>> = BTreeMap::new();
+        for txn in old {
+            match self.coordinator_of(&txn) {
+                Some(k) if k != self.config.node_id && !self.abandoned(&txn) => {
+                    ask.entry(k).or_default().push(txn)
+                }
+                _ => self.remote_locks.release(&self.partitions, &txn, None),
+            }
+        }
+        for (k, txns) in ask {
+            let Some(runs) = self.running_on(k, txns.clone()).await else { continue };
+            for (txn, runs) in txns.into_iter().zip(runs) {
+                if !runs {
+                    tracing::debug!(txn = %txn, "a lock of a txn its coordinator ended released");
+                    self.remote_locks.release(&self.partitions, &txn, None);
+                }
+            }
+        }
+    }
+
+    /// Which of `txns` their coordinator `node` still runs (`None`: it did not answer).
+    pub async fn running_on(&self, node: NodeId, txns: Vec<crate::engine::TxnId>) -> Option<Vec<bool>> {
+        let asked = txns.len();
+        match self.peer(node)?.call(&Request::Running { txns }, CONFIRM_TIMEOUT).await {
+            Ok(Response::Running(runs)) if runs.len() == asked => Some(runs),
+            Ok(other) => {
+                tracing::debug!(node, answer = ?other, "a peer answered which txns it runs oddly");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(node, error = %e, "asking a peer which txns it runs");
+                None
+            }
+        }
+    }
+
     /// This node's member of `group`, if it leads it; otherwise why a peer's request for
     /// the group is refused.
     fn led(&self, group: GroupId) -> Result<&Replica, Refused> {

@@ -9,6 +9,10 @@
 //! group this node leads, a txn prepared for longer than the resolver's patience, and not
 //! one this node is running, is taken for abandoned.
 //!
+//! A coordinator that is alive but could not get its last proposals through (the group's
+//! leader died under them) does not leave the txn to the resolvers' patience: it hands it
+//! to [`finish`], which goes on proposing its end until it lands.
+//!
 //! Resolving one is two steps, each a proposal:
 //! 1. `TxnRecord { Aborted }` on the txn's primary partition (found by the primary pointer
 //!    its `Prepare` or `Guard` named). The record keeps its first decision, so this either
@@ -19,7 +23,8 @@
 //!    intents installed at the recorded version, or dropped. `Resolve` leaves the record,
 //!    since the leaders of the txn's other groups read it too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::command::{Command, Outcome, TxnState};
@@ -38,6 +43,10 @@ pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
 /// txns it coordinates are taken for abandoned at once: its lease lapsed. A live member
 /// exchanges heartbeats far more often than this.
 pub const COORDINATOR_LEASE: Duration = Duration::from_secs(2);
+
+/// How long a txn may stay prepared here before its coordinator is asked whether it still
+/// runs it: far longer than a commit's proposals normally take.
+pub const ASK_AFTER: Duration = Duration::from_secs(1);
 
 /// What one pass did with a txn it took for abandoned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,17 +97,35 @@ impl Resolver {
             }
         }
         self.first_seen.retain(|txn, _| found.contains_key(txn));
+        // Readers and writers waiting on a txn whose coordinator abandoned it need not sit
+        // out the whole patience: a coordinator that went silent abandoned its txns, and one
+        // that answers that it no longer runs a txn (it ended it, or restarted) has too.
+        let mut gone: HashSet<TxnId> = HashSet::new();
+        let mut ask: BTreeMap<u64, Vec<TxnId>> = BTreeMap::new();
+        for txn in found.keys() {
+            let since = *self.first_seen.entry(txn.clone()).or_insert(now);
+            let asked_for = now.duration_since(since) >= ASK_AFTER;
+            match cluster.coordinator_of(txn) {
+                // This node's own, and `ours` does not claim it.
+                Some(k) if k == cluster.node_id() && asked_for => {
+                    gone.insert(txn.clone());
+                }
+                Some(k) if cluster.silent_for(k).is_some_and(|silent| silent >= COORDINATOR_LEASE) => {
+                    gone.insert(txn.clone());
+                }
+                Some(k) if k != cluster.node_id() && asked_for => ask.entry(k).or_default().push(txn.clone()),
+                _ => {}
+            }
+        }
+        for (k, txns) in ask {
+            if let Some(runs) = cluster.running_on(k, txns.clone()).await {
+                gone.extend(txns.into_iter().zip(runs).filter(|(_, runs)| !runs).map(|(t, _)| t));
+            }
+        }
         let mut resolved = Vec::new();
         for (txn, (primary, parts)) in found {
-            let since = *self.first_seen.entry(txn.clone()).or_insert(now);
-            // A coordinator that went silent has abandoned its txns; readers and writers
-            // waiting on them need not sit out the whole patience.
-            let coordinator_gone = cluster
-                .coordinator_of(&txn)
-                .filter(|k| *k != cluster.node_id())
-                .and_then(|k| cluster.silent_for(k))
-                .is_some_and(|silent| silent >= COORDINATOR_LEASE);
-            if now.duration_since(since) < self.patience && !coordinator_gone {
+            let since = self.first_seen.get(&txn).copied().unwrap_or(now);
+            if now.duration_since(since) < self.patience && !gone.contains(&txn) {
                 continue;
             }
             let Some(primary) = primary else {
@@ -132,4 +159,66 @@ impl Resolver {
         }
         resolved
     }
+}
+
+/// What a living coordinator left undone of a txn: the partitions still to end it on, and
+/// its fate if the coordinator knows it (`None`: its record decides).
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub txn: TxnId,
+    /// The partition of its primary pointer (its record's).
+    pub primary: u32,
+    pub fate: Option<TxnState>,
+    /// Where it still holds intents or guards, in the order to end them (the primary last,
+    /// so that its `Commit` or `Abort` retires the record once nothing else needs it).
+    pub partitions: Vec<u32>,
+}
+
+/// How long [`finish`] waits between two tries, and how many it makes before it leaves the
+/// txn to the resolvers (a group that long without a majority is down).
+const FINISH_RETRY: Duration = Duration::from_millis(250);
+const FINISH_TRIES: u32 = 240;
+
+/// Ends `unfinished` on its partitions: learns its fate from its record if need be (an
+/// abort is recorded unless a commit was first), then proposes `Commit` or `Abort` on each
+/// partition left, retrying each until it lands. Answers the fate, or `None` when it gave up.
+pub async fn finish(cluster: Arc<Cluster>, unfinished: Unfinished) -> Option<TxnState> {
+    let Unfinished { txn, primary, fate, partitions } = unfinished;
+    let fate = match fate {
+        Some(state) => state,
+        None => {
+            let record = Command::TxnRecord { txn: txn.clone(), state: TxnState::Aborted };
+            let answer = retry(&cluster, &txn, primary, &record).await?;
+            match answer {
+                Outcome::Recorded => TxnState::Aborted,
+                Outcome::Decided(state) => state,
+                other => {
+                    tracing::error!(txn = %txn, answer = ?other, "a record answered oddly; left to the resolvers");
+                    return None;
+                }
+            }
+        }
+    };
+    let end = match fate {
+        TxnState::Committed(commit_version) => Command::Commit { txn: txn.clone(), commit_version },
+        TxnState::Aborted | TxnState::Open => Command::Abort { txn: txn.clone() },
+    };
+    for p in partitions {
+        retry(&cluster, &txn, p, &end).await?;
+    }
+    tracing::info!(txn = %txn, fate = ?fate, "its coordinator finished a txn its first proposals left undone");
+    Some(fate)
+}
+
+/// Proposes `cmd` on partition `p` until it is answered, or [`FINISH_TRIES`] failed.
+async fn retry(cluster: &Cluster, txn: &TxnId, p: u32, cmd: &Command) -> Option<Outcome> {
+    for _ in 0..FINISH_TRIES {
+        match cluster.propose(p, cmd.clone()).await {
+            Ok(answer) => return Some(answer),
+            Err(e) => tracing::debug!(txn = %txn, partition = p, error = %e, "finishing a txn; again"),
+        }
+        tokio::time::sleep(FINISH_RETRY).await;
+    }
+    tracing::warn!(txn = %txn, partition = p, "could not finish a txn; left to the resolvers");
+    None
 }

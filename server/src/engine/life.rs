@@ -109,6 +109,12 @@ impl Engine {
             inner.writes.clear();
             std::mem::take(&mut inner.locks)
         };
+        if let Some(hook) = self.abort_hook.get()
+            && !locks.is_empty()
+        {
+            let ptrs: Vec<PtrId> = locks.iter().cloned().collect();
+            hook(&txn.id, &ptrs);
+        }
         if self.events.enabled() {
             let now = self.hlc.physical_millis();
             if let Some(mut c) = EngineEvent::from_abort(now, &txn.id, &txn.trace_id, &reason) {

@@ -223,7 +223,12 @@ pub struct Engine {
     /// The cluster's GC horizon, which caps this member's watermark: `u64::MAX` on a
     /// node of its own, 0 on a member until its log says more.
     cluster_horizon: AtomicU64,
+    /// Told the locks an aborted txn gave up (see [`Engine::on_abort_release`]).
+    abort_hook: std::sync::OnceLock<AbortHook>,
 }
+
+/// What [`Engine::on_abort_release`] calls: the txn, and the pointers whose locks it held.
+pub type AbortHook = Box<dyn Fn(&TxnId, &[PtrId]) + Send + Sync>;
 
 impl Engine {
     /// An engine over recovered pointers; the clock starts above `max_version`.
@@ -257,7 +262,15 @@ impl Engine {
             pins: PinTable::default(),
             pressure: AtomicU8::new(Pressure::Low as u8),
             in_flight: closed::InFlight::default(),
+            abort_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `hook` with the locks of every txn aborted from now on, however it ended
+    /// (its client, a lock timeout, its lease, a conflict): a cluster member releases the
+    /// locks its txns took at other members by it. Set once; later calls are ignored.
+    pub fn on_abort_release(&self, hook: AbortHook) {
+        let _ = self.abort_hook.set(hook);
     }
 
     /// Starts from a horizon (and pins) recovered from storage.

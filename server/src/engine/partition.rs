@@ -249,6 +249,11 @@ impl Partition {
         }
     }
 
+    /// Who holds `ptr`'s lock, if anyone does.
+    pub fn lock_holder(&self, ptr: &str) -> Option<TxnId> {
+        self.cell(ptr)?.state.lock().lock.as_ref().map(|l| l.txn.clone())
+    }
+
     /// Releases `ptr`'s lock if `txn` holds it, and unlinks the cell if nothing is left in it.
     pub fn unlock(&self, txn: &TxnId, ptr: &PtrId) {
         let Some(cell) = self.cell(ptr) else { return };

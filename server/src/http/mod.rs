@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod events_relay;
+pub mod gather;
 pub mod gc;
 pub mod observe;
 pub mod openapi;

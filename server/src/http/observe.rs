@@ -88,22 +88,40 @@ pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Re
 }
 
 /// The active transactions, oldest first, with their read and write sets and held locks.
+/// With partitions in several groups, every member's (see `X-reSTM-Missing`).
 #[utoipa::path(get, path = "/txns", tag = "observability",
-    responses((status = 200, body = restm_shared::ActiveTxns)))]
-pub async fn txns(State(state): State<AppState>) -> Response {
+    responses((status = 200, body = restm_shared::ActiveTxns, headers(
+        ("x-restm-missing" = String, description = "members whose part is missing (they did not answer in time), comma-separated")))))]
+pub async fn txns(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let now = state.node.now_millis();
     let mut active = state.node.active_txns();
     active.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.id.cmp(&b.id)));
     let txns: Vec<_> = active.iter().map(|t| super::txn::txn_status(t, now)).collect();
     let oldest = txns.first().map(|t| t.txn.clone());
-    axum::Json(restm_shared::ActiveTxns { txns, oldest }).into_response()
+    let mine = restm_shared::ActiveTxns { txns, oldest };
+    if super::gather::gathers(&state, &headers) {
+        return super::gather::txns(&state, &headers, mine).await;
+    }
+    axum::Json(mine).into_response()
 }
 
 /// Every held lock: its holder and the transactions waiting for it, contended ones first.
+/// With partitions in several groups, every member's, each lock with its waiters on every
+/// member (see `X-reSTM-Missing`).
 #[utoipa::path(get, path = "/locks", tag = "observability",
-    responses((status = 200, body = restm_shared::Locks)))]
-pub async fn locks(State(state): State<AppState>) -> Response {
-    axum::Json(restm_shared::Locks { locks: state.node.locks() }).into_response()
+    responses((status = 200, body = restm_shared::Locks, headers(
+        ("x-restm-missing" = String, description = "members whose part is missing (they did not answer in time), comma-separated")))))]
+pub async fn locks(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if !state.node.cluster().is_some_and(|c| c.coordinates_anywhere()) {
+        return axum::Json(restm_shared::Locks { locks: state.node.locks() }).into_response();
+    }
+    let (locks, waiting) = state.node.lock_parts();
+    let mine = super::gather::LocksPart { locks, waiting };
+    if super::gather::gathers(&state, &headers) {
+        return super::gather::locks(&state, &headers, mine).await;
+    }
+    // Another member gathering: this member's part, waiters for locks held elsewhere too.
+    axum::Json(mine).into_response()
 }
 
 /// The span of one request: named `METHOD /route`, parented on the transaction's root span

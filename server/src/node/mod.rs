@@ -211,6 +211,15 @@ impl Node {
         )
         .await?;
         let _ = node.cluster.set(c.clone());
+        if c.coordinates_anywhere() {
+            // The locks an aborted txn took at other members go with it.
+            let weak = Arc::downgrade(&c);
+            node.engine.on_abort_release(Box::new(move |txn, ptrs| {
+                if let (Some(c), Ok(_)) = (weak.upgrade(), tokio::runtime::Handle::try_current()) {
+                    c.unlock_at_leaders(txn, ptrs);
+                }
+            }));
+        }
         node.spawn_resolver(c.clone());
         node.spawn_leadership_watch(c);
         Ok(node)

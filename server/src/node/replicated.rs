@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::Node;
 use crate::cluster::Cluster;
-use crate::cluster::resolver::{ABANDONED_AFTER, Resolver};
+use crate::cluster::resolver::{self, ABANDONED_AFTER, Resolver};
 use crate::engine::command::{Command, Outcome, TxnState};
 use crate::engine::gc::Pin;
 use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
@@ -53,6 +53,10 @@ impl Observer for StoreObserver {
         if let Some(engine) = self.engine.upgrade() {
             engine.observe_version(version);
         }
+    }
+
+    fn runs(&self, txn: &str) -> bool {
+        self.engine.upgrade().is_none_or(|engine| coordinates(&engine, &TxnId::from(txn)))
     }
 
     fn last_version(&self) -> u64 {
@@ -273,6 +277,8 @@ impl Node {
                 let Some(engine) = engine.upgrade() else { return };
                 let partitions = engine.shared_partitions();
                 resolver.pass(&cluster, &partitions, |txn| coordinates(&engine, txn)).await;
+                drop(engine);
+                cluster.sweep_locks().await;
             }
         });
     }
@@ -381,12 +387,17 @@ fn coordinates(engine: &Engine, txn: &TxnId) -> bool {
 }
 
 /// Proposes `prepared`'s plan, step by step, and ends the txn by what the log answered.
-async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) -> Result<u64, EngineError> {
+async fn run_plan(
+    engine: &Engine,
+    cluster: &Arc<Cluster>,
+    prepared: PreparedCommit,
+) -> Result<u64, EngineError> {
     let mut prepared = prepared;
     let mut plan = engine.commit_plan(&prepared);
     let (txn, mut cv) = (prepared.txn.id.clone(), prepared.commit_version);
     // Across partitions the record decides; then a failed install is the next leader's.
     let decided = plan.record.is_some();
+    let primary = plan.record.as_ref().map(|(p, _)| *p);
     // 1. Prepare on every written partition (and across groups, guard every one read).
     //    Until the record, failing is a clean abort.
     let mut intents: Vec<u32> = Vec::new();
@@ -423,11 +434,25 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
         // A partition both written and read holds an intent and a guard: one `Abort` ends both.
         intents.sort_unstable();
         intents.dedup();
-        for q in &intents {
-            // Best effort: a leader that cannot is replaced by one that resolves them.
-            let _ = cluster.propose(*q, Command::Abort { txn: txn.clone() }).await;
+        let mut undone = Vec::new();
+        for q in intents {
+            // A leader that cannot is replaced by one that resolves them; across groups this
+            // coordinator tries again itself.
+            if cluster.propose(q, Command::Abort { txn: txn.clone() }).await.is_err() {
+                undone.push(q);
+            }
         }
+        finish_later(cluster, &txn, primary, Some(TxnState::Aborted), undone);
         return Err(match failure {
+            // Across groups the leader waited for the lock of a pointer written (as a writer
+            // here waits for one here) until the lock timeout, in vain.
+            Err(crate::engine::Conflict::Locked { ptr, holder })
+                if prepared.across_groups && prepared.writes.iter().any(|(p, _)| *p == ptr) =>
+            {
+                let reason = AbortReason::LockTimeout { ptr: ptr.clone(), holder: holder.clone() };
+                engine.fail_replicated(prepared, reason);
+                EngineError::LockTimeout { txn, ptr, holder }
+            }
             Err(conflict) => {
                 engine.fail_replicated(prepared, AbortReason::Conflict(conflict.clone()));
                 EngineError::Conflict { txn, conflict }
@@ -469,6 +494,8 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
                 // decides by the record. Locks go: this node no longer leads, or cannot
                 // reach a majority.
                 let cause = unavailable(&e);
+                let everywhere = plan.install.iter().map(|(p, _)| *p).collect();
+                finish_later(cluster, &txn, primary, None, everywhere);
                 engine.fail_replicated(prepared, AbortReason::Storage(cause.clone()));
                 return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
             }
@@ -478,7 +505,8 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
         crash_point("after-record");
     }
     // 3. Install.
-    for (p, cmd) in plan.install {
+    let mut install = plan.install.into_iter();
+    while let Some((p, cmd)) = install.next() {
         match cluster.propose(p, cmd).await {
             Ok(Outcome::Committed(_)) => {}
             Ok(Outcome::Conflict(conflict)) if !decided => {
@@ -489,8 +517,11 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
                 tracing::error!(txn = %txn, version = cv, answer = ?other, "a decided commit did not install");
             }
             Err(e) if decided => {
-                // Decided by its record: the next leader installs the rest.
-                tracing::warn!(txn = %txn, version = cv, error = %e, "committed; the next leader installs it");
+                // Decided by its record: the next leader installs the rest (across groups,
+                // this coordinator goes on with it).
+                tracing::warn!(txn = %txn, version = cv, error = %e, "committed; the rest is installed later");
+                let rest = std::iter::once(p).chain(install.map(|(q, _)| q)).collect();
+                finish_later(cluster, &txn, primary, Some(TxnState::Committed(cv)), rest);
                 break;
             }
             Err(e) => {
@@ -501,4 +532,22 @@ async fn run_plan(engine: &Engine, cluster: &Cluster, prepared: PreparedCommit) 
         }
     }
     Ok(engine.complete_replicated(prepared))
+}
+
+/// Across groups, where no next leader ends what a coordinator leaves, hands the
+/// `partitions` a commit could not end on to [`resolver::finish`] (with the txn's `fate`, or
+/// `None` for its record to decide).
+fn finish_later(
+    cluster: &Arc<Cluster>,
+    txn: &TxnId,
+    primary: Option<u32>,
+    fate: Option<TxnState>,
+    partitions: Vec<u32>,
+) {
+    let Some(primary) = primary else { return };
+    if !cluster.coordinates_anywhere() || partitions.is_empty() {
+        return;
+    }
+    let unfinished = resolver::Unfinished { txn: txn.clone(), primary, fate, partitions };
+    tokio::spawn(resolver::finish(cluster.clone(), unfinished).in_current_span());
 }

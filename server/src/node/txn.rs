@@ -58,7 +58,8 @@ impl Node {
     /// Stages a write in `txn`, waiting up to the lock timeout for another holder. A timeout
     /// aborts the transaction.
     pub async fn write(&self, txn: &Arc<Txn>, ptr: &str, value: Option<Bytes>) -> Result<(), EngineError> {
-        self.lock(txn, ptr, || self.engine.write(txn, ptr, value.clone())).await
+        self.lock(txn, ptr, || self.engine.write(txn, ptr, value.clone())).await?;
+        self.lock_at_leader(txn, ptr).await.map(|_| ())
     }
 
     /// A locking read in `txn` (`FOR UPDATE`): takes `ptr`'s lock, waiting as a write does,
@@ -69,7 +70,52 @@ impl Node {
         ptr: &str,
     ) -> Result<Option<Arc<VersionRec>>, EngineError> {
         self.lock(txn, ptr, || self.engine.lock_for_update(txn, ptr)).await?;
+        if self.lock_at_leader(txn, ptr).await? {
+            // Held at the leader only now: what its holder before committed is what the
+            // snapshot moves forward to, once this replica has applied it.
+            self.settle(Some(ptr)).await?;
+            self.engine.lock_for_update(txn, ptr)?;
+        }
         self.read(Some(txn), ptr, txn.read_version()).await
+    }
+
+    /// Where every member coordinates, takes `ptr`'s lock at the leader of its group too
+    /// (once this node's own table gave it), so that txns of other members wait for it (see
+    /// [`crate::cluster::locks`]). Running out of time there aborts the txn as a lock
+    /// timeout here does. A leader that cannot be asked leaves the lock to the `Prepare`,
+    /// which takes it at the leader or loses to its holder. Answers whether it asked a
+    /// leader elsewhere.
+    async fn lock_at_leader(&self, txn: &Arc<Txn>, ptr: &str) -> Result<bool, EngineError> {
+        let Some(cluster) = self.cluster.get().filter(|c| c.coordinates_anywhere()) else { return Ok(false) };
+        let id: PtrId = ptr.into();
+        if cluster.leads(cluster.group_of(self.engine.partition_of(ptr))) {
+            return Ok(false);
+        }
+        let asking = cluster.lock_at_leader(&txn.id, &id, self.config.lock_timeout);
+        let ended = async {
+            // Aborted meanwhile (its client, its lease): the wait stops, as a waiter here
+            // finds out when it is woken.
+            while matches!(txn.phase(), Phase::Active) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let _waiting = WaitRecord::new(&self.waits, txn, ptr, self.engine.now_millis());
+        let answer = tokio::select! {
+            answer = asking => answer,
+            () = ended => return self.engine.touch(txn).map(|()| true),
+        };
+        match answer {
+            Ok(None) => Ok(true),
+            Ok(Some(holder)) => {
+                conflict_span(&txn.id, &Conflict::Locked { ptr: id.clone(), holder: holder.clone() });
+                self.engine.abort(txn, AbortReason::LockTimeout { ptr: id.clone(), holder: holder.clone() });
+                Err(EngineError::LockTimeout { txn: txn.id.clone(), ptr: id, holder })
+            }
+            Err(e) => {
+                tracing::debug!(txn = %txn.id, ptr, error = %e, "no lock at the group's leader; the prepare takes it");
+                Ok(true)
+            }
+        }
     }
 
     /// Runs `step` until it has the lock, waiting up to the lock timeout for another holder.
@@ -204,8 +250,10 @@ impl Node {
                 return Err(e);
             }
         }
+        // The locks of the pointers other members lead are taken by the commit's `Prepare`
+        // there: a one-shot holds them no longer than its commit.
         for (ptr, value) in writes {
-            self.write(&txn, &ptr, value).await?;
+            self.lock(&txn, &ptr, || self.engine.write(&txn, &ptr, value.clone())).await?;
         }
         let version = self.commit(&txn).await?;
         std::mem::forget(guard);
@@ -292,6 +340,12 @@ impl Node {
 
     /// Every held lock with its holder and waiters, contended ones first.
     pub fn locks(&self) -> Vec<restm_shared::LockView> {
+        self.lock_parts().0
+    }
+
+    /// [`Self::locks`], and the waiters of locks this node's txns do not hold (a txn here
+    /// waiting at another member for a lock a txn of a third holds): pointer and waiter.
+    pub fn lock_parts(&self) -> (Vec<restm_shared::LockView>, Vec<(String, restm_shared::LockWaiter)>) {
         let now = self.engine.now_millis();
         let mut waiters: std::collections::HashMap<PtrId, Vec<restm_shared::LockWaiter>> = Default::default();
         for w in self.waits.iter() {
@@ -317,7 +371,8 @@ impl Node {
             }
         }
         out.sort_by(|a, b| b.waiters.len().cmp(&a.waiters.len()).then_with(|| a.ptr.cmp(&b.ptr)));
-        out
+        let loose = waiters.into_iter().flat_map(|(ptr, w)| w.into_iter().map(move |w| (ptr.to_string(), w)));
+        (out, loose.collect())
     }
 }
 

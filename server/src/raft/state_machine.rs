@@ -119,6 +119,11 @@ pub trait Observer: Send + Sync + 'static {
     fn pins_restored(&self, _pins: &[Pin]) {}
     /// The cluster's GC horizon is now `horizon` (a `Horizon` command, or a snapshot).
     fn horizon(&self, _horizon: u64) {}
+    /// Whether this node is running `txn` (it coordinates it, and has not ended it): asked
+    /// by a peer's resolver about a txn it found prepared. Without an engine to ask, yes.
+    fn runs(&self, _txn: &str) -> bool {
+        true
+    }
 }
 
 /// An observer that learns nothing (a machine tested on its own).

@@ -105,6 +105,26 @@ pub enum Request {
         group: GroupId,
         hlc: u64,
     },
+    /// Which of `txns`, which the peer coordinates, it is still running: a resolver that
+    /// found them prepared ends at once those their coordinator no longer runs (it ended
+    /// them, or restarted since it began them).
+    Running {
+        txns: Vec<crate::engine::TxnId>,
+    },
+    /// Take `ptr`'s lock for `txn`, which the sender coordinates, at the leader of the
+    /// pointer's group, waiting up to `wait_ms` for another holder (see
+    /// [`crate::cluster::locks`]).
+    Lock {
+        txn: crate::engine::TxnId,
+        ptr: crate::engine::PtrId,
+        wait_ms: u64,
+        hlc: u64,
+    },
+    /// `txn` ended: release the locks it holds here on `ptrs`.
+    Unlock {
+        txn: crate::engine::TxnId,
+        ptrs: Vec<crate::engine::PtrId>,
+    },
 }
 
 /// A peer's answer.
@@ -130,6 +150,14 @@ pub enum Response {
         answer: Result<u64, Refused>,
         hlc: u64,
     },
+    /// For each txn asked about, whether the peer runs it.
+    Running(Vec<bool>),
+    /// The lock is held (`None`), or the holder it waited for in vain; and the peer's clock.
+    Locked {
+        answer: Result<Option<crate::engine::TxnId>, Refused>,
+        hlc: u64,
+    },
+    Unlocked,
 }
 
 /// Why a peer did not propose a command for another node.
@@ -163,6 +191,22 @@ pub trait Service: Send + Sync + 'static {
     /// Confirms that this node leads `group` (after moving its clock above `hlc`); answers
     /// how far it has applied, and its clock.
     fn read_index(self: Arc<Self>, group: GroupId, hlc: u64) -> Answer<u64>;
+
+    /// Whether this node runs each of `txns` (see [`Request::Running`]).
+    fn running(&self, txns: &[crate::engine::TxnId]) -> Vec<bool>;
+
+    /// Takes `ptr`'s lock for a peer's `txn` (see [`Request::Lock`]): `None` once held, or
+    /// the holder when `wait` ran out.
+    fn lock(
+        self: Arc<Self>,
+        txn: crate::engine::TxnId,
+        ptr: crate::engine::PtrId,
+        wait: Duration,
+        hlc: u64,
+    ) -> Answer<Option<crate::engine::TxnId>>;
+
+    /// Releases a peer's `txn`'s locks on `ptrs` here.
+    fn unlock(&self, txn: &crate::engine::TxnId, ptrs: &[crate::engine::PtrId]);
 }
 
 impl Identity {
@@ -263,6 +307,26 @@ impl Groups {
                     None => Response::NoGroup(group),
                 }
             }
+            Request::Lock { txn, ptr, wait_ms, hlc } => {
+                match self.service.get().and_then(std::sync::Weak::upgrade) {
+                    Some(service) => {
+                        let (answer, hlc) = service.lock(txn, ptr, Duration::from_millis(wait_ms), hlc).await;
+                        Response::Locked { answer, hlc }
+                    }
+                    None => Response::Locked { answer: Err(Refused::NotLeader(None)), hlc: 0 },
+                }
+            }
+            Request::Unlock { txn, ptrs } => {
+                if let Some(service) = self.service.get().and_then(std::sync::Weak::upgrade) {
+                    service.unlock(&txn, &ptrs);
+                }
+                Response::Unlocked
+            }
+            Request::Running { txns } => match self.service.get().and_then(std::sync::Weak::upgrade) {
+                Some(service) => Response::Running(service.running(&txns)),
+                // Not serving yet: it runs nothing it could answer for, so claim all.
+                None => Response::Running(vec![true; txns.len()]),
+            },
             Request::Append { group, rpc } => match self.get(group) {
                 Some(r) => Response::Append(r.append_entries(rpc).await),
                 None => Response::NoGroup(group),
