@@ -227,7 +227,12 @@ impl Node {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // A connect to a loopback port in the ephemeral range that nothing listens on yet
+            // can succeed by connecting to itself (the kernel picked that port as the source):
+            // that is not the node.
+            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port))
+                && stream.local_addr().ok() != stream.peer_addr().ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -303,10 +303,18 @@ async fn every_member_coordinates_its_own_txns_and_they_stay_serializable() {
             v["txn"].as_str().unwrap().to_string()
         }
     };
+    let status: Value = http.get(format!("{}/cluster", bases[0])).send().await.unwrap().json().await.unwrap();
+    let leaders: HashSet<String> =
+        status["groups"].as_array().unwrap().iter().map(|g| g["leader"].to_string()).collect();
     for (i, base) in bases.iter().enumerate() {
-        let r = http.put(format!("{base}/ptr/seed{i}")).json(&json!(i)).send().await.unwrap();
+        let writes = json!({"writes": [{"ptr": format!("seed{i}"), "value": i}, {"ptr": format!("seed{i}b"), "value": i}]});
+        let r = http.post(format!("{base}/txn")).json(&writes).send().await.unwrap();
+        assert_eq!(r.status(), 200, "a one-shot txn on member {}", i + 1);
+        assert_eq!(served_by(&r), (i + 1).to_string(), "a one-shot txn is coordinated where it lands");
+        // One pointer's one-shot commits in one entry at the leader of its group.
+        let r = http.put(format!("{base}/ptr/one{i}")).json(&json!(i)).send().await.unwrap();
         assert_eq!(r.status(), 200, "a one-shot write on member {}", i + 1);
-        assert_eq!(served_by(&r), (i + 1).to_string(), "a one-shot is coordinated where it lands");
+        assert!(leaders.contains(&served_by(&r)), "{} leads no group: {leaders:?}", served_by(&r));
     }
     // 1. A txn begun on member 1: written through member 2, committed through member 3.
     let t = begin(0).await;

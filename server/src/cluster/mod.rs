@@ -638,8 +638,11 @@ impl Service for Cluster {
         Box::pin(async move {
             let answer = match self.led(group) {
                 Err(refused) => Err(refused),
-                // Every write acknowledged before the confirmation applied here first.
+                // Every write acknowledged before the confirmation applied here first, and
+                // every one-partition commit this node picked a version at or below the
+                // reader's clock for has landed.
                 Ok(r) => match self.confirm_group(group).await {
+                    Ok(()) if !self.landed(hlc).await => Err(Refused::Timeout(millis(CONFIRM_TIMEOUT))),
                     Ok(()) => Ok(r.applied_index()),
                     Err(ReplicaError::Timeout { after, .. }) => Err(Refused::Timeout(millis(after))),
                     Err(e) => Err(refusal(e)),
@@ -649,12 +652,24 @@ impl Service for Cluster {
         })
     }
 
-    fn running(&self, txns: &[crate::engine::TxnId]) -> Vec<bool> {
+    fn running(&self, txns: &[TxnId]) -> Vec<bool> {
         txns.iter().map(|t| self.observer.runs(t)).collect()
     }
 }
 
 impl Cluster {
+    /// Waits, up to [`CONFIRM_TIMEOUT`], until no one-partition commit this node picked a
+    /// version at or below `at` for is still out; answers whether none is.
+    async fn landed(&self, at: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        while let Some(listener) = self.observer.landing(at) {
+            if tokio::time::timeout_at(deadline, listener).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Checks a peer's `Prepare` or `Guard` against the lock table (see
     /// [`locks::RemoteLocks::admit`]); a pointer it writes whose lock another txn holds is
     /// waited for, up to the lock timeout, as a local writer waits.
@@ -678,7 +693,12 @@ impl Cluster {
         self.led(self.group_of(partition))?;
         let part = &self.partitions[partition as usize];
         let deadline = tokio::time::Instant::now() + wait;
-        let gone = || Refused::Failed(format!("txn {txn} ended while it waited for a lock"));
+        // Giving up, a waiter may have taken the wake-up meant for the next one in line:
+        // it hands that on.
+        let gone = || {
+            part.pass_on(&ptr);
+            Refused::Failed(format!("txn {txn} ended while it waited for a lock"))
+        };
         loop {
             if self.remote_locks.has_ended(&txn) {
                 return Err(gone());
@@ -705,7 +725,10 @@ impl Cluster {
                         let slice = (tokio::time::Instant::now() + LOCK_WAIT_SLICE).min(deadline);
                         match tokio::time::timeout_at(slice, &mut listener).await {
                             Ok(()) => break,
-                            Err(_) if slice >= deadline => return Ok(Some(holder)),
+                            Err(_) if slice >= deadline => {
+                                part.pass_on(&ptr);
+                                return Ok(Some(holder));
+                            }
                             Err(_) if self.remote_locks.has_ended(&txn) => {
                                 return Err(gone());
                             }

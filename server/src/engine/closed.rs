@@ -22,9 +22,30 @@ use super::hlc::Hlc;
 #[derive(Default)]
 pub struct InFlight {
     versions: Mutex<BTreeMap<u64, usize>>,
+    /// Fires whenever versions leave the set.
+    landed: event_listener::Event,
 }
 
 impl InFlight {
+    /// [`Self::issue`] into this set and `also` at once (a version both hold from the
+    /// moment it exists).
+    pub fn issue_with(&self, also: &InFlight, hlc: &Hlc) -> u64 {
+        let mut versions = self.versions.lock();
+        let mut others = also.versions.lock();
+        let v = hlc.tick();
+        *versions.entry(v).or_default() += 1;
+        *others.entry(v).or_default() += 1;
+        v
+    }
+
+    /// A listener that fires when a version leaves the set, if one at or below `at` is in it
+    /// now (`None`: none is).
+    pub fn at_or_below(&self, at: u64) -> Option<event_listener::EventListener> {
+        let versions = self.versions.lock();
+        let (lowest, _) = versions.first_key_value()?;
+        (*lowest <= at).then(|| self.landed.listen())
+    }
+
     /// Issues a commit version from `hlc` and holds the closed timestamp below it.
     pub fn issue(&self, hlc: &Hlc) -> u64 {
         let mut versions = self.versions.lock();
@@ -40,6 +61,7 @@ impl InFlight {
             *n -= 1;
             if *n == 0 {
                 versions.remove(&version);
+                self.landed.notify(usize::MAX);
             }
         }
     }
@@ -60,6 +82,7 @@ impl InFlight {
     /// log holds, and its clock is above all of it).
     pub fn forget(&self) {
         self.versions.lock().clear();
+        self.landed.notify(usize::MAX);
     }
 
     /// How many commits hold the closed timestamp back.

@@ -15,7 +15,7 @@ impl Engine {
     /// Prepares `txn` on every partition it touched, takes its commit version and validates
     /// its reads. On a conflict the transaction is aborted and the conflict returned.
     pub fn prepare_commit(&self, txn: &Arc<Txn>) -> Result<CommitStep, EngineError> {
-        self.prepare(txn, true, false)
+        self.prepare(txn, true, None)
     }
 
     /// [`Self::prepare_commit`] for replicated partitions: the leader's layer only (prepared
@@ -24,11 +24,24 @@ impl Engine {
     /// [`Self::complete_replicated`] or [`Self::fail_replicated`].
     ///
     /// `across_groups`: other nodes coordinate too (see [`PreparedCommit::across_groups`]).
-    pub fn prepare_replicated(&self, txn: &Arc<Txn>, across_groups: bool) -> Result<CommitStep, EngineError> {
-        self.prepare(txn, false, across_groups)
+    /// `leads`, where every member coordinates: whether this node leads a partition's group.
+    /// A txn that writes and reads one partition it leads commits in one `PrepareCommit`.
+    pub fn prepare_replicated(
+        &self,
+        txn: &Arc<Txn>,
+        across_groups: bool,
+        leads: &dyn Fn(usize) -> bool,
+    ) -> Result<CommitStep, EngineError> {
+        self.prepare(txn, false, across_groups.then_some(leads))
     }
 
-    fn prepare(&self, txn: &Arc<Txn>, apply: bool, across_groups: bool) -> Result<CommitStep, EngineError> {
+    fn prepare(
+        &self,
+        txn: &Arc<Txn>,
+        apply: bool,
+        across: Option<&dyn Fn(usize) -> bool>,
+    ) -> Result<CommitStep, EngineError> {
+        let across_groups = across.is_some();
         let (writes, reads) = {
             let mut inner = txn.inner.lock();
             Self::ensure_active(txn, &inner.phase)?;
@@ -53,9 +66,15 @@ impl Engine {
         let prepared_above = self.hlc.last();
         let mut reads_by_partition = self.group_pairs(reads.iter().cloned());
         let by_partition = self.group_pairs(writes.iter().cloned());
-        // Across groups even one partition's commit is two-phase: its commit version is
-        // known only once the partition's leader answered.
-        let primary = (by_partition.len() > 1 || across_groups).then(|| writes[0].0.clone());
+        // Across groups even one partition's commit is two-phase (its commit version is
+        // known only once the partition's leader answered), unless this node leads it.
+        let one_phase_here = across.is_some_and(|leads| {
+            by_partition.len() == 1
+                && by_partition.keys().all(|p| leads(*p))
+                && reads_by_partition.keys().all(|p| by_partition.contains_key(p))
+        });
+        let primary =
+            (by_partition.len() > 1 || (across_groups && !one_phase_here)).then(|| writes[0].0.clone());
         let mut prepared: Vec<usize> = Vec::new();
         for (pidx, group) in by_partition {
             let _span =
@@ -90,7 +109,13 @@ impl Engine {
         // 2. The commit version: above every version issued so far, so above every version
         //    on the written pointers and above the prepared marks.
         //    Replicated, it holds the partitions' closed timestamp below it until it lands.
-        let commit_version = if apply { self.hlc.tick() } else { self.in_flight.issue(&self.hlc) };
+        let commit_version = if apply {
+            self.hlc.tick()
+        } else if one_phase_here {
+            self.in_flight.issue_with(&self.landing, &self.hlc)
+        } else {
+            self.in_flight.issue(&self.hlc)
+        };
         // 3. Validate the reads against what is committed or locked now.
         for (pidx, group) in std::mem::take(&mut reads_by_partition) {
             let _span =
@@ -99,6 +124,7 @@ impl Engine {
             if let Err(conflict) = self.partitions[pidx].validate(&txn.id, &group) {
                 if !apply {
                     self.in_flight.release(commit_version);
+                    self.landing.release(commit_version);
                 }
                 self.abort_prepared(&txn.id, &prepared);
                 self.abort_committing(txn, AbortReason::Conflict(conflict.clone()));
@@ -263,6 +289,7 @@ impl Engine {
         }
         self.installed(&prepared.txn, &released, prepared.commit_version);
         self.in_flight.release(prepared.commit_version);
+        self.landing.release(prepared.commit_version);
         prepared.commit_version
     }
 
@@ -271,6 +298,7 @@ impl Engine {
     /// has proposed `Abort` where intents were prepared.
     pub fn fail_replicated(&self, prepared: PreparedCommit, reason: AbortReason) {
         self.in_flight.release(prepared.commit_version);
+        self.landing.release(prepared.commit_version);
         self.abort_committing(&prepared.txn, reason);
     }
 

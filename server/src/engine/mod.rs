@@ -220,6 +220,10 @@ pub struct Engine {
     pressure: AtomicU8,
     /// Replicated commits' versions not yet landed: what the leader may close.
     in_flight: closed::InFlight,
+    /// Of those, the one-partition commits this node proposes where every member
+    /// coordinates: a peer's read barrier waits for those at or below its reader's clock
+    /// (see [`Engine::landing_at_or_below`]).
+    landing: closed::InFlight,
     /// The cluster's GC horizon, which caps this member's watermark: `u64::MAX` on a
     /// node of its own, 0 on a member until its log says more.
     cluster_horizon: AtomicU64,
@@ -262,6 +266,7 @@ impl Engine {
             pins: PinTable::default(),
             pressure: AtomicU8::new(Pressure::Low as u8),
             in_flight: closed::InFlight::default(),
+            landing: closed::InFlight::default(),
             abort_hook: std::sync::OnceLock::new(),
         }
     }
@@ -352,6 +357,22 @@ impl Engine {
     /// Forgets the commits in flight (this node lost the lead).
     pub fn forget_in_flight(&self) {
         self.in_flight.forget();
+        self.landing.forget();
+    }
+
+    /// Where every member coordinates, a one-partition commit is one `PrepareCommit` whose
+    /// version this node, the partition's leader, picked: a reader on another replica at a
+    /// snapshot at or above it must not read before it lands. A listener for the next
+    /// landing when one at or below `at` is still out, or `None`.
+    pub fn landing_at_or_below(&self, at: u64) -> Option<event_listener::EventListener> {
+        self.landing.at_or_below(at)
+    }
+
+    /// An abandoned one-partition commit at `version` has settled (a later entry of this
+    /// node's landed in its log, or it no longer leads the group): it holds nothing back.
+    pub fn settle_abandoned(&self, version: u64) {
+        self.in_flight.release(version);
+        self.landing.release(version);
     }
 
     /// `ptr`'s partition's closed timestamp: a read at or below it is served from this

@@ -76,6 +76,11 @@ pub async fn dispatch(state: &AppState, req: Request, next: Next) -> Response {
         return served_by(me, next.run(req).await);
     }
     if cluster.coordinates_anywhere() && !meta_route(req.uri().path()) {
+        if let Some(leader) = one_shot_leader(state, cluster, &req)
+            && let Some(url) = cluster.client_url(leader).await
+        {
+            return relay(state, cluster, leader, &url, req).await;
+        }
         return match txn_of(&req).and_then(|id| cluster.coordinator_of(&id)).filter(|k| *k != me) {
             None => served_by(me, next.run(req).await),
             Some(coordinator) => hand_on(state, cluster, coordinator, req).await,
@@ -143,6 +148,26 @@ async fn relay(
 /// cluster's pins and its GC.
 fn meta_route(path: &str) -> bool {
     under(path, &["/pins", "/gc"])
+}
+
+/// Where every member coordinates, a one-shot write of one pointer (`PUT` or `DELETE
+/// /ptr/{id}` outside a txn) is handed on to the leader of the pointer's group, once: there
+/// it commits in one `PrepareCommit` rather than three proposals from here. The leader, if
+/// another member and known.
+fn one_shot_leader(state: &AppState, cluster: &crate::cluster::Cluster, req: &Request) -> Option<u64> {
+    if !matches!(*req.method(), Method::PUT | Method::DELETE)
+        || req.headers().contains_key(HEADER_FORWARDED)
+        || req.headers().contains_key(restm_shared::HEADER_TXN)
+    {
+        return None;
+    }
+    let raw = req.uri().path().strip_prefix("/ptr/")?;
+    if raw.is_empty() || raw.contains('/') {
+        return None;
+    }
+    let ptr = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
+    let group = cluster.group_of(state.node.partition_of(&ptr));
+    cluster.leader_of(group).filter(|l| *l != cluster.node_id())
 }
 
 /// The txn a request works in: `/txn/{id}[/…]` (not `/txn/begin`), or `X-reSTM-Txn`.

@@ -274,6 +274,11 @@ impl Node {
         self.engine.check_at(at)
     }
 
+    /// The partition `ptr` hashes to.
+    pub fn partition_of(&self, ptr: &str) -> u32 {
+        self.engine.partition_of(ptr)
+    }
+
     /// The closed timestamp of `ptr`'s partition here: a read at or below it needs no
     /// leader (0 on a cluster of one, which never closes).
     pub fn closed_for(&self, ptr: &str) -> u64 {

@@ -55,6 +55,10 @@ impl Observer for StoreObserver {
         }
     }
 
+    fn landing(&self, at: u64) -> Option<event_listener::EventListener> {
+        self.engine.upgrade()?.landing_at_or_below(at)
+    }
+
     fn runs(&self, txn: &str) -> bool {
         self.engine.upgrade().is_none_or(|engine| coordinates(&engine, &TxnId::from(txn)))
     }
@@ -197,8 +201,9 @@ impl Node {
         cluster: Arc<Cluster>,
     ) -> Result<u64, EngineError> {
         let across = cluster.coordinates_anywhere();
-        let step =
-            tracing::debug_span!("prepare_validate").in_scope(|| self.engine.prepare_replicated(txn, across));
+        let leads = |pidx: usize| cluster.leads(cluster.group_of(pidx as u32));
+        let step = tracing::debug_span!("prepare_validate")
+            .in_scope(|| self.engine.prepare_replicated(txn, across, &leads));
         let prepared = match super::txn::to_persist(step) {
             Ok(p) => p,
             Err(answer) => return answer,
@@ -388,7 +393,7 @@ fn coordinates(engine: &Engine, txn: &TxnId) -> bool {
 
 /// Proposes `prepared`'s plan, step by step, and ends the txn by what the log answered.
 async fn run_plan(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     cluster: &Arc<Cluster>,
     prepared: PreparedCommit,
 ) -> Result<u64, EngineError> {
@@ -469,7 +474,7 @@ async fn run_plan(
             }
         });
     }
-    if prepared.across_groups {
+    if prepared.across_groups && prepared.primary.is_some() {
         engine.repick_commit_version(&mut prepared, floor_above);
         cv = prepared.commit_version;
         plan = engine.commit_plan(&prepared);
@@ -526,12 +531,40 @@ async fn run_plan(
             }
             Err(e) => {
                 let cause = unavailable(&e);
+                if prepared.across_groups {
+                    settle_later(engine.clone(), cluster.clone(), p, txn.clone(), cv);
+                }
                 engine.abandon_replicated(prepared, AbortReason::Storage(cause.clone()));
                 return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
             }
         }
     }
     Ok(engine.complete_replicated(prepared))
+}
+
+/// Across groups, a one-partition commit whose `PrepareCommit` went unanswered holds its
+/// version (readers of the partition elsewhere wait for it) until its fate is settled: until
+/// an entry this node proposes after it lands in the group's log (the `PrepareCommit`, if it
+/// was appended, applied first), or this node no longer leads the group (its successor
+/// serves reads only after applying its log).
+fn settle_later(engine: Arc<Engine>, cluster: Arc<Cluster>, partition: u32, txn: TxnId, version: u64) {
+    const SETTLE_RETRY: Duration = Duration::from_millis(250);
+    tokio::spawn(
+        async move {
+            loop {
+                if !cluster.leads(cluster.group_of(partition)) {
+                    break;
+                }
+                // A no-op for a txn that committed in one entry (it left nothing to end).
+                if cluster.propose(partition, Command::Abort { txn: txn.clone() }).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(SETTLE_RETRY).await;
+            }
+            engine.settle_abandoned(version);
+        }
+        .in_current_span(),
+    );
 }
 
 /// Across groups, where no next leader ends what a coordinator leaves, hands the

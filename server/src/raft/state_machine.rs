@@ -124,6 +124,11 @@ pub trait Observer: Send + Sync + 'static {
     fn runs(&self, _txn: &str) -> bool {
         true
     }
+    /// Fires when one of this node's one-partition commits lands, if one at or below `at` is
+    /// still out (see `Engine::landing_at_or_below`); `None`: none is.
+    fn landing(&self, _at: u64) -> Option<event_listener::EventListener> {
+        None
+    }
 }
 
 /// An observer that learns nothing (a machine tested on its own).
