@@ -56,9 +56,31 @@ pub struct Txn {
     pub started_ms: u64,
     pub timeout_ms: u64,
     pub inner: Mutex<TxnInner>,
+    /// For the node: which replication groups (by bit) a read barrier was taken on for this
+    /// snapshot, and the snapshot they were taken for (see [`Txn::has_barrier`]).
+    barriers: Mutex<(u64, u64)>,
 }
 
 impl Txn {
+    /// Whether a read barrier on `group` was taken for the snapshot the txn reads now.
+    pub fn has_barrier(&self, group: u32) -> bool {
+        let (at, groups) = *self.barriers.lock();
+        group < 64 && at == self.read_version() && groups & (1 << group) != 0
+    }
+
+    /// A read barrier on `group` was taken for snapshot `at`; one for an older snapshot no
+    /// longer counts.
+    pub fn record_barrier(&self, group: u32, at: u64) {
+        if group >= 64 {
+            return;
+        }
+        let mut barriers = self.barriers.lock();
+        if barriers.0 != at {
+            *barriers = (at, 0);
+        }
+        barriers.1 |= 1 << group;
+    }
+
     /// The snapshot the transaction reads.
     pub fn read_version(&self) -> u64 {
         self.read_version.load(Ordering::Acquire)
@@ -80,6 +102,7 @@ impl Txn {
         Self {
             id,
             read_version: AtomicU64::new(read_version),
+            barriers: Mutex::new((0, 0)),
             read_only,
             trace_id,
             root_span: None,

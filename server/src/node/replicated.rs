@@ -178,6 +178,21 @@ impl Node {
         self.cluster.get()
     }
 
+    /// [`Self::settle`] for a read of `ptr` in `txn`, once per group and snapshot: after one
+    /// barrier the group's leader's clock is above the snapshot, so whatever it commits
+    /// later is above it too, and what it committed below it is applied here already.
+    pub async fn settle_txn(&self, txn: &crate::engine::Txn, ptr: &str) -> Result<(), EngineError> {
+        let Some(cluster) = self.cluster.get().filter(|c| c.coordinates_anywhere()) else { return Ok(()) };
+        let group = cluster.group_of(self.engine.partition_of(ptr));
+        let at = txn.read_version();
+        if txn.has_barrier(group) {
+            return Ok(());
+        }
+        self.settle(Some(ptr)).await?;
+        txn.record_barrier(group, at);
+        Ok(())
+    }
+
     /// Where every member coordinates (partitions in groups led anywhere), a read here is
     /// made first to wait for a read barrier on `ptr`'s group (every group, for `None`):
     /// this member's replica then holds every write acknowledged before the call, its

@@ -44,8 +44,8 @@ impl Node {
         ptr: &str,
         at: u64,
     ) -> Result<Option<Arc<VersionRec>>, EngineError> {
-        if txn.is_some() {
-            self.settle(Some(ptr)).await?;
+        if let Some(txn) = txn {
+            self.settle_txn(txn, ptr).await?;
         }
         loop {
             match self.engine.read(txn, ptr, at)? {
