@@ -458,11 +458,13 @@ async fn start_some_grouped(
 ) -> (Vec<GroupedNode>, Vec<PathBuf>, Vec<Option<NodeId>>) {
     use restm::cluster::{Cluster, ClusterConfig};
     let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("{tag}{i}"))).collect();
-    let mut addrs = Vec::new();
+    // Each member is handed the listener bound here, so no other test takes its port.
+    let mut listeners = Vec::new();
     for _ in 0..3 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        addrs.push(l.local_addr().expect("addr"));
+        listeners.push(Some(TcpListener::bind("127.0.0.1:0").await.expect("bind")));
     }
+    let addrs: Vec<std::net::SocketAddr> =
+        listeners.iter().map(|l| l.as_ref().expect("bound").local_addr().expect("addr")).collect();
     let initial: BTreeMap<NodeId, String> =
         (1..=3u64).map(|id| (id, format!("http://{}", addrs[id as usize - 1]))).collect();
     let mut nodes: Vec<GroupedNode> = Vec::new();
@@ -482,10 +484,11 @@ async fn start_some_grouped(
         let clock = Arc::new(Clocked::default());
         let parts = partitions(PARTITIONS);
         let metrics = Arc::new(restm::metrics::Metrics::new());
-        let cluster =
-            Cluster::start(config, open_db(&dirs[id as usize - 1]), parts.clone(), clock.clone(), metrics)
-                .await
-                .expect("start the cluster member");
+        let listener = listeners[id as usize - 1].take().expect("each member's listener once");
+        let db = open_db(&dirs[id as usize - 1]);
+        let cluster = Cluster::start_on(listener, config, db, parts.clone(), clock.clone(), metrics)
+            .await
+            .expect("start the cluster member");
         nodes.push((cluster, clock, parts));
     }
     // Every group elects a leader that every node knows.

@@ -164,7 +164,9 @@ impl Node {
             node.wait_ready();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while nodes.iter().any(|n| n.leader_seen().is_none()) {
+        // Every group, not only the first: a request to a partition of a group still
+        // electing would be refused with 503.
+        while nodes.iter().any(|n| !n.every_group_led()) {
             for (i, n) in nodes.iter_mut().enumerate() {
                 if let Ok(Some(status)) = n.child.try_wait() {
                     panic!("member {} exited while the cluster formed: {status}", i + 1);
@@ -178,8 +180,20 @@ impl Node {
         first
     }
 
-    /// The leader this node reports in `GET /cluster`, if any (a blocking request).
+    /// The leader this node reports in `GET /cluster`, if any (a blocking request): with
+    /// partitions in groups of their own, the first group's.
     pub fn leader_seen(&self) -> Option<u64> {
+        self.cluster_seen()?.groups.first()?.leader
+    }
+
+    /// Whether this node knows a leader for every group it lists in `GET /cluster`.
+    pub fn every_group_led(&self) -> bool {
+        self.cluster_seen()
+            .is_some_and(|s| !s.groups.is_empty() && s.groups.iter().all(|g| g.leader.is_some()))
+    }
+
+    /// This node's `GET /cluster`, if it answers (a blocking request).
+    fn cluster_seen(&self) -> Option<restm_shared::ClusterStatus> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -190,8 +204,7 @@ impl Node {
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let body = text.split("\r\n\r\n").nth(1)?;
-        let status: restm_shared::ClusterStatus = serde_json::from_str(body).ok()?;
-        status.groups.first()?.leader
+        serde_json::from_str(body).ok()
     }
 
     /// Every member: this node, then the others.

@@ -119,12 +119,25 @@ impl Cluster {
         observer: Arc<dyn Observer>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, ClusterError> {
-        if !config.initial.contains_key(&config.node_id) {
-            return Err(ClusterError::NotAMember(config.node_id));
-        }
         let listener = tokio::net::TcpListener::bind(config.peer_listen)
             .await
             .map_err(|error| ClusterError::PeerListen { addr: config.peer_listen, error })?;
+        Self::start_on(listener, config, db, partitions, observer, metrics).await
+    }
+
+    /// [`Cluster::start`] on a peer port already bound: whoever chose the port (a test
+    /// binding port 0) holds it from then on, so nothing else can take it in between.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        config: ClusterConfig,
+        db: fjall::Database,
+        partitions: Partitions,
+        observer: Arc<dyn Observer>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        if !config.initial.contains_key(&config.node_id) {
+            return Err(ClusterError::NotAMember(config.node_id));
+        }
         let me = Arc::new(Identity {
             cluster: config.name.clone(),
             node: config.node_id,
@@ -741,7 +754,7 @@ impl Cluster {
     }
 
     /// Whether `txn` is another member's whose coordinator has been silent past its lease.
-    fn abandoned(&self, txn: &str) -> bool {
+    pub fn abandoned(&self, txn: &str) -> bool {
         self.coordinator_of(txn)
             .filter(|k| *k != self.config.node_id)
             .and_then(|k| self.silent_for(k))

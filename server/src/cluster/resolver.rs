@@ -110,7 +110,7 @@ impl Resolver {
                 Some(k) if k == cluster.node_id() && asked_for => {
                     gone.insert(txn.clone());
                 }
-                Some(k) if cluster.silent_for(k).is_some_and(|silent| silent >= COORDINATOR_LEASE) => {
+                Some(_) if cluster.abandoned(txn) => {
                     gone.insert(txn.clone());
                 }
                 Some(k) if k != cluster.node_id() && asked_for => ask.entry(k).or_default().push(txn.clone()),
@@ -134,12 +134,10 @@ impl Resolver {
             };
             let record = Command::TxnRecord { txn: txn.clone(), state: TxnState::Aborted };
             let state = match cluster.propose(partition_of(&primary, count), record).await {
-                Ok(Outcome::Recorded) => TxnState::Aborted,
-                Ok(Outcome::Decided(state)) => state,
-                Ok(other) => {
-                    tracing::error!(txn = %txn, answer = ?other, "a resolver's record answered oddly");
-                    continue;
-                }
+                Ok(answer) => match fate_of(&txn, &answer) {
+                    Some(state) => state,
+                    None => continue,
+                },
                 Err(e) => {
                     tracing::debug!(txn = %txn, error = %e, "resolving an abandoned txn; again next pass");
                     continue;
@@ -189,14 +187,7 @@ pub async fn finish(cluster: Arc<Cluster>, unfinished: Unfinished) -> Option<Txn
         None => {
             let record = Command::TxnRecord { txn: txn.clone(), state: TxnState::Aborted };
             let answer = retry(&cluster, &txn, primary, &record).await?;
-            match answer {
-                Outcome::Recorded => TxnState::Aborted,
-                Outcome::Decided(state) => state,
-                other => {
-                    tracing::error!(txn = %txn, answer = ?other, "a record answered oddly; left to the resolvers");
-                    return None;
-                }
-            }
+            fate_of(&txn, &answer)?
         }
     };
     let end = match fate {
@@ -208,6 +199,19 @@ pub async fn finish(cluster: Arc<Cluster>, unfinished: Unfinished) -> Option<Txn
     }
     tracing::info!(txn = %txn, fate = ?fate, "its coordinator finished a txn its first proposals left undone");
     Some(fate)
+}
+
+/// The fate an abort's `TxnRecord` answered: aborted if it was recorded, else the decision
+/// that came first. `None` (logged) for any other answer.
+fn fate_of(txn: &TxnId, answer: &Outcome) -> Option<TxnState> {
+    match answer {
+        Outcome::Recorded => Some(TxnState::Aborted),
+        Outcome::Decided(state) => Some(*state),
+        other => {
+            tracing::error!(txn = %txn, answer = ?other, "a txn's record answered oddly; left as it is");
+            None
+        }
+    }
 }
 
 /// Proposes `cmd` on partition `p` until it is answered, or [`FINISH_TRIES`] failed.
