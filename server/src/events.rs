@@ -23,13 +23,15 @@ use crate::engine::hlc::version_time_ms;
 pub struct Numbered {
     pub seq: u64,
     pub event: EngineEvent,
+    /// The member that numbered it, on a cluster where every member coordinates.
+    pub node: Option<u64>,
     /// The JSON text, made once by the first subscriber that sends it and shared by the rest.
     json: OnceLock<Arc<str>>,
 }
 
 impl Numbered {
-    pub fn new(seq: u64, event: EngineEvent) -> Self {
-        Self { seq, event, json: OnceLock::new() }
+    pub fn new(seq: u64, event: EngineEvent, node: Option<u64>) -> Self {
+        Self { seq, event, node, json: OnceLock::new() }
     }
 
     /// The JSON text of the wire form.
@@ -54,6 +56,7 @@ impl Numbered {
             other_trace_id: e.other_trace_id.as_ref().map(|t| t.to_string()),
             reason: e.reason.clone(),
             missed: None,
+            node: self.node,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct EventHub {
     pub lagged: AtomicU64,
     /// Current subscribers.
     pub subscribers: AtomicU64,
+    /// Set on a cluster where every member coordinates: this member, named on each event.
+    node: OnceLock<u64>,
 }
 
 /// What a new subscriber starts with.
@@ -97,6 +102,7 @@ impl EventHub {
             tx,
             lagged: AtomicU64::new(0),
             subscribers: AtomicU64::new(0),
+            node: OnceLock::new(),
         }
     }
 
@@ -118,6 +124,18 @@ impl EventHub {
         Subscription { backlog, missed, reset, live }
     }
 
+    /// Names `node` on every event from now on: on a cluster where every member
+    /// coordinates, each member numbers its own txns' events, and a merged stream tells
+    /// them apart by it.
+    pub fn number_as(&self, node: u64) {
+        let _ = self.node.set(node);
+    }
+
+    /// The member named on this hub's events, if any.
+    pub fn node(&self) -> Option<u64> {
+        self.node.get().copied()
+    }
+
     /// The sequence number the next event will get.
     pub fn next_seq(&self) -> u64 {
         self.ring.lock().next_seq
@@ -129,7 +147,7 @@ impl EventSink for EventHub {
         let mut ring = self.ring.lock();
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let numbered = Arc::new(Numbered::new(seq, event));
+        let numbered = Arc::new(Numbered::new(seq, event, self.node()));
         if ring.buf.len() == self.capacity {
             ring.buf.pop_front();
         }

@@ -466,7 +466,9 @@ pub struct Event {
     /// Increases by one per event; pass it as `since` to resume after it.
     pub seq: u64,
     /// `begin`, `read`, `write`, `lock_acquired`, `lock_wait`, `lock_released`, `conflict`,
-    /// `commit`, `abort`, `gc`, `pressure` (a memory-pressure level change) or `lagged`.
+    /// `commit`, `abort`, `gc`, `pressure` (a memory-pressure level change) or `lagged`; on
+    /// a merged stream (every member coordinates) also `member_down` and `member_up`, when
+    /// a member's own stream cannot be reached and when it flows again (its `node`).
     pub kind: String,
     /// RFC 3339 instant.
     pub time: String,
@@ -497,6 +499,106 @@ pub struct Event {
     /// On `lagged`: how many events this subscriber missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
+    /// On a cluster where every member coordinates (`--groups` above 1): the member that
+    /// numbered this event. `seq` is that member's own; resume with `since=<node>:<seq>,…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
+}
+
+/// Where an `/events` subscriber resumes: `since=<seq>`, or per member
+/// `since=<node>:<seq>,<node>:<seq>`, optionally with one bare `<seq>` for every member not
+/// named (`since=0,2:41` replays all that is buffered, except member 2's first 41).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Since {
+    /// For every member not in `per_member`; `None`: from now on.
+    pub default: Option<u64>,
+    pub per_member: std::collections::BTreeMap<u64, u64>,
+}
+
+/// A `since` that is neither a number nor a list of `<node>:<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadSince(pub String);
+
+impl std::fmt::Display for BadSince {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadSince {}
+
+impl Since {
+    /// Where member `node` resumes (`None`: a node that is not a cluster member of many).
+    pub fn for_member(&self, node: Option<u64>) -> Option<u64> {
+        node.and_then(|n| self.per_member.get(&n).copied()).or(self.default)
+    }
+
+    /// Records `event` as the last one seen.
+    pub fn saw(&mut self, event: &Event) {
+        match event.node {
+            Some(n) => {
+                self.per_member.insert(n, event.seq);
+            }
+            None => self.default = Some(event.seq),
+        }
+    }
+
+    /// Whether it resumes nowhere (subscribe from now on).
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.per_member.is_empty()
+    }
+}
+
+impl std::fmt::Display for Since {
+    /// The query form: `12`, `1:40,2:7` or `0,2:7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        if let Some(d) = self.default {
+            write!(f, "{d}")?;
+            first = false;
+        }
+        for (node, seq) in &self.per_member {
+            if !first {
+                f.write_str(",")?;
+            }
+            write!(f, "{node}:{seq}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Since {
+    type Err = BadSince;
+
+    fn from_str(s: &str) -> Result<Self, BadSince> {
+        let mut since = Since::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let number = |t: &str, what: &str| {
+                t.parse::<u64>().map_err(|_| {
+                    BadSince(format!(
+                        "since={s:?}: {what} {t:?} is not a whole number; give <seq> or <node>:<seq>,<node>:<seq>"
+                    ))
+                })
+            };
+            match part.split_once(':') {
+                None => {
+                    if since.default.replace(number(part, "sequence")?).is_some() {
+                        return Err(BadSince(format!(
+                            "since={s:?} has two bare sequence numbers; give at most one, for every member not named"
+                        )));
+                    }
+                }
+                Some((node, seq)) => {
+                    let node = number(node, "node")?;
+                    if since.per_member.insert(node, number(seq, "sequence")?).is_some() {
+                        return Err(BadSince(format!("since={s:?} names member {node} twice")));
+                    }
+                }
+            }
+        }
+        Ok(since)
+    }
 }
 
 /// Answer of `GET /txns`: every active transaction, oldest first.
@@ -533,4 +635,54 @@ pub struct LockView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Locks {
     pub locks: Vec<LockView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_parses_a_number_a_member_list_and_both() {
+        let s: Since = "12".parse().unwrap();
+        assert_eq!((s.default, s.per_member.len()), (Some(12), 0));
+        assert_eq!(s.for_member(Some(3)), Some(12));
+        let s: Since = "0, 2:41,1:7".parse().unwrap();
+        assert_eq!(s.for_member(Some(2)), Some(41));
+        assert_eq!(s.for_member(Some(1)), Some(7));
+        assert_eq!(s.for_member(Some(3)), Some(0));
+        assert_eq!(s.for_member(None), Some(0));
+        assert_eq!(s.to_string(), "0,1:7,2:41");
+        assert_eq!(s.to_string().parse::<Since>().unwrap(), s);
+        let s: Since = "2:41".parse().unwrap();
+        assert_eq!(s.for_member(Some(1)), None);
+        assert_eq!(s.to_string(), "2:41");
+    }
+
+    #[test]
+    fn since_names_what_is_wrong() {
+        for (bad, says) in [
+            ("x", "\"x\" is not a whole number"),
+            ("1:y", "sequence \"y\""),
+            ("z:1", "node \"z\""),
+            ("1,2", "two bare"),
+            ("1:2,1:3", "member 1 twice"),
+            ("-1", "not a whole number"),
+        ] {
+            let e = bad.parse::<Since>().unwrap_err();
+            assert!(e.0.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn since_follows_the_events_seen() {
+        let mut s = Since { default: Some(0), ..Since::default() };
+        s.saw(&Event { seq: 5, node: Some(2), ..Event::default() });
+        s.saw(&Event { seq: 9, node: Some(1), ..Event::default() });
+        s.saw(&Event { seq: 6, node: Some(2), ..Event::default() });
+        assert_eq!(s.to_string(), "0,1:9,2:6");
+        let mut single = Since::default();
+        assert!(single.is_empty());
+        single.saw(&Event { seq: 3, ..Event::default() });
+        assert_eq!(single.to_string(), "3");
+    }
 }

@@ -1113,3 +1113,94 @@ async fn events_on_a_follower_are_the_leaders_and_follow_the_lead_when_it_moves(
         }
     }
 }
+
+/// Commits one txn begun at `base` (so coordinated there); its id and commit version.
+async fn commit_at(http: &reqwest::Client, base: &str, ptr: &str) -> (String, u64) {
+    let begin = json_ok(http.post(format!("{base}/txn/begin")).send().await).await.unwrap();
+    let txn = begin["txn"].as_str().unwrap().to_string();
+    let r = http
+        .put(format!("{base}/ptr/{ptr}"))
+        .header("X-reSTM-Txn", &txn)
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let done = json_ok(http.post(format!("{base}/txn/{txn}/commit")).send().await).await.unwrap();
+    (txn, done["commit_version"].as_u64().unwrap())
+}
+
+/// The next event on `ws` of one of `kinds`.
+async fn next_of(ws: &mut Ws, kinds: &[&str]) -> Value {
+    loop {
+        let e = next_event(ws).await.expect("an event");
+        if kinds.contains(&e["kind"].as_str().unwrap_or_default()) {
+            return e;
+        }
+    }
+}
+
+/// Where every member coordinates, `/events` at any member is every member's stream merged:
+/// each event names the member that numbered it, a reconnect with `since` per member resumes
+/// each exactly (nothing twice, nothing lost), and a member that dies is said to be down,
+/// then up, and its events flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_at_any_member_merge_every_members_and_resume_per_member() {
+    let mut node = Node::cluster(3, &["--groups", "4"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let bases: Vec<String> = node.all().map(|m| m.base.clone()).collect();
+    let ports: Vec<u16> = node.all().map(|m| m.port).collect();
+    let subscribe = |port: u16, since: String| async move {
+        let q = if since.is_empty() { String::new() } else { format!("&since={since}") };
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/events?kinds=commit{q}"))
+            .await
+            .expect("a merged stream")
+            .0
+    };
+    let mut ws = subscribe(ports[0], String::new()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut since = restm_shared::Since::default();
+    for (i, base) in bases.iter().enumerate() {
+        let (txn, version) = commit_at(&http, base, &format!("mg%2F{i}")).await;
+        let e = next_of(&mut ws, &["commit"]).await;
+        assert_eq!((e["txn"].as_str(), e["version"].as_u64()), (Some(txn.as_str()), Some(version)), "{e}");
+        assert_eq!(e["node"], i as u64 + 1, "the member that coordinated it numbered it: {e}");
+        since.saw(&serde_json::from_value(e).unwrap());
+    }
+    drop(ws);
+    // Committed while nobody listens; a reconnect elsewhere, with since, gets exactly these.
+    let (missed_3, _) = commit_at(&http, &bases[2], "mg%2Fm3").await;
+    let (missed_1, _) = commit_at(&http, &bases[0], "mg%2Fm1").await;
+    let mut ws = subscribe(ports[1], since.to_string()).await;
+    let mut resumed = HashSet::new();
+    while resumed.len() < 2 {
+        let e = next_of(&mut ws, &["commit"]).await;
+        let txn = e["txn"].as_str().unwrap().to_string();
+        assert!(txn == missed_1 || txn == missed_3, "replayed an event seen before: {e} (since={since})");
+        assert!(resumed.insert(txn), "sent twice: {e}");
+    }
+    // Member 3 dies: the stream says so, and says when it is back; its events follow.
+    member(&mut node, 2).kill();
+    let down = next_of(&mut ws, &["member_down"]).await;
+    assert_eq!(down["node"], 3, "{down}");
+    member(&mut node, 2).restart();
+    let up = next_of(&mut ws, &["member_up"]).await;
+    assert_eq!(up["node"], 3, "{up}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let txn = loop {
+        let health = http.get(format!("{}/health", bases[2])).send().await;
+        if health.as_ref().is_ok_and(|r| r.status() == 200) {
+            let (txn, _) = commit_at(&http, &bases[2], "mg%2Fback").await;
+            break txn;
+        }
+        assert!(Instant::now() < deadline, "member 3 did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    loop {
+        let e = next_of(&mut ws, &["commit"]).await;
+        if e["txn"] == txn.as_str() {
+            assert_eq!(e["node"], 3, "{e}");
+            break;
+        }
+    }
+}

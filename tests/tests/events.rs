@@ -115,6 +115,11 @@ async fn bad_filters_are_refused() {
     problem(r, 400, "bad-request").await;
     let r = http.get(node.url("/events?since=x")).send().await.unwrap();
     problem(r, 400, "bad-request").await;
+    for (since, says) in [("1:x", "sequence \"x\""), ("1,2", "two bare"), ("3:1,3:2", "member 3 twice")] {
+        let r = http.get(node.url(&format!("/events?since={since}"))).send().await.unwrap();
+        let p = problem(r, 400, "bad-request").await;
+        assert!(p.detail.contains(says), "since={since}: {}", p.detail);
+    }
     let p = problem(http.get(node.url("/events")).send().await.unwrap(), 400, "bad-request").await;
     assert!(p.detail.contains("WebSocket"), "{}", p.detail);
 }

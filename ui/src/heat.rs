@@ -133,7 +133,8 @@ pub fn hits_in<'a>(
             if label == OTHER { !rows.iter().any(|r| r == &g) } else { g == label }
         })
         .collect();
-    out.sort_by_key(|h| std::cmp::Reverse(h.seq));
+    // Newest first: by time, since members of a cluster number their events apart.
+    out.sort_by(|a, b| b.time_ms.total_cmp(&a.time_ms).then(b.seq.cmp(&a.seq)));
     out
 }
 

@@ -1,5 +1,6 @@
 //! A live `/events` subscription that survives disconnects: on close it reconnects with
-//! growing back-off and resumes with `since=<last seq>`, so nothing buffered is missed.
+//! growing back-off and resumes with `since` (the last seq, per member where each member
+//! numbers its own), so nothing buffered is missed.
 //! The token travels as the `restm.bearer.<token>` subprotocol (browsers cannot set
 //! headers on a WebSocket).
 
@@ -7,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use leptos::prelude::*;
-use restm_shared::Event;
+use restm_shared::{Event, Since};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
@@ -36,7 +37,8 @@ struct Inner {
     /// Query without `since`, e.g. `kinds=conflict`.
     query: String,
     token: String,
-    last_seq: Option<u64>,
+    /// Where to resume: the last event seen, per member where every member numbers its own.
+    since: Since,
     /// Bumped on every (re)connect and on close, so callbacks of an old socket do nothing.
     generation: u64,
     ws: Option<WebSocket>,
@@ -65,7 +67,7 @@ impl Stream {
         let s = Stream(Rc::new(RefCell::new(Inner {
             query,
             token,
-            last_seq: since,
+            since: Since { default: since, ..Since::default() },
             generation: 0,
             ws: None,
             backoff_ms: 500,
@@ -92,11 +94,11 @@ impl Stream {
         let origin = crate::api::origin();
         let ws_origin = origin.replacen("http", "ws", 1);
         let mut q = inner.query.clone();
-        if let Some(seq) = inner.last_seq {
+        if !inner.since.is_empty() {
             if !q.is_empty() {
                 q.push('&');
             }
-            q.push_str(&format!("since={seq}"));
+            q.push_str(&format!("since={}", inner.since));
         }
         format!("{ws_origin}/events?{q}")
     }
@@ -140,7 +142,7 @@ impl Stream {
                 if inner.generation != generation {
                     return;
                 }
-                inner.last_seq = Some(event.seq);
+                inner.since.saw(&event);
                 if event.kind == "lagged" {
                     inner.missed.update(|n| *n += event.missed.unwrap_or(0));
                 }

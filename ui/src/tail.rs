@@ -179,7 +179,7 @@ pub fn TailView(active: Signal<bool>) -> impl IntoView {
                                     let cls = format!("k-{kind}");
                                     view! {
                                         <tr data-testid="tail-row" class=cls>
-                                            <td>{e.seq.to_string()}</td>
+                                            <td>{e.node.map_or_else(|| e.seq.to_string(), |n| format!("{n}:{}", e.seq))}</td>
                                             <td>{e.time.get(11..23).unwrap_or(&e.time).to_string()}</td>
                                             <td>{kind}</td>
                                             <td class="mono">{e.txn.unwrap_or_default()}</td>

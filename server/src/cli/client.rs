@@ -188,9 +188,10 @@ pub struct EventsArgs {
     /// Comma-separated kinds, e.g. conflict,lock_wait.
     #[arg(long)]
     pub kinds: Option<String>,
-    /// Resume after this sequence number.
+    /// Resume after this sequence number; where every member coordinates, per member:
+    /// `1:120,2:88` (a bare number for every member not named).
     #[arg(long)]
-    pub since: Option<u64>,
+    pub since: Option<restm_shared::Since>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -208,7 +209,7 @@ pub async fn events(a: EventsArgs) -> Result<(), String> {
     if let Some(k) = &a.kinds {
         query.push(format!("kinds={}", utf8_percent_encode(k, SEGMENT)));
     }
-    if let Some(s) = a.since {
+    if let Some(s) = a.since.as_ref().filter(|s| !s.is_empty()) {
         query.push(format!("since={s}"));
     }
     let base = a.target.target.trim_end_matches('/').replacen("http", "ws", 1);

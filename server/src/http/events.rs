@@ -1,7 +1,8 @@
 //! `GET /events`: the live event stream over WebSocket, filtered by `prefix` and `kinds`,
 //! resumable with `since`. A subscriber that falls behind gets `lagged` with the count it
-//! missed; the engine never waits for it. On a cluster, a member that does not lead relays
-//! the leader's stream ([`super::events_relay`]).
+//! missed; the engine never waits for it. On a cluster of one group, a member that does not
+//! lead relays the leader's stream ([`super::events_relay`]); where every member coordinates,
+//! any member serves every member's stream merged ([`super::events_merge`]).
 
 use std::collections::HashSet;
 
@@ -11,7 +12,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::SinkExt;
-use restm_shared::{Event, Problem};
+use restm_shared::{Event, Problem, Since};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -32,11 +33,14 @@ pub struct EventsQuery {
     pub prefix: Option<String>,
     /// Comma-separated kinds to keep, e.g. `conflict,lock_wait`.
     pub kinds: Option<String>,
-    /// Resume after this sequence number, while it is still buffered.
-    pub since: Option<u64>,
+    /// Resume after this sequence number, while it is still buffered. Where every member
+    /// coordinates (`--groups` above 1), each event names the member that numbered it
+    /// (`node`) and the stream resumes per member: `since=1:120,2:88`, with an optional bare
+    /// number for every member not named (`since=0` replays all that is buffered).
+    pub since: Option<String>,
 }
 
-struct Filter {
+pub(super) struct Filter {
     prefix: Option<String>,
     kinds: Option<HashSet<EventKind>>,
 }
@@ -55,9 +59,10 @@ impl Filter {
     }
 }
 
-/// Streams engine events as JSON text messages. On a cluster, a member that does not lead
-/// relays the leader's stream (the leader's numbering), and closes it with code 1012 when
-/// the lead moves: reconnect, with `since`.
+/// Streams engine events as JSON text messages. On a cluster of one group, a member that
+/// does not lead relays the leader's stream (the leader's numbering), and closes it with
+/// code 1012 when the lead moves: reconnect, with `since`. Where every member coordinates,
+/// every member's events come merged, each naming its member, and `since` is per member.
 #[utoipa::path(get, path = "/events", tag = "observability", params(EventsQuery),
     responses((status = 101, description = "WebSocket: one JSON Event per text message", body = Event),
         (status = 400, description = "unknown kind or bad query", body = Problem),
@@ -70,6 +75,10 @@ pub async fn events(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;
+    let since = match q.since.as_deref() {
+        None => Since::default(),
+        Some(s) => s.parse::<Since>().map_err(|e| ApiError::bad_request(e.0))?,
+    };
     let kinds = match &q.kinds {
         None => None,
         Some(list) => {
@@ -112,60 +121,105 @@ pub async fn events(
     }
     let filter = Filter { prefix: q.prefix.filter(|p| !p.is_empty()), kinds };
     let hub = state.events.clone();
-    Ok(ws.on_upgrade(move |socket| stream(socket, hub, filter, q.since)))
+    if let Some(cluster) = state.node.cluster().filter(|_| super::gather::gathers(&state, &headers)).cloned()
+    {
+        let others = super::events_merge::Others::new(uri.query(), &headers, state.tls.clone());
+        return Ok(ws.on_upgrade(move |socket| {
+            super::events_merge::merged(socket, hub, filter, since, others, cluster)
+        }));
+    }
+    let since = since.for_member(hub.node());
+    Ok(ws.on_upgrade(move |mut socket| async move { stream(&mut socket, hub, filter, since).await }))
 }
 
-async fn send_numbered(socket: &mut WebSocket, event: &Numbered) -> bool {
-    socket.send(Message::Text(event.json().as_ref().into())).await.is_ok()
+/// Where a subscription's messages go: the client's socket, or a merged stream's queue.
+pub(super) trait Out {
+    /// Queues one message; false when the receiver is gone.
+    async fn feed(&mut self, text: &str) -> bool;
+    /// Writes what is queued; false when the receiver is gone.
+    async fn flush(&mut self) -> bool;
+    /// Resolves when the receiver is gone.
+    async fn gone(&mut self);
 }
 
-async fn send(socket: &mut WebSocket, event: &Event) -> bool {
+impl Out for WebSocket {
+    async fn feed(&mut self, text: &str) -> bool {
+        SinkExt::feed(self, Message::Text(text.into())).await.is_ok()
+    }
+
+    async fn flush(&mut self) -> bool {
+        SinkExt::flush(self).await.is_ok()
+    }
+
+    async fn gone(&mut self) {
+        loop {
+            match self.recv().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+async fn send_text<O: Out>(out: &mut O, text: &str) -> bool {
+    out.feed(text).await && out.flush().await
+}
+
+async fn send<O: Out>(out: &mut O, event: &Event) -> bool {
     match serde_json::to_string(event) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => send_text(out, &text).await,
         Err(_) => false,
     }
 }
 
-fn lagged(seq: u64, missed: u64) -> Event {
+/// A stream-level event (`lagged`, and a merged stream's `member_down` and `member_up`)
+/// stamped now.
+pub(super) fn notice(kind: &str, seq: u64, node: Option<u64>) -> Event {
     Event {
         seq,
-        kind: "lagged".into(),
+        kind: kind.into(),
         time: super::request::version_time_ms(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         ),
-        missed: Some(missed),
+        node,
         ..Default::default()
     }
 }
 
-async fn stream(
-    mut socket: WebSocket,
+fn lagged(seq: u64, missed: u64, node: Option<u64>) -> Event {
+    Event { missed: Some(missed), ..notice("lagged", seq, node) }
+}
+
+/// Serves `hub`'s events after `since` that `filter` keeps to `out`, until `out` is gone.
+pub(super) async fn stream<O: Out>(
+    out: &mut O,
     hub: std::sync::Arc<crate::events::EventHub>,
     filter: Filter,
     since: Option<u64>,
 ) {
     use std::sync::atomic::Ordering;
     hub.subscribers.fetch_add(1, Ordering::Relaxed);
+    let node = hub.node();
     let sub = hub.subscribe(since);
     let mut live = sub.live;
     let mut ok = true;
     if sub.reset {
         // The subscriber resumes from a previous life of the node: whatever happened
         // between its last event and the restart is unknown, so say so, then start over.
-        let mut e = lagged(0, sub.missed);
+        let mut e = lagged(0, sub.missed, node);
         e.reason = Some(format!(
             "since={} is ahead of this node's events: it restarted, or (on a cluster) the lead moved \
              to it, and its numbering is its own",
             since.unwrap_or(0)
         ));
-        ok = send(&mut socket, &e).await;
+        ok = send(out, &e).await;
     } else if sub.missed > 0 {
         let first = sub.backlog.first().map_or(hub.next_seq(), |e| e.seq);
         hub.lagged.fetch_add(sub.missed, Ordering::Relaxed);
-        ok = send(&mut socket, &lagged(first - 1, sub.missed)).await;
+        ok = send(out, &lagged(first - 1, sub.missed, node)).await;
     }
     let mut last = if sub.reset { 0 } else { since.unwrap_or(0) };
     for e in sub.backlog {
@@ -174,7 +228,7 @@ async fn stream(
         }
         last = e.seq;
         if filter.keeps(&e) {
-            ok = send_numbered(&mut socket, &e).await;
+            ok = send_text(out, &e.json()).await;
         }
     }
     // Live: wake on one event, then take whatever else is queued (up to a batch) and write
@@ -183,10 +237,7 @@ async fn stream(
     'live: while ok {
         let first = tokio::select! {
             received = live.recv() => received,
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => continue,
-            },
+            () = out.gone() => break,
         };
         let mut next = Some(first);
         let mut queued = 0usize;
@@ -195,14 +246,14 @@ async fn stream(
                 Ok(e) if e.seq > last => {
                     last = e.seq;
                     if pending_missed > 0 {
-                        let text =
-                            serde_json::to_string(&lagged(e.seq - 1, pending_missed)).unwrap_or_default();
-                        ok = socket.feed(Message::Text(text.into())).await.is_ok();
+                        let text = serde_json::to_string(&lagged(e.seq - 1, pending_missed, node))
+                            .unwrap_or_default();
+                        ok = out.feed(&text).await;
                         pending_missed = 0;
                         queued += 1;
                     }
                     if ok && filter.keeps(&e) {
-                        ok = socket.feed(Message::Text(e.json().as_ref().into())).await.is_ok();
+                        ok = out.feed(&e.json()).await;
                         queued += 1;
                     }
                 }
@@ -226,7 +277,7 @@ async fn stream(
             }
         }
         if queued > 0 {
-            ok = socket.flush().await.is_ok();
+            ok = out.flush().await;
         }
     }
     hub.subscribers.fetch_sub(1, Ordering::Relaxed);

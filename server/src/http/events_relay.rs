@@ -61,7 +61,7 @@ impl Upstream {
 type Leader = crate::tls::WsStream;
 
 /// Opens the leader's stream.
-async fn open(up: &Upstream) -> Result<Leader, String> {
+pub(super) async fn open(up: &Upstream) -> Result<Leader, String> {
     let mut request = up.url.as_str().into_client_request().map_err(|e| e.to_string())?;
     for (name, value) in &up.headers {
         request.headers_mut().insert(name.clone(), value.clone());

@@ -7,7 +7,8 @@
 pub mod auth;
 pub mod error;
 pub mod events;
-pub mod events_relay;
+pub mod events_merge;
+mod events_relay;
 pub mod gather;
 pub mod gc;
 pub mod observe;
@@ -174,9 +175,15 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
     let node = match cluster {
         None => Node::open(args.node, events.clone(), metrics.clone())
             .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?,
-        Some(cluster) => Node::open_cluster(args.node, events.clone(), metrics.clone(), cluster)
-            .await
-            .map_err(|e| format!("cannot join the cluster from {}: {e}", data_dir.display()))?,
+        Some(cluster) => {
+            if cluster.groups > 1 {
+                // Every member coordinates, and numbers its own txns' events.
+                events.number_as(cluster.node_id);
+            }
+            Node::open_cluster(args.node, events.clone(), metrics.clone(), cluster)
+                .await
+                .map_err(|e| format!("cannot join the cluster from {}: {e}", data_dir.display()))?
+        }
     };
     node.spawn_reaper();
     node.spawn_gc();
