@@ -348,19 +348,25 @@ pub struct Problem {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WatermarkHolder {
     /// `retention` (now − retention), `latest` (nothing newer exists), `txn` (an active
-    /// transaction's snapshot), `pin`, `horizon` (it cannot move back), or `cluster` (on a
-    /// cluster member: the cluster's horizon, which the leader has not yet raised further).
+    /// transaction's snapshot), `pin`, `horizon` (it cannot move back), `cluster` (the
+    /// cluster's horizon, which the leader has not yet raised further), or `unreachable` (on
+    /// a cluster: a member that did not answer holds it at its last promise).
     pub kind: String,
     /// The transaction or pin, for `txn` and `pin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// On a cluster: the member whose retention, txn or pin holds it, or which did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 /// Answer of `GET /gc`: where garbage collection stands.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GcStatus {
-    /// Versions below this may be pruned (the newest at or below it is kept).
+    /// Versions below this may be pruned (the newest at or below it is kept). On a cluster,
+    /// the cluster's: the minimum over every member of its retention bound, its txns'
+    /// snapshots and the pins, gathered from all of them for this answer.
     pub watermark: u64,
     pub watermark_time: String,
     /// How far the watermark is behind now, in milliseconds.
@@ -387,6 +393,14 @@ pub struct GcStatus {
     pub memory_bytes: u64,
     /// The budget those are measured against (0: none).
     pub memory_budget_bytes: u64,
+    /// On a cluster: how far every replica may prune now (the horizon the first group's
+    /// leader last raised to the cluster's watermark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_horizon: Option<u64>,
+    /// On a cluster: the members that did not answer for the watermark (each holds it back
+    /// at its last promise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<u64>,
 }
 
 /// Body of `POST /pins`.

@@ -978,6 +978,113 @@ async fn a_long_txn_on_the_leader_holds_every_members_history() {
     assert!(status == 200 && body == "1" || status == 410, "{status} {body}");
 }
 
+/// Where every member coordinates, the watermark is the cluster's: a long txn on one
+/// member holds every replica's GC (its reads on groups led elsewhere keep their
+/// snapshot), `/gc` on another member names it and its member, and a member that goes
+/// silent holds the watermark at its last promise until it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watermark_is_every_members_and_a_silent_member_holds_it() {
+    let fast = ["--retention", "300ms", "--gc-interval", "50ms", "--hot-versions", "2", "--groups", "4"];
+    let mut node = Node::cluster(3, &fast);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let bases: Vec<String> = node.all().map(|m| m.base.clone()).collect();
+    let gc = |base: &str| {
+        let (http, url) = (http.clone(), format!("{base}/gc"));
+        async move { json_ok(http.get(url).send().await).await.unwrap() }
+    };
+    // Pointers in every group, so that most are led away from the txn's coordinator.
+    let ptrs: Vec<String> = (0..8).map(|i| format!("wm{i}")).collect();
+    for p in &ptrs {
+        assert_eq!(
+            http.put(format!("{}/ptr/{p}", bases[0])).json(&json!(1)).send().await.unwrap().status(),
+            200
+        );
+    }
+    let begin = json_ok(
+        http.post(format!("{}/txn/begin", bases[1])).json(&json!({"timeout_ms": 60_000})).send().await,
+    )
+    .await
+    .unwrap();
+    let (txn, snapshot) =
+        (begin["txn"].as_str().unwrap().to_string(), begin["read_version"].as_u64().unwrap());
+    assert!(txn.starts_with("n2-"), "member 2 coordinates it: {txn}");
+    for v in 2..=4 {
+        for p in &ptrs {
+            let r = http.put(format!("{}/ptr/{p}", bases[2])).json(&json!(v)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    // Far past the retention, with the txn still open.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let s = gc(&bases[0]).await;
+    assert_eq!(s["held_by"], json!({"kind": "txn", "id": txn, "node": 2}), "{s}");
+    assert!(s["watermark"].as_u64().unwrap() <= snapshot, "{s}");
+    assert!(s["cluster_horizon"].as_u64().unwrap() <= snapshot, "{s}");
+    for p in &ptrs {
+        let r = http.get(format!("{}/ptr/{p}", bases[1])).header("X-reSTM-Txn", &txn).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{p} in the txn");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(1), "{p}: the txn reads its snapshot");
+    }
+    for base in &bases {
+        let r = http
+            .get(format!("{base}/ptr/wm0"))
+            .header("X-reSTM-At", snapshot.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base} at the txn's snapshot");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!(1), "{base}");
+    }
+    // Once it ends, the watermark and every member's horizon move past it.
+    let r = http.post(format!("{}/txn/{txn}/abort", bases[1])).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for base in &bases {
+        let s = gc_until(&http, base, "GC to pass the ended txn", |s| {
+            s["held_by"]["kind"] != "txn" && s["horizon"].as_u64().unwrap() > snapshot
+        })
+        .await;
+        assert!(s["cluster_horizon"].as_u64().unwrap() > snapshot, "{s}");
+    }
+    let r = http
+        .get(format!("{}/ptr/wm0", bases[0]))
+        .header("X-reSTM-At", snapshot.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410, "pruned once nothing holds it");
+    // Member 3 goes silent: it holds the watermark at its last promise, never skipped.
+    member(&mut node, 2).kill();
+    let held = gc_until(&http, &bases[0], "the silent member to hold the watermark", |s| {
+        s["held_by"] == json!({"kind": "unreachable", "node": 3})
+    })
+    .await;
+    assert_eq!(held["unreachable"], json!([3]), "{held}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let still = gc(&bases[0]).await;
+    assert_eq!(still["watermark"], held["watermark"], "{still}");
+    assert!(still["cluster_horizon"].as_u64() <= held["watermark"].as_u64(), "{still}");
+    // Back, it answers again, and the watermark moves on.
+    member(&mut node, 2).restart();
+    let w = held["watermark"].as_u64().unwrap();
+    gc_until(&http, &bases[0], "the watermark to move once member 3 is back", |s| {
+        s["watermark"].as_u64().unwrap() > w && s.get("unreachable").is_none()
+    })
+    .await;
+}
+
+/// Polls `base`'s `/gc` until `done` holds (at most 15 s).
+async fn gc_until(http: &reqwest::Client, base: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = json_ok(http.get(format!("{base}/gc")).send().await).await.unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `restm cluster status` prints what `GET /cluster` says, as a table or as JSON.
 #[test]
 fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {

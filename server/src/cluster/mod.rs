@@ -17,6 +17,7 @@
 
 pub mod locks;
 pub mod resolver;
+pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -107,6 +108,8 @@ pub struct Cluster {
     partitions: Partitions,
     /// The locks peers' txns hold here (see [`locks`]).
     remote_locks: locks::RemoteLocks,
+    /// The last GC watermark each member promised (see [`watermark`]).
+    promises: watermark::Promises,
 }
 
 impl Cluster {
@@ -187,6 +190,7 @@ impl Cluster {
             metrics,
             partitions,
             remote_locks: locks::RemoteLocks::default(),
+            promises: watermark::Promises::default(),
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
@@ -510,12 +514,12 @@ impl Cluster {
         [self.host.peers.last_contact(node), self.host.groups.last_heard(node)].into_iter().flatten().min()
     }
 
-    /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
     /// Every member's id, this node's included.
     pub fn members(&self) -> Vec<NodeId> {
         self.replica().metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
+    /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
     pub fn status(&self, now_millis: u64) -> ClusterStatus {
         let m = self.replica().metrics();
         let membership = m.membership_config.membership();
@@ -667,6 +671,10 @@ impl Service for Cluster {
 
     fn running(&self, txns: &[TxnId]) -> Vec<bool> {
         txns.iter().map(|t| self.observer.runs(t)).collect()
+    }
+
+    fn watermark(&self) -> Option<crate::engine::gc::Watermark> {
+        self.observer.promise_watermark()
     }
 }
 

@@ -72,7 +72,7 @@ impl PinTable {
 }
 
 /// What holds the watermark where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HeldBy {
     /// The retention period (`now − retention`).
     Retention,
@@ -89,7 +89,7 @@ pub enum HeldBy {
 }
 
 /// The watermark and why it is there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Watermark {
     pub version: u64,
     pub held_by: HeldBy,

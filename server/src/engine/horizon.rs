@@ -38,6 +38,30 @@ impl Engine {
         self.floored(self.uncapped_watermark())
     }
 
+    /// This member's own watermark ([`Engine::local_watermark`]) as a promise, for the
+    /// cluster's: from now on this member begins no txn below it (see [`Engine::begin`]), so
+    /// a horizon raised to the minimum of every member's promise prunes nothing a live
+    /// snapshot anywhere can read. A txn registered between the two looks either is seen by
+    /// the second or sees the raised promise and is refused, as with [`Engine::raise_horizon`].
+    pub fn promise_watermark(&self) -> Watermark {
+        let w = self.local_watermark();
+        self.promised.fetch_max(w.version, Ordering::SeqCst);
+        let again = self.local_watermark();
+        // Lower: a snapshot came in meanwhile. The promise stays where it was (cautious).
+        if again.version < w.version { again } else { w }
+    }
+
+    /// The oldest snapshot a txn may begin at: the horizon, or on a cluster member, if
+    /// higher, its promise to the cluster or the cluster's horizon (which other replicas
+    /// may already have pruned to).
+    pub(super) fn begin_floor(&self) -> u64 {
+        let cluster = match self.cluster_horizon() {
+            u64::MAX => 0,
+            h => h,
+        };
+        self.horizon.load(Ordering::SeqCst).max(self.promised.load(Ordering::SeqCst)).max(cluster)
+    }
+
     /// The cluster's GC horizon, as this member's log has it (`u64::MAX` on a node of its
     /// own).
     pub fn cluster_horizon(&self) -> u64 {

@@ -1,7 +1,6 @@
 //! Transaction life: begin, leases, lookups, aborts and the end of every transaction.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::error::{AbortReason, EngineError};
 use super::events::{EngineEvent, EventKind};
@@ -41,8 +40,9 @@ impl Engine {
         let txn = Arc::new(txn);
         self.txns.insert(txn.clone());
         // Registered first, then checked: either garbage collection sees this snapshot and
-        // holds the watermark at it, or this sees the raised horizon (see `raise_horizon`).
-        let horizon = self.horizon.load(Ordering::SeqCst);
+        // holds the watermark at it, or this sees the raised horizon (see `raise_horizon`) or
+        // the raised promise to the cluster (see `promise_watermark`).
+        let horizon = self.begin_floor();
         if read_version < horizon {
             self.txns.discard(&txn.id);
             return Err(EngineError::Gone { requested: read_version, horizon });

@@ -227,6 +227,9 @@ pub struct Engine {
     /// The cluster's GC horizon, which caps this member's watermark: `u64::MAX` on a
     /// node of its own, 0 on a member until its log says more.
     cluster_horizon: AtomicU64,
+    /// The watermark this member last promised the cluster (see
+    /// [`Engine::promise_watermark`]): no txn begins below it.
+    promised: AtomicU64,
     /// Told the locks an aborted txn gave up (see [`Engine::on_abort_release`]).
     abort_hook: std::sync::OnceLock<AbortHook>,
 }
@@ -256,6 +259,7 @@ impl Engine {
         let cluster_horizon = AtomicU64::new(if cfg.node_id.is_some() { 0 } else { u64::MAX });
         Self {
             cluster_horizon,
+            promised: AtomicU64::new(0),
             hlc,
             cfg,
             partitions,

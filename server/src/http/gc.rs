@@ -14,6 +14,7 @@ use restm_shared::{GcStatus, PinRequest, PinView, Pins, Problem, WatermarkHolder
 use super::AppState;
 use super::error::ApiError;
 use super::request::{json_body, parse_at, version_time, version_time_ms};
+use crate::cluster::watermark::Holder;
 use crate::engine::gc::{HeldBy, Pin, Watermark};
 use crate::engine::hlc::millis_of;
 use crate::node::Node;
@@ -24,7 +25,11 @@ const MAX_PIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_NOTE: usize = 1024;
 
 fn holder(w: &Watermark) -> WatermarkHolder {
-    let (kind, id) = match &w.held_by {
+    held_by(&w.held_by, None)
+}
+
+fn held_by(held: &HeldBy, node: Option<u64>) -> WatermarkHolder {
+    let (kind, id) = match held {
         HeldBy::Retention => ("retention", None),
         HeldBy::Latest => ("latest", None),
         HeldBy::Txn(t) => ("txn", Some(t.to_string())),
@@ -32,7 +37,17 @@ fn holder(w: &Watermark) -> WatermarkHolder {
         HeldBy::Horizon => ("horizon", None),
         HeldBy::Cluster => ("cluster", None),
     };
-    WatermarkHolder { kind: kind.into(), id }
+    WatermarkHolder { kind: kind.into(), id, node }
+}
+
+/// The cluster's watermark's holder as `/gc` names it.
+fn cluster_holder(h: &Holder) -> WatermarkHolder {
+    match h {
+        Holder::Member(node, held) => held_by(held, Some(*node)),
+        Holder::Unreachable(node) => {
+            WatermarkHolder { kind: "unreachable".into(), id: None, node: Some(*node) }
+        }
+    }
 }
 
 /// The watermark's holder as metric labels.
@@ -49,19 +64,30 @@ pub fn holder_labels(w: &Watermark) -> (&'static str, String) {
     (kind, h.id.unwrap_or_default())
 }
 
-/// Where garbage collection stands.
+/// Where garbage collection stands. On a cluster the watermark is the cluster's, gathered
+/// from every member for this answer, and names the member that holds it.
 #[utoipa::path(get, path = "/gc", tag = "observability", responses((status = 200, body = GcStatus)))]
 pub async fn status(State(state): State<AppState>) -> Json<GcStatus> {
     let node = &state.node;
-    let w = node.watermark();
+    let local = node.watermark();
+    let gathered = match node.cluster() {
+        Some(cluster) => node.cluster_watermark(cluster).await.map(|w| (w, node.cluster_horizon())),
+        None => None,
+    };
+    let (version, held_by, unreachable, cluster_horizon) = match gathered {
+        Some((w, h)) => (w.version, cluster_holder(&w.held_by), w.unreachable, Some(h)),
+        None => (local.version, holder(&local), Vec::new(), None),
+    };
     let now = node.now_millis();
     let horizon = node.horizon();
     let t = state.node.gc_totals();
     Json(GcStatus {
-        watermark: w.version,
-        watermark_time: version_time(w.version),
-        watermark_lag_ms: now.saturating_sub(millis_of(w.version)),
-        held_by: holder(&w),
+        watermark: version,
+        watermark_time: version_time(version),
+        watermark_lag_ms: now.saturating_sub(millis_of(version)),
+        held_by,
+        cluster_horizon,
+        unreachable,
         horizon,
         horizon_time: version_time(horizon),
         retention_ms: node.retention_ms(),

@@ -142,6 +142,11 @@ impl Node {
         self.engine.watermark()
     }
 
+    /// How far the cluster lets this member prune (`u64::MAX` on a node of its own).
+    pub fn cluster_horizon(&self) -> u64 {
+        self.engine.cluster_horizon()
+    }
+
     /// The oldest version a read may ask for.
     pub fn horizon(&self) -> u64 {
         self.engine.horizon()

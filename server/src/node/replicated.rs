@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::Node;
 use crate::cluster::Cluster;
 use crate::cluster::resolver::{self, ABANDONED_AFTER, Resolver};
+use crate::cluster::watermark::ClusterWatermark;
 use crate::engine::command::{Command, Outcome, TxnState};
 use crate::engine::gc::Pin;
 use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
@@ -65,6 +66,10 @@ impl Observer for StoreObserver {
 
     fn last_version(&self) -> u64 {
         self.engine.upgrade().map_or(0, |e| e.last_version())
+    }
+
+    fn promise_watermark(&self) -> Option<crate::engine::gc::Watermark> {
+        Some(self.engine.upgrade()?.promise_watermark())
     }
 
     // The engine's pin table holds the watermark (and so every member's GC) to the
@@ -138,14 +143,10 @@ impl Node {
         }
     }
 
-    /// On the leader: its own GC watermark as the cluster's horizon, when it is above the one
-    /// the log has (the closer proposes it). Members prune only below the cluster's horizon,
-    /// so a member's history never runs out before the leader's: whatever a snapshot or pin
-    /// on the leader reads, the next leader still holds.
-    fn horizon_to_propose(&self) -> Option<Command> {
-        let w = self.engine.local_watermark();
-        (w.version > self.engine.cluster_horizon())
-            .then(|| Command::Horizon { horizon: w.version, now_ms: self.engine.now_millis() })
+    /// The cluster's GC watermark, gathered from every member now (see
+    /// [`crate::cluster::watermark`]).
+    pub async fn cluster_watermark(&self, cluster: &Cluster) -> Option<ClusterWatermark> {
+        cluster.gather_watermark(self.engine.cluster_horizon()).await
     }
 
     /// Removes pin `id` through the cluster's log.
@@ -256,6 +257,7 @@ impl Node {
                 let Some(n) = node.upgrade() else { return };
                 if now && !leading {
                     tracing::info!(node = cluster.node_id(), "leading the data group");
+                    tokio::spawn(raise_horizon_while_leading(Arc::downgrade(&n), cluster.clone()));
                     let (n2, c2) = (Arc::downgrade(&n), cluster.clone());
                     tokio::spawn(async move {
                         let caught_up = match n2.upgrade() {
@@ -377,21 +379,47 @@ async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
         }
         let Some(n) = node.upgrade() else { return };
         let at = n.engine.closable();
-        let horizon = n.horizon_to_propose();
-        if at <= closed && horizon.is_none() {
+        if at <= closed {
             continue;
         }
-        let partitions = if at > closed { n.engine.shared_partitions().len() as u32 } else { 0 };
+        let partitions = n.engine.shared_partitions().len() as u32;
         drop(n);
         // Proposed together, so the batcher puts them in one entry.
-        let proposals = (0..partitions)
-            .map(|p| (p, Command::Close { closed: at }))
-            .chain(horizon.map(|h| (PIN_PARTITION, h)))
-            .map(|(p, cmd)| cluster.propose(p, cmd));
+        let proposals = (0..partitions).map(|p| cluster.propose(p, Command::Close { closed: at }));
         let answers = futures_util::future::join_all(proposals).await;
         match answers.into_iter().find_map(Result::err) {
             None => closed = closed.max(at),
             Some(e) => tracing::debug!(error = %e, "closing timestamps; again at the next tick"),
+        }
+    }
+}
+
+/// While this node leads the first group (the same term), gathers the cluster's GC
+/// watermark from every member each GC interval (at most [`CLOSE_EVERY`]) and proposes it
+/// as the cluster's horizon when it is above the one the log has. Every replica prunes
+/// only below that horizon, so no member's GC takes what a live snapshot anywhere can read,
+/// and a member that does not answer holds it back (see [`crate::cluster::watermark`]).
+async fn raise_horizon_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
+    let term = cluster.term();
+    let every = match node.upgrade() {
+        Some(n) => n.config.gc_every.clamp(Duration::from_millis(20), CLOSE_EVERY),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        if !cluster.is_leader() || cluster.term() != term {
+            return;
+        }
+        let Some(engine) = node.upgrade().map(|n| n.engine.clone()) else { return };
+        let floor = engine.cluster_horizon();
+        let Some(w) = cluster.gather_watermark(floor).await else { continue };
+        if w.version <= floor {
+            continue;
+        }
+        let raise = Command::Horizon { horizon: w.version, now_ms: engine.now_millis() };
+        drop(engine);
+        if let Err(e) = cluster.propose(PIN_PARTITION, raise).await {
+            tracing::debug!(error = %e, "raising the cluster's GC horizon; again at the next tick");
         }
     }
 }

@@ -124,6 +124,11 @@ pub trait Observer: Send + Sync + 'static {
     fn runs(&self, _txn: &str) -> bool {
         true
     }
+    /// This node's own GC watermark, promised to the cluster: it begins no txn below it
+    /// from now on (see `Engine::promise_watermark`). `None`: no engine to promise for.
+    fn promise_watermark(&self) -> Option<crate::engine::gc::Watermark> {
+        None
+    }
     /// Fires when one of this node's one-partition commits lands, if one at or below `at` is
     /// still out (see `Engine::landing_at_or_below`); `None`: none is.
     fn landing(&self, _at: u64) -> Option<event_listener::EventListener> {

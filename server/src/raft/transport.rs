@@ -125,6 +125,9 @@ pub enum Request {
         txn: crate::engine::TxnId,
         ptrs: Vec<crate::engine::PtrId>,
     },
+    /// The peer's own GC watermark, as a promise to begin no txn below it (see
+    /// [`crate::cluster::watermark`]).
+    Watermark,
 }
 
 /// A peer's answer.
@@ -158,6 +161,8 @@ pub enum Response {
         hlc: u64,
     },
     Unlocked,
+    /// The peer's promised watermark (`None`: it is not serving yet).
+    Watermark(Option<crate::engine::gc::Watermark>),
 }
 
 /// Why a peer did not propose a command for another node.
@@ -207,6 +212,9 @@ pub trait Service: Send + Sync + 'static {
 
     /// Releases a peer's `txn`'s locks on `ptrs` here.
     fn unlock(&self, txn: &crate::engine::TxnId, ptrs: &[crate::engine::PtrId]);
+
+    /// This node's own GC watermark, promised (see [`Request::Watermark`]).
+    fn watermark(&self) -> Option<crate::engine::gc::Watermark>;
 }
 
 impl Identity {
@@ -322,6 +330,9 @@ impl Groups {
                 }
                 Response::Unlocked
             }
+            Request::Watermark => Response::Watermark(
+                self.service.get().and_then(std::sync::Weak::upgrade).and_then(|s| s.watermark()),
+            ),
             Request::Running { txns } => match self.service.get().and_then(std::sync::Weak::upgrade) {
                 Some(service) => Response::Running(service.running(&txns)),
                 // Not serving yet: it runs nothing it could answer for, so claim all.
