@@ -1072,6 +1072,88 @@ async fn the_watermark_is_every_members_and_a_silent_member_holds_it() {
     .await;
 }
 
+/// Where every member coordinates, each group's leader closes its own partitions, so no
+/// close refuses a commit in flight: writes of distinct pointers through every member, one
+/// by one and in interactive txns, all commit, and every partition's closed timestamp moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closes_refuse_no_commit_in_flight_where_every_member_coordinates() {
+    let node = Node::cluster(3, &["--groups", "4"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let bases: Vec<String> = node.all().map(|m| m.base.clone()).collect();
+    let closed = |base: String| {
+        let http = http.clone();
+        async move {
+            let s = json_ok(http.get(format!("{base}/cluster")).send().await).await.unwrap();
+            let mut at: Vec<(u64, u64)> = s["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|g| g["closed"].as_array().unwrap().clone())
+                .map(|c| (c["partition"].as_u64().unwrap(), c["version"].as_u64().unwrap()))
+                .collect();
+            at.sort_unstable();
+            at
+        }
+    };
+    let before = closed(bases[0].clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for (m, base) in bases.iter().enumerate() {
+        for c in 0..3 {
+            let (http, base) = (http.clone(), base.clone());
+            clients.push(tokio::spawn(async move {
+                let (mut done, mut refused) = (0, Vec::new());
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let ptr = format!("cl-{m}-{c}-{i}");
+                    let r = if i % 2 == 0 {
+                        http.put(format!("{base}/ptr/{ptr}")).json(&json!(i)).send().await.unwrap()
+                    } else {
+                        let begin =
+                            http.post(format!("{base}/txn/begin")).json(&json!({})).send().await.unwrap();
+                        let txn = begin.json::<Value>().await.unwrap()["txn"].as_str().unwrap().to_string();
+                        let put = http
+                            .put(format!("{base}/ptr/{ptr}"))
+                            .header("X-reSTM-Txn", &txn)
+                            .json(&json!(i))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(put.status(), 200, "{ptr} in {txn}");
+                        http.post(format!("{base}/txn/{txn}/commit")).send().await.unwrap()
+                    };
+                    if r.status().is_success() {
+                        done += 1;
+                    } else {
+                        refused.push(format!("{ptr}: {} {}", r.status(), r.text().await.unwrap()));
+                    }
+                }
+                (done, refused)
+            }));
+        }
+    }
+    let (mut done, mut refused) = (0, Vec::new());
+    for c in clients {
+        let (d, r) = c.await.unwrap();
+        done += d;
+        refused.extend(r);
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {} refused: {:?}",
+        refused.len(),
+        done + refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    assert!(done > 50, "only {done} commits");
+    let after = closed(bases[1].clone()).await;
+    assert_eq!(after.len(), before.len());
+    for ((p, was), (_, now)) in before.iter().zip(&after) {
+        assert!(now > was, "partition {p}'s closed timestamp stood at {was}");
+    }
+}
+
 /// Polls `base`'s `/gc` until `done` holds (at most 15 s).
 async fn gc_until(http: &reqwest::Client, base: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);

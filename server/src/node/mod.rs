@@ -221,6 +221,7 @@ impl Node {
             }));
         }
         node.spawn_resolver(c.clone());
+        node.spawn_closer(c.clone());
         node.spawn_leadership_watch(c);
         Ok(node)
     }

@@ -12,6 +12,7 @@
 //! - What the log installs is also written to the node's version store (not fsynced on its
 //!   own: the log's next fsync covers it), for history and cold reads.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::cluster::watermark::ClusterWatermark;
 use crate::engine::command::{Command, Outcome, TxnState};
 use crate::engine::gc::Pin;
 use crate::engine::{AbortReason, Engine, EngineError, PreparedCommit, PtrId, StorageError, TxnId};
+use crate::raft::GroupId;
 use crate::raft::replica::ReplicaError;
 use crate::raft::state_machine::Observer;
 use crate::storage::{CommitRecord, SharedStore};
@@ -260,21 +262,18 @@ impl Node {
                     tokio::spawn(raise_horizon_while_leading(Arc::downgrade(&n), cluster.clone()));
                     let (n2, c2) = (Arc::downgrade(&n), cluster.clone());
                     tokio::spawn(async move {
-                        let caught_up = match n2.upgrade() {
-                            Some(n) => n.resolve_orphans(&c2).await,
-                            None => false,
-                        };
-                        if caught_up {
-                            close_while_leading(n2, c2).await;
+                        if let Some(n) = n2.upgrade() {
+                            n.resolve_orphans(&c2).await;
                         }
                     });
                 } else if !now && leading {
-                    n.engine.forget_in_flight();
-                    // Where every member coordinates its own txns, whoever leads, their locks
-                    // stay with them (each `Prepare` re-validates): nothing is aborted.
+                    // Where every member coordinates its own txns, whoever leads, they and
+                    // their locks stay with them (each `Prepare` re-validates): nothing is
+                    // aborted, and their commits in flight still hold this node's closes.
                     let aborted = if cluster.coordinates_anywhere() {
                         0
                     } else {
+                        n.engine.forget_in_flight();
                         n.abort_all(AbortReason::LeadershipLost)
                     };
                     tracing::info!(node = cluster.node_id(), leader = ?cluster.leader(), aborted, "stopped leading the data group");
@@ -286,6 +285,12 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// Closes the timestamps of the groups this node leads, for as long as it runs (see
+    /// [`close_led_groups`]).
+    pub(super) fn spawn_closer(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        tokio::spawn(close_led_groups(Arc::downgrade(self), cluster));
     }
 
     /// Every [`RESOLVE_EVERY`], ends the txns left prepared on the groups this node leads by
@@ -318,17 +323,15 @@ impl Node {
 
     /// Resolves the txns a previous leader left prepared: by their records, committed ones
     /// are installed and the rest aborted. Txns this node coordinates are left alone.
-    /// Answers whether this node applied its whole log first (its clock is then above every
-    /// version in it, and it may close timestamps).
-    async fn resolve_orphans(&self, cluster: &Cluster) -> bool {
-        if let Err(e) = cluster.catch_up(Duration::from_secs(10)).await {
-            tracing::warn!(error = %e, "a new leader could not apply its log; orphans stay until the next election");
-            return false;
-        }
+    async fn resolve_orphans(&self, cluster: &Cluster) {
         if cluster.coordinates_anywhere() {
             // What is prepared belongs to coordinators that may well be alive: the
             // resolvers end it only once it is abandoned.
-            return true;
+            return;
+        }
+        if let Err(e) = cluster.catch_up(Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, "a new leader could not apply its log; orphans stay until the next election");
+            return;
         }
         let partitions = self.engine.shared_partitions();
         let mut orphans: std::collections::BTreeMap<TxnId, Vec<u32>> = Default::default();
@@ -353,12 +356,11 @@ impl Node {
             for p in parts {
                 if let Err(e) = cluster.propose(p, cmd.clone()).await {
                     tracing::warn!(txn = %txn, error = %e, "resolving an orphaned txn; the next leader retries");
-                    return true;
+                    return;
                 }
             }
             tracing::info!(txn = %txn, outcome = what, "resolved a txn the last leader left prepared");
         }
-        true
     }
 }
 
@@ -366,30 +368,61 @@ impl Node {
 /// for a moment this far back and be served locally.
 const CLOSE_EVERY: Duration = Duration::from_millis(200);
 
-/// While this node leads (the same term), proposes `Close` on every partition every
-/// [`CLOSE_EVERY`], at the highest timestamp no commit in flight is at or below, and the
-/// cluster's GC horizon when its own watermark moved (the commands share one log entry).
-async fn close_while_leading(node: Weak<Node>, cluster: Arc<Cluster>) {
-    let term = cluster.term();
-    let mut closed = 0;
+/// Every [`CLOSE_EVERY`], proposes `Close` on the partitions of every group this node
+/// leads, at the highest timestamp no commit this node has in flight is at or below. Only
+/// a group's leader commits one-partition txns on it (`PrepareCommit`), and a two-phase
+/// commit's versions are above its `Prepare`, which holds the close below it (see
+/// `Partition::apply`), so no close refuses a commit in flight. A new leader closes once it
+/// applied what its log held when it took the lead: its clock is then above every version
+/// its predecessor closed.
+async fn close_led_groups(node: Weak<Node>, cluster: Arc<Cluster>) {
+    // Per group this node leads: the term, and once caught up in it, what it closed.
+    let mut led: HashMap<GroupId, (u64, Option<u64>, u64)> = HashMap::new();
     loop {
         tokio::time::sleep(CLOSE_EVERY).await;
-        if !cluster.is_leader() || cluster.term() != term {
-            return;
-        }
         let Some(n) = node.upgrade() else { return };
         let at = n.engine.closable();
-        if at <= closed {
-            continue;
-        }
         let partitions = n.engine.shared_partitions().len() as u32;
         drop(n);
-        // Proposed together, so the batcher puts them in one entry.
-        let proposals = (0..partitions).map(|p| cluster.propose(p, Command::Close { closed: at }));
-        let answers = futures_util::future::join_all(proposals).await;
-        match answers.into_iter().find_map(Result::err) {
-            None => closed = closed.max(at),
-            Some(e) => tracing::debug!(error = %e, "closing timestamps; again at the next tick"),
+        let mut closing = Vec::new();
+        for group in 0..cluster.groups() {
+            let Some(now) = cluster.leading(group) else {
+                led.remove(&group);
+                continue;
+            };
+            let (term, target, closed) = led.entry(group).or_insert((now.term, Some(now.last_log), 0));
+            if *term != now.term {
+                (*term, *target, *closed) = (now.term, Some(now.last_log), 0);
+            }
+            if let Some(t) = *target {
+                if now.applied < t {
+                    continue;
+                }
+                *target = None;
+            }
+            if at > *closed {
+                closing.push(group);
+            }
+        }
+        if closing.is_empty() {
+            continue;
+        }
+        // Proposed together, so each group's batcher puts them in one entry.
+        let c = &cluster;
+        let proposals = (0..partitions)
+            .filter(|p| closing.contains(&c.group_of(*p)))
+            .map(|p| async move { (c.group_of(p), c.propose(p, Command::Close { closed: at }).await) });
+        let mut failed = Vec::new();
+        for (group, answer) in futures_util::future::join_all(proposals).await {
+            if let Err(e) = answer {
+                tracing::debug!(group, error = %e, "closing timestamps; again at the next tick");
+                failed.push(group);
+            }
+        }
+        for group in closing.into_iter().filter(|g| !failed.contains(g)) {
+            if let Some((_, _, closed)) = led.get_mut(&group) {
+                *closed = (*closed).max(at);
+            }
         }
     }
 }
