@@ -101,5 +101,11 @@ test("the explorer on a follower shows the cluster's conflicts, and keeps showin
   await conflict(follower, "after/");
   await page.locator('rect[data-testid="heat-cell"][data-group="after/"]:not([data-conflicts="0"])').first().waitFor({ timeout: 15_000 });
   await shot(page, "cluster-heatmap");
+
+  // Rows by partition, then by member: here one coordinator (the one group's leader).
+  await page.getByTestId("heat-depth").selectOption("partition");
+  await page.locator('rect[data-testid="heat-cell"][data-group^="partition "]:not([data-conflicts="0"])').first().waitFor({ timeout: 5_000 });
+  await page.getByTestId("heat-depth").selectOption("node");
+  await page.locator('rect[data-testid="heat-cell"][data-group="the coordinator"]:not([data-conflicts="0"])').first().waitFor({ timeout: 5_000 });
   assert.deepEqual(errors.filter((e) => !/WebSocket|Failed to load resource/.test(e)), []);
 });

@@ -25,13 +25,15 @@ pub struct Numbered {
     pub event: EngineEvent,
     /// The member that numbered it, on a cluster where every member coordinates.
     pub node: Option<u64>,
+    /// The partition of the event's pointer, once the hub knows how many there are.
+    pub partition: Option<u32>,
     /// The JSON text, made once by the first subscriber that sends it and shared by the rest.
     json: OnceLock<Arc<str>>,
 }
 
 impl Numbered {
     pub fn new(seq: u64, event: EngineEvent, node: Option<u64>) -> Self {
-        Self { seq, event, node, json: OnceLock::new() }
+        Self { seq, event, node, partition: None, json: OnceLock::new() }
     }
 
     /// The JSON text of the wire form.
@@ -57,6 +59,7 @@ impl Numbered {
             reason: e.reason.clone(),
             missed: None,
             node: self.node,
+            partition: self.partition,
         }
     }
 }
@@ -77,6 +80,9 @@ pub struct EventHub {
     pub subscribers: AtomicU64,
     /// Set on a cluster where every member coordinates: this member, named on each event.
     node: OnceLock<u64>,
+    /// How many partitions the pointers hash to, once known: each event about a pointer
+    /// names its partition.
+    partitions: OnceLock<u32>,
 }
 
 /// What a new subscriber starts with.
@@ -103,6 +109,7 @@ impl EventHub {
             lagged: AtomicU64::new(0),
             subscribers: AtomicU64::new(0),
             node: OnceLock::new(),
+            partitions: OnceLock::new(),
         }
     }
 
@@ -131,6 +138,11 @@ impl EventHub {
         let _ = self.node.set(node);
     }
 
+    /// Names on every event about a pointer its partition, of `partitions`.
+    pub fn place_in(&self, partitions: u32) {
+        let _ = self.partitions.set(partitions);
+    }
+
     /// The member named on this hub's events, if any.
     pub fn node(&self) -> Option<u64> {
         self.node.get().copied()
@@ -147,7 +159,11 @@ impl EventSink for EventHub {
         let mut ring = self.ring.lock();
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        let numbered = Arc::new(Numbered::new(seq, event, self.node()));
+        let partition = match (&event.ptr, self.partitions.get()) {
+            (Some(ptr), Some(n)) => Some(crate::engine::partition::partition_of(ptr, *n)),
+            _ => None,
+        };
+        let numbered = Arc::new(Numbered { partition, ..Numbered::new(seq, event, self.node()) });
         if ring.buf.len() == self.capacity {
             ring.buf.pop_front();
         }

@@ -517,6 +517,10 @@ pub struct Event {
     /// numbered this event. `seq` is that member's own; resume with `since=<node>:<seq>,…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<u64>,
+    /// On an event about a pointer: the partition that holds it (as `/cluster` and
+    /// `/metrics` number them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
 }
 
 /// Where an `/events` subscriber resumes: `since=<seq>`, or per member

@@ -60,6 +60,10 @@ async fn a_scripted_conflict_gives_the_exact_event_sequence() {
         "{got:#?}"
     );
     assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Each names the partition of its pointer: one for c/x, every time.
+    assert!(got.iter().all(|e| e.partition.is_some_and(|p| p < 64)), "{got:#?}");
+    assert_eq!(got[5].partition, got[0].partition, "{got:#?}");
+    assert_eq!(got[2].partition, got[0].partition, "{got:#?}");
     assert_eq!(got[0].txn.as_deref(), Some(a.as_str()));
     assert_eq!(got[0].version, None, "c/x was absent");
     let conflict = &got[5];

@@ -1,7 +1,8 @@
 //! The heatmap's model, free of the browser: conflict and lock-wait events bucketed by time
-//! (x) and by pointer-prefix group (y), the way TiDB's Key Visualizer groups key ranges.
-//! The busiest groups get their own row; the rest share one, so a keyspace of thousands
-//! of pointers stays a readable number of rows.
+//! (x) and by row (y): a pointer-prefix group, the way TiDB's Key Visualizer groups key
+//! ranges, or the partition that holds the pointer, or the cluster member that coordinated
+//! the txn ([`Rows`]). The busiest rows get their own; the rest share one, so a keyspace of
+//! thousands of pointers stays a readable number of rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +19,51 @@ pub struct Hit {
     pub other_txn: String,
     pub other_trace_id: String,
     pub winner_version: Option<u64>,
+    /// The partition holding the pointer, as the node named it.
+    pub partition: Option<u32>,
+    /// The member that coordinated the txn (on a merged stream).
+    pub node: Option<u64>,
+}
+
+/// What the heatmap's rows stand for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// The pointer's first `n` segments ([`group_of`]).
+    Prefix(usize),
+    /// The partition that holds the pointer.
+    Partition,
+    /// The member whose txn it was.
+    Node,
+}
+
+/// The row of an event whose stream named no member: the one coordinator of a single
+/// node, or of a cluster whose one group's leader runs every txn.
+pub const COORDINATOR: &str = "the coordinator";
+
+impl Rows {
+    /// From the row picker's value: a segment count, `partition` or `node`.
+    pub fn parse(value: &str) -> Option<Rows> {
+        match value {
+            "partition" => Some(Rows::Partition),
+            "node" => Some(Rows::Node),
+            n => n.parse().ok().filter(|n| *n > 0).map(Rows::Prefix),
+        }
+    }
+
+    /// The label of `hit`'s row.
+    pub fn label(self, hit: &Hit) -> String {
+        match self {
+            Rows::Prefix(depth) => group_of(&hit.ptr, depth),
+            Rows::Partition => match hit.partition {
+                Some(p) => format!("partition {p}"),
+                None => "partition ?".to_string(),
+            },
+            Rows::Node => match hit.node {
+                Some(n) => format!("node {n}"),
+                None => COORDINATOR.to_string(),
+            },
+        }
+    }
 }
 
 /// The row label that collects every group beyond the busiest ones.
@@ -67,14 +113,7 @@ pub struct Grid {
 
 /// Buckets `hits` into `columns` buckets of `bucket_ms` ending with the one holding
 /// `now_ms`, and at most `max_rows` rows.
-pub fn grid(
-    hits: &[Hit],
-    now_ms: f64,
-    bucket_ms: f64,
-    columns: usize,
-    depth: usize,
-    max_rows: usize,
-) -> Grid {
+pub fn grid(hits: &[Hit], now_ms: f64, bucket_ms: f64, columns: usize, rows: Rows, max_rows: usize) -> Grid {
     let last = (now_ms / bucket_ms).floor() as i64;
     let first = last - columns as i64 + 1;
     let mut per_group: HashMap<String, Vec<(usize, bool)>> = HashMap::new();
@@ -83,7 +122,7 @@ pub fn grid(
         if b < first || b > last {
             continue;
         }
-        per_group.entry(group_of(&h.ptr, depth)).or_default().push(((b - first) as usize, h.conflict));
+        per_group.entry(rows.label(h)).or_default().push(((b - first) as usize, h.conflict));
     }
     let mut groups: Vec<(String, Vec<(usize, bool)>)> = per_group.into_iter().collect();
     // Conflicts weigh more than waits when choosing which groups get their own row.
@@ -123,13 +162,13 @@ pub fn hits_in<'a>(
     label: &str,
     bucket: i64,
     bucket_ms: f64,
-    depth: usize,
+    by: Rows,
 ) -> Vec<&'a Hit> {
     let mut out: Vec<&Hit> = hits
         .iter()
         .filter(|h| (h.time_ms / bucket_ms).floor() as i64 == bucket)
         .filter(|h| {
-            let g = group_of(&h.ptr, depth);
+            let g = by.label(h);
             if label == OTHER { !rows.iter().any(|r| r == &g) } else { g == label }
         })
         .collect();
@@ -153,6 +192,8 @@ mod tests {
             other_txn: String::new(),
             other_trace_id: String::new(),
             winner_version: None,
+            partition: Some((seq % 4) as u32),
+            node: (seq > 1).then_some(seq % 3 + 1),
         }
     }
 
@@ -173,7 +214,7 @@ mod tests {
             hits.push(hit(10 + i, 8_000.0, &format!("cold{i}/x"), false));
         }
         hits.push(hit(99, 1_000.0, "hot/1", true)); // before the window
-        let g = grid(&hits, 10_999.0, 1000.0, 3, 1, 3);
+        let g = grid(&hits, 10_999.0, 1000.0, 3, Rows::Prefix(1), 3);
         assert_eq!(g.first_bucket, 8);
         assert_eq!(g.rows, vec!["hot/".to_string(), "warm/".to_string(), OTHER.to_string()]);
         assert_eq!(g.cells[&(0, 2)], Cell { conflicts: 1, waits: 1 });
@@ -181,8 +222,33 @@ mod tests {
         assert_eq!(g.cells[&(2, 0)], Cell { conflicts: 0, waits: 5 });
         assert_eq!(g.max, 5);
         let in_cell: Vec<u64> =
-            hits_in(&hits, &g.rows, "hot/", 10, 1000.0, 1).iter().map(|h| h.seq).collect();
+            hits_in(&hits, &g.rows, "hot/", 10, 1000.0, Rows::Prefix(1)).iter().map(|h| h.seq).collect();
         assert_eq!(in_cell, vec![2, 1]);
-        assert_eq!(hits_in(&hits, &g.rows, OTHER, 8, 1000.0, 1).len(), 5);
+        assert_eq!(hits_in(&hits, &g.rows, OTHER, 8, 1000.0, Rows::Prefix(1)).len(), 5);
+    }
+
+    #[test]
+    fn rows_by_partition_or_by_member() {
+        assert_eq!(Rows::parse("2"), Some(Rows::Prefix(2)));
+        assert_eq!(Rows::parse("partition"), Some(Rows::Partition));
+        assert_eq!(Rows::parse("node"), Some(Rows::Node));
+        assert_eq!(Rows::parse("0"), None);
+        assert_eq!(Rows::parse("nodes"), None);
+        // Seqs 1..=6 in one bucket: partitions seq % 4, members seq % 3 + 1 (seq 1 unnamed).
+        let hits: Vec<Hit> = (1..=6).map(|i| hit(i, 10_100.0, &format!("k/{i}"), i % 2 == 0)).collect();
+        let g = grid(&hits, 10_999.0, 1000.0, 2, Rows::Partition, 10);
+        let mut rows = g.rows.clone();
+        rows.sort();
+        assert_eq!(rows, ["partition 0", "partition 1", "partition 2", "partition 3"]);
+        let g = grid(&hits, 10_999.0, 1000.0, 2, Rows::Node, 10);
+        let mut rows = g.rows.clone();
+        rows.sort();
+        assert_eq!(rows, ["node 1", "node 2", "node 3", COORDINATOR]);
+        let of_2: Vec<u64> =
+            hits_in(&hits, &g.rows, "node 2", 10, 1000.0, Rows::Node).iter().map(|h| h.seq).collect();
+        assert_eq!(of_2, vec![4]);
+        let of_1: Vec<u64> =
+            hits_in(&hits, &g.rows, "node 1", 10, 1000.0, Rows::Node).iter().map(|h| h.seq).collect();
+        assert_eq!(of_1, vec![6, 3]);
     }
 }

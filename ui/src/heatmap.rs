@@ -1,6 +1,7 @@
 //! The live conflict heatmap: conflicts and lock waits from `/events` (kinds `conflict`
 //! and `lock_wait`, replayed from the node's buffer on first connect), drawn by time and
-//! pointer-prefix group. Clicking a cell lists its conflicts with links to both traces.
+//! by pointer-prefix group, partition or member. Clicking a cell lists its conflicts with
+//! links to both traces.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use leptos::prelude::*;
 use restm_shared::Event;
 
 use crate::api::{Settings, settings};
-use crate::heat::{self, Cell, Hit};
+use crate::heat::{self, Cell, Hit, Rows};
 use crate::stream::{Link, Stream};
 use crate::time;
 use crate::widgets::trace_link;
@@ -49,6 +50,8 @@ fn hit_of(e: Event) -> Option<Hit> {
         other_txn: e.winner_txn.or(e.holder_txn).unwrap_or_default(),
         other_trace_id: e.other_trace_id.unwrap_or_default(),
         winner_version: e.winner_version,
+        partition: e.partition,
+        node: e.node,
     })
 }
 
@@ -121,10 +124,10 @@ fn colour(cell: &Cell, max: u32) -> String {
 pub fn HeatmapView(feed: Feed) -> impl IntoView {
     let s = settings();
     let bucket_ms = RwSignal::new(5_000.0f64);
-    let depth = RwSignal::new(1usize);
+    let rows_by = RwSignal::new(Rows::Prefix(1));
     let selected: RwSignal<Option<(String, i64)>> = RwSignal::new(None);
     let grid = Memo::new(move |_| {
-        let (now, b, d) = (feed.now.get(), bucket_ms.get(), depth.get());
+        let (now, b, d) = (feed.now.get(), bucket_ms.get(), rows_by.get());
         feed.hits.with(|h| heat::grid(h, now, b, COLUMNS, d, MAX_ROWS))
     });
     let totals = Memo::new(move |_| {
@@ -136,7 +139,7 @@ pub fn HeatmapView(feed: Feed) -> impl IntoView {
     let listing = Memo::new(move |_| {
         let (label, bucket) = selected.get()?;
         let rows = grid.with(|g| g.rows.clone());
-        let (b, d) = (bucket_ms.get(), depth.get());
+        let (b, d) = (bucket_ms.get(), rows_by.get());
         Some(feed.hits.with(|h| {
             heat::hits_in(h, &rows, &label, bucket, b, d).into_iter().take(500).cloned().collect::<Vec<_>>()
         }))
@@ -170,8 +173,8 @@ pub fn HeatmapView(feed: Feed) -> impl IntoView {
                     <select
                         data-testid="heat-depth"
                         on:change=move |ev| {
-                            if let Ok(v) = event_target_value(&ev).parse::<usize>() {
-                                depth.set(v);
+                            if let Some(v) = Rows::parse(&event_target_value(&ev)) {
+                                rows_by.set(v);
                                 selected.set(None);
                             }
                         }
@@ -180,6 +183,8 @@ pub fn HeatmapView(feed: Feed) -> impl IntoView {
                         <option value="2">"two segments (a/b/…)"</option>
                         <option value="3">"three segments"</option>
                         <option value="1000">"whole pointer"</option>
+                        <option value="partition">"partition"</option>
+                        <option value="node">"member (node)"</option>
                     </select>
                 </label>
                 <span data-testid="heat-totals">

@@ -185,6 +185,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
                 .map_err(|e| format!("cannot join the cluster from {}: {e}", data_dir.display()))?
         }
     };
+    events.place_in(node.partition_count());
     node.spawn_reaper();
     node.spawn_gc();
     let state = AppState::new(Shared {

@@ -265,6 +265,11 @@ impl Node {
         self.engine.now_version()
     }
 
+    /// How many partitions the pointers hash to.
+    pub fn partition_count(&self) -> u32 {
+        self.engine.partition_count() as u32
+    }
+
     /// Physical milliseconds of the node's clock.
     pub fn now_millis(&self) -> u64 {
         self.engine.now_millis()
