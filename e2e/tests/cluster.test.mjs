@@ -2,7 +2,8 @@
 // does not lead, it shows the cluster's conflicts (that member relays the leader's event
 // stream). Kill the leader while transfers run through every member: nothing acknowledged
 // is lost, money is conserved, /cluster shows the lead move, and the open explorer
-// reconnects and goes on showing conflicts.
+// reconnects and goes on showing conflicts; its cluster view shows the old leader down, the
+// new one leading, and the move on its timeline.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -107,5 +108,14 @@ test("the explorer on a follower shows the cluster's conflicts, and keeps showin
   await page.locator('rect[data-testid="heat-cell"][data-group^="partition "]:not([data-conflicts="0"])').first().waitFor({ timeout: 5_000 });
   await page.getByTestId("heat-depth").selectOption("node");
   await page.locator('rect[data-testid="heat-cell"][data-group="the coordinator"]:not([data-conflicts="0"])').first().waitFor({ timeout: 5_000 });
+
+  // The cluster view: the killed leader down, the new one leading group 0, and the move on
+  // the timeline (watched since the page opened, while the heatmap was shown).
+  await page.getByTestId("tab-cluster").click();
+  await page.locator(`[data-testid="cluster-member"][data-node="${leader.id}"][data-state="down"]`).waitFor({ timeout: 10_000 });
+  await page.locator(`[data-testid="cluster-member"][data-node="${next.id}"][data-state="up"]`).waitFor({ timeout: 5_000 });
+  await page.locator(`[data-testid="placement-cell"][data-group="0"][data-node="${next.id}"][data-role="leader"]`).waitFor({ timeout: 5_000 });
+  await page.locator('[data-testid="cluster-change"][data-group="0"]').filter({ hasText: `→ node ${next.id}` }).first().waitFor({ timeout: 5_000 });
+  await shot(page, "cluster-view");
   assert.deepEqual(errors.filter((e) => !/WebSocket|Failed to load resource/.test(e)), []);
 });

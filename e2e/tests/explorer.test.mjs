@@ -164,6 +164,14 @@ test("the event tail filters by kind and prefix", async () => {
   await shot(page, "events");
 });
 
+test("the cluster view says a node of its own is a cluster of one", async () => {
+  await open("cluster");
+  await page.getByTestId("cluster-single").waitFor();
+  await page.getByTestId("cluster-no-changes").waitFor();
+  // (Earlier views' answers, such as a 404 for an absent pointer, log load failures.)
+  assert.deepEqual(errors.filter((e) => !/Failed to load resource/.test(e)), []);
+});
+
 test("the heatmap reconnects after the node restarts and keeps receiving", async () => {
   await open("heatmap");
   await page.getByTestId("heat-link").filter({ hasText: "live" }).waitFor();

@@ -1,21 +1,25 @@
 //! The reSTM explorer: a client-side Leptos app served by the node at `/ui/`.
 //!
-//! It has four views, picked in the header and kept in the URL's `#fragment`:
+//! It has five views, picked in the header and kept in the URL's `#fragment`:
 //! - [`heatmap`]: conflicts and lock waits over time, by pointer-prefix group, live from
 //!   `/events`; click a cell to see its conflicts and open both traces in Jaeger;
 //! - [`locks`]: the active transactions, their locks and waiters, the oldest highlighted;
 //! - [`travel`]: find pointers, a pointer's versions on a timeline, read it as of any
 //!   moment, diff two versions, and browse a whole prefix as of a time;
-//! - [`tail`]: the raw event stream, filtered by kind and prefix.
+//! - [`tail`]: the raw event stream, filtered by kind and prefix;
+//! - [`cluster`]: the members, each group's placement and leader, and the leader changes.
 //!
-//! The pure parts ([`heat`], [`diff`]) have no browser in them and are unit-tested on the
-//! host.
+//! The pure parts ([`heat`], [`diff`], [`placement`]) have no browser in them and are
+//! unit-tested on the host.
 
 pub mod diff;
 pub mod heat;
+pub mod placement;
 
 #[cfg(target_arch = "wasm32")]
 mod api;
+#[cfg(target_arch = "wasm32")]
+mod cluster;
 #[cfg(target_arch = "wasm32")]
 mod heatmap;
 #[cfg(target_arch = "wasm32")]
@@ -50,10 +54,11 @@ mod app {
         Locks,
         Travel,
         Tail,
+        Cluster,
     }
 
     impl Tab {
-        const ALL: [Tab; 4] = [Tab::Heatmap, Tab::Locks, Tab::Travel, Tab::Tail];
+        const ALL: [Tab; 5] = [Tab::Heatmap, Tab::Locks, Tab::Travel, Tab::Tail, Tab::Cluster];
 
         fn slug(self) -> &'static str {
             match self {
@@ -61,6 +66,7 @@ mod app {
                 Tab::Locks => "locks",
                 Tab::Travel => "travel",
                 Tab::Tail => "events",
+                Tab::Cluster => "cluster",
             }
         }
 
@@ -70,6 +76,7 @@ mod app {
                 Tab::Locks => "Locks & txns",
                 Tab::Travel => "Time travel",
                 Tab::Tail => "Event tail",
+                Tab::Cluster => "Cluster",
             }
         }
 
@@ -121,6 +128,9 @@ mod app {
         // The heatmap listens from the start, whatever view is open.
         let heat = crate::heatmap::Feed::start(settings);
         let locks = crate::locks::Feed::start(settings, Signal::derive(move || tab.get() == Tab::Locks));
+        // The cluster is watched from the start too, so its timeline has what happened
+        // while another view was open.
+        let cluster = crate::cluster::Feed::start(settings);
         view! {
             <header>
                 <h1>"reSTM explorer"</h1>
@@ -162,6 +172,9 @@ mod app {
                 </div>
                 <div style:display=move || if tab.get() == Tab::Tail { "block" } else { "none" }>
                     <crate::tail::TailView active=Signal::derive(move || tab.get() == Tab::Tail)/>
+                </div>
+                <div style:display=move || if tab.get() == Tab::Cluster { "block" } else { "none" }>
+                    <crate::cluster::ClusterView feed=cluster/>
                 </div>
             </main>
         }

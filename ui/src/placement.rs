@@ -1,0 +1,237 @@
+//! The cluster view's model, free of the browser: from `GET /cluster` as one member sees
+//! it, the members (up or down, the groups and partitions each leads), the placement map
+//! (each group's partitions × members: leader, voter or learner, and how far each follower
+//! trails where the answering member leads), and the leader changes between two looks.
+
+use restm_shared::{ClusterStatus, GroupStatus};
+
+/// One member, as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub node_id: u64,
+    pub peer_url: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    pub last_contact_ms: Option<u64>,
+    /// Groups it leads, and the partitions in them.
+    pub groups_led: usize,
+    pub partitions_led: usize,
+}
+
+/// A member's part in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Voter,
+    Learner,
+    /// Holds no replica of the group.
+    Absent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Voter => "voter",
+            Role::Learner => "learner",
+            Role::Absent => "absent",
+        }
+    }
+}
+
+/// One cell of the placement map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    pub node_id: u64,
+    pub role: Role,
+    /// Entries it trails the leader's log by, when the answering member leads the group.
+    pub lag: Option<u64>,
+}
+
+/// One row of the placement map: a group, its partitions, and a cell per member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group: u32,
+    pub partitions: Vec<u32>,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub replicas: Vec<Replica>,
+}
+
+/// A group's leader moved between two looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderChange {
+    pub group: u32,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub term: u64,
+}
+
+/// The members, ascending by id.
+pub fn members(status: &ClusterStatus) -> Vec<MemberRow> {
+    let mut rows: Vec<MemberRow> = status
+        .members
+        .iter()
+        .map(|m| {
+            let led: Vec<&GroupStatus> =
+                status.groups.iter().filter(|g| g.leader == Some(m.node_id)).collect();
+            MemberRow {
+                node_id: m.node_id,
+                peer_url: m.peer_url.clone(),
+                state: m.state.clone(),
+                last_contact_ms: m.last_contact_ms,
+                groups_led: led.len(),
+                partitions_led: led.iter().map(|g| g.partitions.len()).sum(),
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.node_id);
+    rows
+}
+
+/// The placement map: a row per group, a cell per member (in [`members`]' order).
+pub fn placement(status: &ClusterStatus) -> Vec<GroupRow> {
+    let mut ids: Vec<u64> = status.members.iter().map(|m| m.node_id).collect();
+    ids.sort_unstable();
+    status
+        .groups
+        .iter()
+        .map(|g| GroupRow {
+            group: g.group,
+            partitions: g.partitions.clone(),
+            term: g.term,
+            leader: g.leader,
+            replicas: ids
+                .iter()
+                .map(|&node_id| {
+                    let role = if g.leader == Some(node_id) {
+                        Role::Leader
+                    } else if g.voters.contains(&node_id) {
+                        Role::Voter
+                    } else if g.learners.contains(&node_id) {
+                        Role::Learner
+                    } else {
+                        Role::Absent
+                    };
+                    let lag = g.follower_lag.iter().find(|f| f.node_id == node_id).and_then(|f| f.lag);
+                    Replica { node_id, role, lag }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The groups whose leader differs from `before` to `after` (a group new in `after` counts
+/// from no leader).
+pub fn leader_changes(before: &ClusterStatus, after: &ClusterStatus) -> Vec<LeaderChange> {
+    after
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let was = before.groups.iter().find(|b| b.group == g.group).and_then(|b| b.leader);
+            (was != g.leader).then_some(LeaderChange {
+                group: g.group,
+                from: was,
+                to: g.leader,
+                term: g.term,
+            })
+        })
+        .collect()
+}
+
+/// Partitions as a short list: `0, 4, 8 … 60 (16)` past `shown` of them.
+pub fn partitions_label(partitions: &[u32], shown: usize) -> String {
+    let list = |ps: &[u32]| ps.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    match partitions {
+        [] => "none".to_string(),
+        ps if ps.len() <= shown => list(ps),
+        ps => {
+            format!("{} … {} ({})", list(&ps[..shown.saturating_sub(1).max(1)]), ps[ps.len() - 1], ps.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use restm_shared::{FollowerLag, MemberStatus};
+
+    use super::*;
+
+    fn group(group: u32, leader: Option<u64>, term: u64) -> GroupStatus {
+        GroupStatus {
+            group,
+            partitions: (0..16).map(|i| i * 4 + group).collect(),
+            leader,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            term,
+            role: "follower".into(),
+            last_log_index: None,
+            applied_index: None,
+            millis_since_quorum_ack: None,
+            follower_lag: vec![],
+            closed: vec![],
+        }
+    }
+
+    fn status(groups: Vec<GroupStatus>) -> ClusterStatus {
+        let member = |id: u64, state: &str| MemberStatus {
+            node_id: id,
+            peer_url: format!("http://127.0.0.1:708{id}"),
+            state: state.into(),
+            last_contact_ms: Some(5),
+        };
+        ClusterStatus {
+            cluster: "t".into(),
+            node_id: 1,
+            replicated: true,
+            members: vec![member(3, "down"), member(1, "up"), member(2, "up")],
+            groups,
+            timing: None,
+        }
+    }
+
+    #[test]
+    fn members_count_what_each_leads() {
+        let s =
+            status(vec![group(0, Some(1), 2), group(1, Some(2), 2), group(2, Some(1), 3), group(3, None, 4)]);
+        let rows = members(&s);
+        assert_eq!(rows.iter().map(|r| r.node_id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!((rows[0].groups_led, rows[0].partitions_led), (2, 32));
+        assert_eq!((rows[1].groups_led, rows[1].partitions_led), (1, 16));
+        assert_eq!((rows[2].groups_led, rows[2].state.as_str()), (0, "down"));
+    }
+
+    #[test]
+    fn placement_marks_the_leader_the_voters_and_the_lag() {
+        let mut g = group(1, Some(2), 5);
+        g.voters = vec![1, 2];
+        g.learners = vec![3];
+        g.follower_lag = vec![FollowerLag { node_id: 1, matched_index: Some(90), lag: Some(10) }];
+        let rows = placement(&status(vec![g]));
+        let cells: Vec<(u64, Role, Option<u64>)> =
+            rows[0].replicas.iter().map(|r| (r.node_id, r.role, r.lag)).collect();
+        assert_eq!(cells, [(1, Role::Voter, Some(10)), (2, Role::Leader, None), (3, Role::Learner, None)]);
+    }
+
+    #[test]
+    fn leader_changes_name_the_groups_that_moved() {
+        let before = status(vec![group(0, Some(1), 2), group(1, Some(2), 2)]);
+        let after = status(vec![group(0, Some(3), 3), group(1, Some(2), 2), group(2, Some(1), 1)]);
+        assert_eq!(
+            leader_changes(&before, &after),
+            [
+                LeaderChange { group: 0, from: Some(1), to: Some(3), term: 3 },
+                LeaderChange { group: 2, from: None, to: Some(1), term: 1 },
+            ]
+        );
+        assert!(leader_changes(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn partitions_label_shortens_long_lists() {
+        assert_eq!(partitions_label(&[], 4), "none");
+        assert_eq!(partitions_label(&[1, 5], 4), "1, 5");
+        assert_eq!(partitions_label(&[0, 4, 8, 12, 16, 20], 4), "0, 4, 8 … 20 (6)");
+    }
+}
