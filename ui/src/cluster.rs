@@ -68,6 +68,11 @@ impl Feed {
     }
 }
 
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
 fn node_name(n: Option<u64>) -> String {
     n.map_or_else(|| "no leader".to_string(), |n| format!("node {n}"))
 }
@@ -146,7 +151,7 @@ fn status_view(s: &ClusterStatus) -> impl IntoView {
                     <td>{format!("node {}", m.node_id)}</td>
                     <td class=format!("state {}", m.state)>{m.state.clone()}</td>
                     <td>{last}</td>
-                    <td data-testid="member-leads">{format!("{} groups · {} partitions", m.groups_led, m.partitions_led)}</td>
+                    <td data-testid="member-leads">{format!("{} · {}", count(m.groups_led, "group"), count(m.partitions_led, "partition"))}</td>
                     <td class="mono">{m.peer_url.clone()}</td>
                 </tr>
             }
@@ -199,7 +204,7 @@ fn status_view(s: &ClusterStatus) -> impl IntoView {
         <h2 data-testid="cluster-title">
             {format!("Cluster {} as node {} sees it", s.cluster, s.node_id)}
         </h2>
-        <p class="hint">{format!("{} members, {} groups{}", members.len(), s.groups.len(), lease.unwrap_or_default())}</p>
+        <p class="hint">{format!("{}, {}{}", count(members.len(), "member"), count(s.groups.len(), "group"), lease.unwrap_or_default())}</p>
         <h3>"Members"</h3>
         <table data-testid="cluster-members">
             <thead>
