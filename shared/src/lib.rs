@@ -231,6 +231,28 @@ pub struct ClusterStatus {
     /// The groups' Raft timing (`None` on a cluster of one).
     #[serde(default)]
     pub timing: Option<RaftTiming>,
+    /// With `X-reSTM-At`: the moment asked for. Each group's `leader` and `term` are then
+    /// as of it (by the answering member's timeline; `None` and 0 where it had not seen
+    /// the group yet), and `leader_changes` stops there; the other fields are now's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<u64>,
+    /// The last leader changes the answering member saw (at most 100, oldest first): its
+    /// timeline, kept behind the GC horizon like versions.
+    #[serde(default)]
+    pub leader_changes: Vec<LeaderChange>,
+}
+
+/// From `version` on, as the answering member saw it, `group` was led by `leader` (`None`:
+/// an election was under way) in `term`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaderChange {
+    pub group: u32,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub version: u64,
+    /// The version's moment (RFC 3339).
+    pub time: String,
 }
 
 /// How fast a cluster notices a dead leader, and how long a leader reads on its own.

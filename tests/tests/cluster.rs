@@ -1167,6 +1167,51 @@ async fn gc_until(http: &reqwest::Client, base: &str, what: &str, done: impl Fn(
     }
 }
 
+/// `GET /cluster` keeps each member's leader timeline and answers `X-reSTM-At`: as of a
+/// moment before the leader was killed, the old leader led; now, the next one does, and
+/// both changes are on the timeline in order. A bad moment is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_as_of_a_moment_names_who_led_then() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let old = l as u64 + 1;
+    let follower = member(&mut node, (l + 1) % 3).base.clone();
+    let r = http.put(format!("{follower}/ptr/led")).json(&json!(1)).send().await.unwrap();
+    let before: u64 = r.headers()["x-restm-version"].to_str().unwrap().parse().unwrap();
+    member(&mut node, l).kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let now = loop {
+        let s = json_ok(http.get(format!("{follower}/cluster")).send().await).await.unwrap();
+        if s["groups"][0]["leader"].as_u64().is_some_and(|n| n != old) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let next = now["groups"][0]["leader"].as_u64().unwrap();
+    let changes = now["leader_changes"].as_array().unwrap();
+    let led: Vec<Option<u64>> = changes.iter().map(|c| c["leader"].as_u64()).collect();
+    let (i_old, i_next) = (
+        led.iter().position(|n| *n == Some(old)).expect("the old leader on the timeline"),
+        led.iter().rposition(|n| *n == Some(next)).expect("the next leader on the timeline"),
+    );
+    assert!(i_old < i_next, "{changes:?}");
+    let versions: Vec<u64> = changes.iter().map(|c| c["version"].as_u64().unwrap()).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    let then = json_ok(
+        http.get(format!("{follower}/cluster")).header("X-reSTM-At", before.to_string()).send().await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(then["as_of"], before, "{then}");
+    assert_eq!(then["groups"][0]["leader"], old, "as of before the kill: {then}");
+    assert!(then["leader_changes"].as_array().unwrap().iter().all(|c| c["version"].as_u64() <= Some(before)));
+    let r =
+        http.get(format!("{follower}/cluster")).header("X-reSTM-At", "not a moment").send().await.unwrap();
+    problem(r, 400, "bad-request").await;
+}
+
 /// `restm cluster status` prints what `GET /cluster` says, as a table or as JSON.
 #[test]
 fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {

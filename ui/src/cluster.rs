@@ -1,8 +1,8 @@
 //! The cluster view: the members (up or down, what each leads), the placement map (each
-//! group's partitions × members, the leader marked, followers' lag), and a timeline of
-//! the leader changes seen since the page opened. It polls `GET /cluster` every second for
-//! as long as the page is open, whatever view is shown, so a change made while another
-//! view is open is on the timeline too.
+//! group's partitions × members, the leader marked, followers' lag), and the answering
+//! member's timeline of leader changes. It polls `GET /cluster` every second while shown;
+//! with a moment in "as of" it asks with `X-reSTM-At`, and the leaders and the timeline
+//! are those of that moment ("who led group 3 at 10:02?").
 
 use std::time::Duration;
 
@@ -10,59 +10,51 @@ use leptos::prelude::*;
 use restm_shared::ClusterStatus;
 
 use crate::api::{self, Load, Settings};
-use crate::placement::{self, LeaderChange, Role};
+use crate::placement::{self, Role};
 use crate::time;
+use crate::widgets::TextField;
 
-/// Leader changes kept on the timeline.
-const KEEP_CHANGES: usize = 200;
-
-/// `/cluster`, polled, and the leader changes between polls.
+/// `/cluster`, polled while `active`, now or as of a moment.
 #[derive(Clone, Copy)]
 pub struct Feed {
     state: RwSignal<Load<ClusterStatus>>,
-    changes: RwSignal<Vec<(f64, LeaderChange)>>,
+    /// The moment asked for (`X-reSTM-At`); empty: now.
+    at: RwSignal<String>,
     busy: StoredValue<bool>,
 }
 
 impl Feed {
-    pub fn start(settings: Settings) -> Self {
+    pub fn start(settings: Settings, active: Signal<bool>) -> Self {
         let feed = Feed {
-            state: RwSignal::new(Load::Loading),
-            changes: RwSignal::new(Vec::new()),
+            state: RwSignal::new(Load::Idle),
+            at: RwSignal::new(String::new()),
             busy: StoredValue::new(false),
         };
-        let last: StoredValue<Option<ClusterStatus>> = StoredValue::new(None);
         let poll = move || {
-            if feed.busy.get_value() {
+            if !active.get_untracked() || feed.busy.get_value() {
                 return;
             }
             feed.busy.set_value(true);
-            let token = settings.token.get_untracked();
+            if matches!(feed.state.get_untracked(), Load::Idle) {
+                feed.state.set(Load::Loading);
+            }
+            let (token, at) = (settings.token.get_untracked(), feed.at.get_untracked());
             leptos::task::spawn_local(async move {
-                match api::get_json::<ClusterStatus>("/cluster", None, &token).await {
-                    Ok(now) => {
-                        let at = time::now_ms();
-                        let moved = last.with_value(|l| {
-                            l.as_ref()
-                                .map(|before| placement::leader_changes(before, &now))
-                                .unwrap_or_default()
-                        });
-                        if !moved.is_empty() {
-                            feed.changes.update(|c| {
-                                c.extend(moved.into_iter().map(|m| (at, m)));
-                                let cut = c.len().saturating_sub(KEEP_CHANGES);
-                                c.drain(..cut);
-                            });
-                        }
-                        last.set_value(Some(now.clone()));
-                        feed.state.set(Load::Ready(now));
-                    }
-                    Err(e) => feed.state.set(Load::Failed(e)),
-                }
+                let answer = api::get_json::<ClusterStatus>("/cluster", Some(&at), &token).await;
+                feed.state.set(match answer {
+                    Ok(s) => Load::Ready(s),
+                    Err(e) => Load::Failed(e),
+                });
                 feed.busy.set_value(false);
             });
         };
-        poll();
+        // Poll at once when the view opens or the moment changes, then every second.
+        Effect::new(move |_| {
+            feed.at.track();
+            if active.get() {
+                poll();
+            }
+        });
         let _ = set_interval_with_handle(poll, Duration::from_millis(1000));
         feed
     }
@@ -79,8 +71,31 @@ fn node_name(n: Option<u64>) -> String {
 
 #[component]
 pub fn ClusterView(feed: Feed) -> impl IntoView {
+    let moment = RwSignal::new(String::new());
+    let apply = move || feed.at.set(moment.get_untracked().trim().to_string());
     view! {
         <section class="view" data-testid="view-cluster">
+            <div class="toolbar">
+                <label>
+                    "As of "
+                    <TextField
+                        value=moment
+                        placeholder="now (or a version, an instant, -10m)"
+                        testid="cluster-at"
+                        on_enter=Callback::new(move |()| apply())
+                    />
+                </label>
+                <button data-testid="cluster-at-apply" on:click=move |_| apply()>"Show"</button>
+                <button
+                    data-testid="cluster-at-now"
+                    on:click=move |_| {
+                        moment.set(String::new());
+                        feed.at.set(String::new());
+                    }
+                >
+                    "Now"
+                </button>
+            </div>
             {move || match feed.state.get() {
                 Load::Idle | Load::Loading => view! { <p class="loading">"Loading the cluster…"</p> }.into_any(),
                 Load::Failed(e) => view! { <p class="error" data-testid="cluster-error">{e}</p> }.into_any(),
@@ -93,50 +108,57 @@ pub fn ClusterView(feed: Feed) -> impl IntoView {
                     }
                         .into_any()
                 }
-                Load::Ready(s) => status_view(&s).into_any(),
-            }}
-            <h3>"Leader changes seen"</h3>
-            {move || {
-                let changes = feed.changes.get();
-                if changes.is_empty() {
-                    return view! {
-                        <p class="hint" data-testid="cluster-no-changes">
-                            "None since this page opened. A kill or a restart shows here."
-                        </p>
-                    }
-                        .into_any();
+                Load::Ready(s) => view! {
+                    {status_view(&s)}
+                    {timeline_view(&s)}
                 }
-                let rows = changes
-                    .into_iter()
-                    .rev()
-                    .map(|(at, c)| {
-                        view! {
-                            <tr data-testid="cluster-change" data-group=c.group.to_string()>
-                                <td>{time::clock(at)}</td>
-                                <td>{format!("group {}", c.group)}</td>
-                                <td>{format!("{} → {}", node_name(c.from), node_name(c.to))}</td>
-                                <td>{format!("term {}", c.term)}</td>
-                            </tr>
-                        }
-                    })
-                    .collect_view();
-                view! {
-                    <table data-testid="cluster-timeline">
-                        <thead>
-                            <tr>
-                                <th>"seen at (UTC)"</th>
-                                <th>"group"</th>
-                                <th>"leader"</th>
-                                <th>"term"</th>
-                            </tr>
-                        </thead>
-                        <tbody>{rows}</tbody>
-                    </table>
-                }
-                    .into_any()
+                    .into_any(),
             }}
         </section>
     }
+}
+
+fn timeline_view(s: &ClusterStatus) -> impl IntoView {
+    let rows = placement::timeline(&s.leader_changes);
+    if rows.is_empty() {
+        return view! {
+            <h3>"Leader changes"</h3>
+            <p class="hint" data-testid="cluster-no-changes">"None kept."</p>
+        }
+        .into_any();
+    }
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let from = match r.from {
+                None => "first seen".to_string(),
+                Some(from) => node_name(from),
+            };
+            view! {
+                <tr data-testid="cluster-change" data-group=r.group.to_string()>
+                    <td>{time::clock(time::parse_ms(&r.time))}</td>
+                    <td>{format!("group {}", r.group)}</td>
+                    <td>{format!("{from} → {}", node_name(r.to))}</td>
+                    <td>{format!("term {}", r.term)}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <h3>{format!("Leader changes node {} saw", s.node_id)}</h3>
+        <table data-testid="cluster-timeline">
+            <thead>
+                <tr>
+                    <th>"seen at (UTC)"</th>
+                    <th>"group"</th>
+                    <th>"leader"</th>
+                    <th>"term"</th>
+                </tr>
+            </thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+    .into_any()
 }
 
 fn status_view(s: &ClusterStatus) -> impl IntoView {
@@ -202,7 +224,10 @@ fn status_view(s: &ClusterStatus) -> impl IntoView {
     });
     view! {
         <h2 data-testid="cluster-title">
-            {format!("Cluster {} as node {} sees it", s.cluster, s.node_id)}
+            {match s.as_of {
+                Some(v) => format!("Cluster {} as node {} saw it at {} (UTC): leaders then, the rest now", s.cluster, s.node_id, time::clock(time::version_ms(v))),
+                None => format!("Cluster {} as node {} sees it", s.cluster, s.node_id),
+            }}
         </h2>
         <p class="hint">{format!("{}, {}{}", count(members.len(), "member"), count(s.groups.len(), "group"), lease.unwrap_or_default())}</p>
         <h3>"Members"</h3>

@@ -7,7 +7,8 @@
 //! - [`travel`]: find pointers, a pointer's versions on a timeline, read it as of any
 //!   moment, diff two versions, and browse a whole prefix as of a time;
 //! - [`tail`]: the raw event stream, filtered by kind and prefix;
-//! - [`cluster`]: the members, each group's placement and leader, and the leader changes.
+//! - [`cluster`]: the members, each group's placement and leader, and the leader timeline,
+//!   now or as of any moment.
 //!
 //! The pure parts ([`heat`], [`diff`], [`placement`]) have no browser in them and are
 //! unit-tested on the host.
@@ -128,9 +129,8 @@ mod app {
         // The heatmap listens from the start, whatever view is open.
         let heat = crate::heatmap::Feed::start(settings);
         let locks = crate::locks::Feed::start(settings, Signal::derive(move || tab.get() == Tab::Locks));
-        // The cluster is watched from the start too, so its timeline has what happened
-        // while another view was open.
-        let cluster = crate::cluster::Feed::start(settings);
+        let cluster =
+            crate::cluster::Feed::start(settings, Signal::derive(move || tab.get() == Tab::Cluster));
         view! {
             <header>
                 <h1>"reSTM explorer"</h1>

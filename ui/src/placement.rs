@@ -1,9 +1,9 @@
 //! The cluster view's model, free of the browser: from `GET /cluster` as one member sees
 //! it, the members (up or down, the groups and partitions each leads), the placement map
 //! (each group's partitions × members: leader, voter or learner, and how far each follower
-//! trails where the answering member leads), and the leader changes between two looks.
+//! trails where the answering member leads), and its timeline of leader changes.
 
-use restm_shared::{ClusterStatus, GroupStatus};
+use restm_shared::{ClusterStatus, GroupStatus, LeaderChange};
 
 /// One member, as the answering node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +58,16 @@ pub struct GroupRow {
     pub replicas: Vec<Replica>,
 }
 
-/// A group's leader moved between two looks.
+/// One line of the leader timeline: `group` went from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaderChange {
+pub struct TimelineRow {
     pub group: u32,
-    pub from: Option<u64>,
+    /// The leader before (`None`: the first change the member kept for the group; inside,
+    /// `None` is no leader).
+    pub from: Option<Option<u64>>,
     pub to: Option<u64>,
     pub term: u64,
+    pub time: String,
 }
 
 /// The members, ascending by id.
@@ -121,22 +124,22 @@ pub fn placement(status: &ClusterStatus) -> Vec<GroupRow> {
         .collect()
 }
 
-/// The groups whose leader differs from `before` to `after` (a group new in `after` counts
-/// from no leader).
-pub fn leader_changes(before: &ClusterStatus, after: &ClusterStatus) -> Vec<LeaderChange> {
-    after
-        .groups
+/// The member's leader timeline (`/cluster`'s `leader_changes`, oldest first), newest
+/// first, each change with the leader before it.
+pub fn timeline(changes: &[LeaderChange]) -> Vec<TimelineRow> {
+    let mut rows: Vec<TimelineRow> = changes
         .iter()
-        .filter_map(|g| {
-            let was = before.groups.iter().find(|b| b.group == g.group).and_then(|b| b.leader);
-            (was != g.leader).then_some(LeaderChange {
-                group: g.group,
-                from: was,
-                to: g.leader,
-                term: g.term,
-            })
+        .enumerate()
+        .map(|(i, c)| TimelineRow {
+            group: c.group,
+            from: changes[..i].iter().rev().find(|p| p.group == c.group).map(|p| p.leader),
+            to: c.leader,
+            term: c.term,
+            time: c.time.clone(),
         })
-        .collect()
+        .collect();
+    rows.reverse();
+    rows
 }
 
 /// Partitions as a short list: `0, 4, 8 … 60 (16)` past `shown` of them.
@@ -188,6 +191,8 @@ mod tests {
             members: vec![member(3, "down"), member(1, "up"), member(2, "up")],
             groups,
             timing: None,
+            as_of: None,
+            leader_changes: vec![],
         }
     }
 
@@ -215,17 +220,26 @@ mod tests {
     }
 
     #[test]
-    fn leader_changes_name_the_groups_that_moved() {
-        let before = status(vec![group(0, Some(1), 2), group(1, Some(2), 2)]);
-        let after = status(vec![group(0, Some(3), 3), group(1, Some(2), 2), group(2, Some(1), 1)]);
+    fn the_timeline_says_where_each_lead_came_from() {
+        let change = |group: u32, leader: Option<u64>, term: u64| LeaderChange {
+            group,
+            leader,
+            term,
+            version: term,
+            time: format!("t{term}"),
+        };
+        let rows = timeline(&[
+            change(0, Some(1), 1),
+            change(1, Some(2), 1),
+            change(0, None, 2),
+            change(0, Some(3), 2),
+        ]);
+        let seen: Vec<(u32, Option<Option<u64>>, Option<u64>)> =
+            rows.iter().map(|r| (r.group, r.from, r.to)).collect();
         assert_eq!(
-            leader_changes(&before, &after),
-            [
-                LeaderChange { group: 0, from: Some(1), to: Some(3), term: 3 },
-                LeaderChange { group: 2, from: None, to: Some(1), term: 1 },
-            ]
+            seen,
+            [(0, Some(None), Some(3)), (0, Some(Some(1)), None), (1, None, Some(2)), (0, None, Some(1))]
         );
-        assert!(leader_changes(&after, &after).is_empty());
     }
 
     #[test]

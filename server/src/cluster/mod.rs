@@ -17,6 +17,7 @@
 
 pub mod locks;
 pub mod resolver;
+pub mod timeline;
 pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +119,8 @@ pub struct Cluster {
     remote_locks: locks::RemoteLocks,
     /// The last GC watermark each member promised (see [`watermark`]).
     promises: watermark::Promises,
+    /// Every group's leader changes this member saw (see [`timeline`]).
+    timeline: Arc<timeline::Timeline>,
 }
 
 impl Cluster {
@@ -187,6 +190,10 @@ impl Cluster {
             }
         }
         let deferred: Vec<GroupId> = (0..groups).filter(|g| !forms_first(*g as usize)).collect();
+        let timeline = Arc::new(timeline::Timeline::default());
+        for replica in &replicas {
+            timeline.follow(replica, observer.clone());
+        }
         tracing::info!(node = config.node_id, peers = ?config.initial, groups, "joined the cluster");
         let cluster = Arc::new(Self {
             config,
@@ -199,6 +206,7 @@ impl Cluster {
             partitions,
             remote_locks: locks::RemoteLocks::default(),
             promises: watermark::Promises::default(),
+            timeline,
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
@@ -529,6 +537,11 @@ impl Cluster {
         self.replica().metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
     }
 
+    /// The leader changes this member saw.
+    pub fn timeline(&self) -> &timeline::Timeline {
+        &self.timeline
+    }
+
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
     pub fn status(&self, now_millis: u64) -> ClusterStatus {
         let m = self.replica().metrics();
@@ -565,6 +578,8 @@ impl Cluster {
                 election_timeout_ms: millis(self.config.timing.election),
                 lease_ms: millis(self.config.timing.lease()),
             }),
+            as_of: None,
+            leader_changes: Vec::new(),
         }
     }
 

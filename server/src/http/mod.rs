@@ -103,13 +103,22 @@ pub async fn health() -> Json<Health> {
 
 /// The members and the data group as this node sees them: leader, voters, term, log and
 /// applied indexes, how far each follower trails, and each partition's closed timestamp.
-#[utoipa::path(get, path = "/cluster", tag = "node", responses((status = 200, body = restm_shared::ClusterStatus)))]
+#[utoipa::path(get, path = "/cluster", tag = "node",
+    params(("X-reSTM-At" = Option<String>, Header, description = "who led each group at this moment (a version, an RFC 3339 instant or e.g. -10m)")),
+    responses((status = 200, body = restm_shared::ClusterStatus),
+        (status = 400, description = "a bad X-reSTM-At", body = restm_shared::Problem),
+        (status = 410, description = "the moment is older than the GC horizon", body = restm_shared::Problem)))]
 pub async fn cluster_status(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> Json<restm_shared::ClusterStatus> {
-    Json(match state.node.cluster() {
-        Some(c) => c.status(state.node.now_millis()),
-        None => restm_shared::ClusterStatus {
+    headers: axum::http::HeaderMap,
+) -> Result<Json<restm_shared::ClusterStatus>, error::ApiError> {
+    let node = &state.node;
+    let at = request::at_header(node, &headers)?;
+    if let Some(at) = at {
+        node.check_horizon(at)?;
+    }
+    let Some(c) = node.cluster() else {
+        return Ok(Json(restm_shared::ClusterStatus {
             cluster: "restm".into(),
             node_id: 1,
             replicated: false,
@@ -121,8 +130,33 @@ pub async fn cluster_status(
             }],
             groups: vec![],
             timing: None,
-        },
-    })
+            as_of: at,
+            leader_changes: vec![],
+        }));
+    };
+    let mut status = c.status(node.now_millis());
+    let timeline = c.timeline();
+    status.leader_changes = timeline
+        .until(at.unwrap_or(u64::MAX), 100)
+        .into_iter()
+        .map(|ch| restm_shared::LeaderChange {
+            group: ch.group,
+            leader: ch.leader,
+            term: ch.term,
+            version: ch.version,
+            time: request::version_time(ch.version),
+        })
+        .collect();
+    if let Some(at) = at {
+        let then = timeline.as_of(at);
+        for g in &mut status.groups {
+            let seen = then.iter().find(|ch| ch.group == g.group);
+            g.leader = seen.and_then(|ch| ch.leader);
+            g.term = seen.map_or(0, |ch| ch.term);
+        }
+        status.as_of = Some(at);
+    }
+    Ok(Json(status))
 }
 
 /// What [`serve`] needs: the node's settings and the listener's. The CLI fills it.

@@ -22,7 +22,7 @@ use restm_shared as wire;
         wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
         wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event, wire::ActiveTxns, wire::LockWaiter,
         wire::LockView, wire::Locks, wire::GcStatus, wire::WatermarkHolder, wire::PinRequest, wire::PinView, wire::Pins,
-        wire::ClusterStatus, wire::MemberStatus, wire::GroupStatus, wire::FollowerLag, wire::ClosedTimestamp, wire::RaftTiming,
+        wire::ClusterStatus, wire::LeaderChange, wire::MemberStatus, wire::GroupStatus, wire::FollowerLag, wire::ClosedTimestamp, wire::RaftTiming,
     )),
     tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"), (name = "gc"))
 )]

@@ -70,6 +70,10 @@ impl Node {
         if horizon > saved {
             self.store.save_horizon(horizon)?;
         }
+        // The leader timeline goes behind the horizon like versions.
+        if let Some(cluster) = self.cluster() {
+            cluster.timeline().prune(horizon);
+        }
         if horizon <= self.pruned_to.load(Ordering::Relaxed) && self.gc.lock().passes > 0 {
             return Ok(());
         }

@@ -70,6 +70,10 @@ impl Observer for StoreObserver {
         self.engine.upgrade().map_or(0, |e| e.last_version())
     }
 
+    fn now_version(&self) -> u64 {
+        self.engine.upgrade().map_or(0, |e| e.now_version())
+    }
+
     fn promise_watermark(&self) -> Option<crate::engine::gc::Watermark> {
         Some(self.engine.upgrade()?.promise_watermark())
     }

@@ -111,6 +111,11 @@ pub trait Observer: Send + Sync + 'static {
     fn last_version(&self) -> u64 {
         0
     }
+    /// A fresh version of the node's clock, to date what it saw (see
+    /// `cluster::timeline`).
+    fn now_version(&self) -> u64 {
+        self.last_version()
+    }
     /// A `Pin` command recorded `pin`.
     fn pinned(&self, _pin: &Pin) {}
     /// An `Unpin` command removed `pin`.
