@@ -1253,6 +1253,18 @@ fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {
         "the defaults"
     );
     assert!(text.contains("election timeout 700 ms"), "{text}");
+    assert!(text.contains(&format!("group 0: node {}, term", l + 1)), "the leader timeline: {text}");
+    // As of an hour ago (within the day kept), before the cluster formed, no group had a
+    // leader this member saw.
+    let mut cmd = std::process::Command::new(restm_bin());
+    cmd.args(["cluster", "status", "--target", &follower, "--at=-1h"]);
+    let out = cmd.output().unwrap();
+    let then = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && then.contains("saw it at") && then.contains("leader none elected"),
+        "{then}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let one = Node::start();
     assert!(status(&one.base, false).contains("a cluster of one"));
 }

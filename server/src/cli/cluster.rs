@@ -1,6 +1,7 @@
-//! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON).
+//! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON), now or
+//! as of a moment (`--at`: who led each group then).
 
-use restm_shared::{ClusterStatus, GroupStatus};
+use restm_shared::{ClusterStatus, GroupStatus, HEADER_AT};
 
 use super::client::{Target, refusal, request, unreachable};
 
@@ -16,6 +17,10 @@ pub struct StatusArgs {
     /// Print the answer as JSON, as `GET /cluster` gives it.
     #[arg(long)]
     pub json: bool,
+    /// Each group's leader and term as of this moment (`X-reSTM-At`: a version, an RFC
+    /// 3339 instant, or e.g. `-10m`), by the member's leader timeline.
+    #[arg(long)]
+    pub at: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -23,7 +28,11 @@ pub struct StatusArgs {
 pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
     let ClusterCommand::Status(a) = cmd;
     let url = format!("{}/cluster", a.target.target.trim_end_matches('/'));
-    let resp = request(&a.target, reqwest::Method::GET, url)?.send().await.map_err(unreachable)?;
+    let mut ask = request(&a.target, reqwest::Method::GET, url)?;
+    if let Some(at) = &a.at {
+        ask = ask.header(HEADER_AT, at);
+    }
+    let resp = ask.send().await.map_err(unreachable)?;
     let status = resp.status();
     let text = resp.text().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -51,7 +60,19 @@ pub fn table(s: &ClusterStatus) -> String {
         );
         return out;
     }
-    let _ = writeln!(out, "cluster {:?}, as node {} sees it", s.cluster, s.node_id);
+    match s.as_of {
+        Some(v) => {
+            let then = crate::engine::hlc::version_time_ms(crate::engine::hlc::millis_of(v));
+            let _ = writeln!(
+                out,
+                "cluster {:?}, as node {} saw it at {then} (version {v}): leaders and terms then, the rest now",
+                s.cluster, s.node_id
+            );
+        }
+        None => {
+            let _ = writeln!(out, "cluster {:?}, as node {} sees it", s.cluster, s.node_id);
+        }
+    }
     let _ = writeln!(out, "\nmembers\n  {:<4} {:<8} {:>13}  peer", "id", "state", "last contact");
     for m in &s.members {
         let contact = m.last_contact_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
@@ -66,6 +87,14 @@ pub fn table(s: &ClusterStatus) -> String {
     }
     for g in &s.groups {
         group(&mut out, g);
+    }
+    let recent = &s.leader_changes[s.leader_changes.len().saturating_sub(10)..];
+    if !recent.is_empty() {
+        let _ = writeln!(out, "\nleader changes node {} saw (newest last)", s.node_id);
+        for c in recent {
+            let leader = c.leader.map_or("no leader".to_string(), |l| format!("node {l}"));
+            let _ = writeln!(out, "  {}  group {}: {leader}, term {}", c.time, c.group, c.term);
+        }
     }
     out
 }
