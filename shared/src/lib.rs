@@ -277,8 +277,9 @@ pub struct MemberStatus {
     /// The address peers dial (from `--initial-cluster`).
     pub peer_url: String,
     /// `up` or `down`: whether this node heard from it (a request or an answer) in the last
-    /// 2 s. A leader calls every member each heartbeat; a follower hears only the leader, so
-    /// it says `unknown` of the other followers it has not heard from.
+    /// 2 s. A leader calls every member each heartbeat; a follower hears only leaders, so of
+    /// another follower it takes the first group's leader's word, and says `unknown` only
+    /// when that leader does not answer either.
     pub state: String,
     /// Milliseconds since this node last heard from it (`None`: never, since it started).
     pub last_contact_ms: Option<u64>,

@@ -1212,6 +1212,34 @@ async fn cluster_as_of_a_moment_names_who_led_then() {
     problem(r, 400, "bad-request").await;
 }
 
+/// A follower hears only the leader, so of another follower it takes the leader's word:
+/// a follower killed is `down` in the other follower's `/cluster`, not `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_takes_the_leaders_word_for_another_follower() {
+    let mut node = Node::cluster(3, &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let l = leader_index(&node);
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    let asker = member(&mut node, f1).base.clone();
+    member(&mut node, f2).kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = json_ok(http.get(format!("{asker}/cluster")).send().await).await.unwrap();
+        let state = |id: usize| {
+            s["members"].as_array().unwrap().iter().find(|m| m["node_id"] == id as u64 + 1).unwrap()["state"]
+                .clone()
+        };
+        if state(f2) == "down" {
+            assert_eq!(state(l), "up", "{s}");
+            assert_eq!(state(f1), "up", "{s}");
+            break;
+        }
+        assert!(state(f2) != "unknown" || Instant::now() < deadline, "still unknown: {s}");
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `restm cluster status` prints what `GET /cluster` says, as a table or as JSON.
 #[test]
 fn restm_cluster_status_prints_the_members_the_leader_and_the_lag() {

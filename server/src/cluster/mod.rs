@@ -47,6 +47,8 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a peer's txn waiting here for a lock looks whether its coordinator ended it.
 const LOCK_WAIT_SLICE: Duration = Duration::from_millis(100);
+/// A member not heard from for this long is down (to a node that would hear from it).
+const MEMBER_SILENCE_MS: u64 = 2_000;
 /// Longest a member that forwarded a proposal waits for its own replica to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(1);
 
@@ -543,6 +545,35 @@ impl Cluster {
     }
 
     /// `GET /cluster`, with closed timestamps' lag measured against `now_millis`.
+    /// Milliseconds since this node last heard from `member` (0 for itself).
+    fn contact_ms(&self, member: NodeId) -> Option<u64> {
+        if member == self.config.node_id {
+            return Some(0);
+        }
+        self.silent_for(member).map(|d| d.as_millis() as u64)
+    }
+
+    /// [`Cluster::status`], where a member this node cannot tell about (it leads nothing
+    /// and hears only leaders) takes the first group's leader's word: that leader calls
+    /// every member each heartbeat. Its state then says `up` or `down`, by the leader.
+    pub async fn status_seen(&self, now_millis: u64) -> ClusterStatus {
+        let mut status = self.status(now_millis);
+        let unsure = status.members.iter().any(|m| m.state == "unknown");
+        let leader = self.leader().filter(|l| *l != self.config.node_id);
+        let (true, Some(leader)) = (unsure, leader) else { return status };
+        let Some(peer) = self.peer(leader) else { return status };
+        if let Ok(Response::Contacts(seen)) = peer.call(&Request::Contacts, Duration::from_millis(500)).await
+        {
+            for m in status.members.iter_mut().filter(|m| m.state == "unknown") {
+                if let Some((_, contact)) = seen.iter().find(|(id, _)| *id == m.node_id) {
+                    m.state =
+                        if contact.is_some_and(|ms| ms < MEMBER_SILENCE_MS) { "up" } else { "down" }.into();
+                }
+            }
+        }
+        status
+    }
+
     pub fn status(&self, now_millis: u64) -> ClusterStatus {
         let m = self.replica().metrics();
         let membership = m.membership_config.membership();
@@ -551,8 +582,8 @@ impl Cluster {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let contact = self.silent_for(*id).map(|d| d.as_millis() as u64);
-                let heard = *id == self.config.node_id || contact.is_some_and(|ms| ms < 2_000);
+                let contact = self.contact_ms(*id);
+                let heard = contact.is_some_and(|ms| ms < MEMBER_SILENCE_MS);
                 let leads_here = self.replicas.iter().any(|r| r.metrics().current_leader == Some(*id));
                 let state = if heard {
                     "up"
@@ -563,8 +594,7 @@ impl Cluster {
                     "down"
                 }
                 .to_string();
-                let last_contact_ms = if *id == self.config.node_id { Some(0) } else { contact };
-                MemberStatus { node_id: *id, peer_url: node.addr.clone(), state, last_contact_ms }
+                MemberStatus { node_id: *id, peer_url: node.addr.clone(), state, last_contact_ms: contact }
             })
             .collect();
         ClusterStatus {
@@ -700,6 +730,10 @@ impl Service for Cluster {
 
     fn watermark(&self) -> Option<crate::engine::gc::Watermark> {
         self.observer.promise_watermark()
+    }
+
+    fn contacts(&self) -> Vec<(NodeId, Option<u64>)> {
+        self.members().into_iter().map(|m| (m, self.contact_ms(m))).collect()
     }
 }
 

@@ -134,7 +134,7 @@ pub async fn cluster_status(
             leader_changes: vec![],
         }));
     };
-    let mut status = c.status(node.now_millis());
+    let mut status = c.status_seen(node.now_millis()).await;
     let timeline = c.timeline();
     status.leader_changes = timeline
         .until(at.unwrap_or(u64::MAX), 100)

@@ -128,6 +128,9 @@ pub enum Request {
     /// The peer's own GC watermark, as a promise to begin no txn below it (see
     /// [`crate::cluster::watermark`]).
     Watermark,
+    /// How long since the peer last heard from each member: a follower, which hears only
+    /// leaders, asks a leader, which calls every member each heartbeat.
+    Contacts,
 }
 
 /// A peer's answer.
@@ -163,6 +166,8 @@ pub enum Response {
     Unlocked,
     /// The peer's promised watermark (`None`: it is not serving yet).
     Watermark(Option<crate::engine::gc::Watermark>),
+    /// Per member, milliseconds since the peer last heard from it (`None`: never).
+    Contacts(Vec<(NodeId, Option<u64>)>),
 }
 
 /// Why a peer did not propose a command for another node.
@@ -215,6 +220,10 @@ pub trait Service: Send + Sync + 'static {
 
     /// This node's own GC watermark, promised (see [`Request::Watermark`]).
     fn watermark(&self) -> Option<crate::engine::gc::Watermark>;
+
+    /// Per member, milliseconds since this node last heard from it (see
+    /// [`Request::Contacts`]).
+    fn contacts(&self) -> Vec<(NodeId, Option<u64>)>;
 }
 
 impl Identity {
@@ -330,6 +339,13 @@ impl Groups {
                 }
                 Response::Unlocked
             }
+            Request::Contacts => Response::Contacts(
+                self.service
+                    .get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .map(|s| s.contacts())
+                    .unwrap_or_default(),
+            ),
             Request::Watermark => Response::Watermark(
                 self.service.get().and_then(std::sync::Weak::upgrade).and_then(|s| s.watermark()),
             ),
