@@ -561,9 +561,14 @@ impl Cluster {
         let unsure = status.members.iter().any(|m| m.state == "unknown");
         let leader = self.leader().filter(|l| *l != self.config.node_id);
         let (true, Some(leader)) = (unsure, leader) else { return status };
-        let Some(peer) = self.peer(leader) else { return status };
-        if let Ok(Response::Contacts(seen)) = peer.call(&Request::Contacts, Duration::from_millis(500)).await
-        {
+        let contacts =
+            self.ask(leader, &Request::Contacts, Duration::from_millis(500), "its contacts", |answer| {
+                match answer {
+                    Response::Contacts(seen) => Ok(seen),
+                    other => Err(Box::new(other)),
+                }
+            });
+        if let Some(seen) = contacts.await {
             for m in status.members.iter_mut().filter(|m| m.state == "unknown") {
                 if let Some((_, contact)) = seen.iter().find(|(id, _)| *id == m.node_id) {
                     m.state =
@@ -912,14 +917,36 @@ impl Cluster {
     /// Which of `txns` their coordinator `node` still runs (`None`: it did not answer).
     pub async fn running_on(&self, node: NodeId, txns: Vec<crate::engine::TxnId>) -> Option<Vec<bool>> {
         let asked = txns.len();
-        match self.peer(node)?.call(&Request::Running { txns }, CONFIRM_TIMEOUT).await {
-            Ok(Response::Running(runs)) if runs.len() == asked => Some(runs),
-            Ok(other) => {
-                tracing::debug!(node, answer = ?other, "a peer answered which txns it runs oddly");
-                None
+        self.ask(node, &Request::Running { txns }, CONFIRM_TIMEOUT, "which txns it runs", |answer| {
+            match answer {
+                Response::Running(runs) if runs.len() == asked => Ok(runs),
+                other => Err(Box::new(other)),
             }
+        })
+        .await
+    }
+
+    /// Asks `node` (over the peer port) and answers what `pick` takes from its answer;
+    /// `None`, logged with `what` was asked, when it is no member, does not answer, or
+    /// answers something `pick` hands back.
+    async fn ask<T>(
+        &self,
+        node: NodeId,
+        request: &Request,
+        timeout: Duration,
+        what: &'static str,
+        pick: impl FnOnce(Response) -> Result<T, Box<Response>>,
+    ) -> Option<T> {
+        match self.peer(node)?.call(request, timeout).await {
+            Ok(answer) => match pick(answer) {
+                Ok(picked) => Some(picked),
+                Err(other) => {
+                    tracing::debug!(node, what, answer = ?other, "a peer answered oddly");
+                    None
+                }
+            },
             Err(e) => {
-                tracing::debug!(node, error = %e, "asking a peer which txns it runs");
+                tracing::debug!(node, what, error = %e, "asking a peer");
                 None
             }
         }

@@ -93,17 +93,12 @@ impl Cluster {
     }
 
     async fn ask_watermark(&self, member: NodeId) -> Option<Watermark> {
-        match self.peer(member)?.call(&Request::Watermark, ASK_TIMEOUT).await {
-            Ok(Response::Watermark(w)) => w,
-            Ok(other) => {
-                tracing::debug!(member, answer = ?other, "a peer answered its watermark oddly");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(member, error = %e, "asking a peer for its watermark");
-                None
-            }
-        }
+        self.ask(member, &Request::Watermark, ASK_TIMEOUT, "its watermark", |answer| match answer {
+            Response::Watermark(w) => Ok(w),
+            other => Err(Box::new(other)),
+        })
+        .await
+        .flatten()
     }
 }
 
