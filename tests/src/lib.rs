@@ -5,6 +5,9 @@
 //! instead (the first is the [`Node`], the others its [`Node::members`]), and [`Api::new`]
 //! spreads requests over all of them: the same tests, against a cluster.
 
+pub mod list_append;
+pub mod nemesis;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
