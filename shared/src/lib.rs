@@ -363,6 +363,9 @@ pub struct Problem {
     /// On a second commit: the version the transaction already committed at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_version: Option<u64>,
+    /// On `would-lose-majority`: the partitions that would be left without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// The documented set of problem codes.
@@ -489,6 +492,24 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "unavailable";
     /// A commit's outcome is unknown (it may or may not be durable): read to learn it.
     pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
+    /// A membership change names a node that is a member already, at another address.
+    pub const MEMBER_EXISTS: &str = "member-exists";
+    /// A removal would leave partitions (named in `partitions`) without a majority.
+    pub const WOULD_LOSE_MAJORITY: &str = "would-lose-majority";
+    /// A membership change asked of a node that is not a cluster member.
+    pub const NOT_A_CLUSTER: &str = "not-a-cluster";
+}
+
+/// `POST /cluster/members`: a node to add to every group, and where its peers dial it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The new node's id (its `--node-id`), a whole number from 1.
+    pub id: u64,
+    /// The address its peers dial (`http://host:port`, its `--peer-listen` or
+    /// `--advertise-peer-url`).
+    pub peer_url: String,
 }
 
 /// Physical milliseconds since the Unix epoch encoded in a hybrid-logical-clock version.

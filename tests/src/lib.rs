@@ -210,6 +210,33 @@ impl Node {
         serde_json::from_str(body).ok()
     }
 
+    /// Starts member `id` on a fresh data directory, joining the running cluster through
+    /// this node (`serve --join`) with extra `serve` arguments. It is returned once it
+    /// listens for clients; the members add it to their groups in the background.
+    pub fn join(&self, id: u64, extra: &[&str]) -> Node {
+        let (port, peer) = (free_port(), free_port());
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--peer-listen".into(),
+            format!("127.0.0.1:{peer}"),
+            "--join".into(),
+            self.base.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let data_dir = temp_dir(&format!("member{id}"));
+        let child = spawn(&data_dir, port, &args);
+        let node = Node::of(child, data_dir, port, args, true);
+        node.wait_ready();
+        node
+    }
+
+    /// The value this node was started with for the `serve` flag `flag`.
+    pub fn extra_arg(&self, flag: &str) -> Option<&str> {
+        let i = self.extra.iter().position(|a| a == flag)?;
+        self.extra.get(i + 1).map(String::as_str)
+    }
+
     /// Every member: this node, then the others.
     pub fn all(&self) -> impl Iterator<Item = &Node> {
         std::iter::once(self).chain(self.members.iter())

@@ -1,5 +1,7 @@
 //! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON), now or
-//! as of a moment (`--at`: who led each group then).
+//! as of a moment (`--at`: who led each group then). `restm cluster add` and `remove`:
+//! membership changes (`POST /cluster/members`, `DELETE /cluster/members/{id}`), printing
+//! the cluster as it then stands.
 
 use restm_shared::{ClusterStatus, GroupStatus, HEADER_AT};
 
@@ -10,6 +12,33 @@ pub enum ClusterCommand {
     /// The members (up or down, last contact) and each group's leader, term, log and
     /// applied indexes, follower lag and closed timestamps, as the member asked sees them.
     Status(StatusArgs),
+    /// Adds a node (started with --join, or to be) to every group: a learner, then a
+    /// voter once it has caught up.
+    Add(AddArgs),
+    /// Takes a node out of every group; refused while a group would be left without a
+    /// majority of voters that are up.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The new node's id (its --node-id).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// Where its peers dial it (`http://host:port`).
+    #[arg(long)]
+    pub peer_url: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// The node's id.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +55,19 @@ pub struct StatusArgs {
 }
 
 pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
-    let ClusterCommand::Status(a) = cmd;
+    let a = match cmd {
+        ClusterCommand::Status(a) => a,
+        ClusterCommand::Add(a) => {
+            let url = format!("{}/cluster/members", a.target.target.trim_end_matches('/'));
+            let body = restm_shared::MemberRequest { id: a.id, peer_url: a.peer_url.clone() };
+            let ask = request(&a.target, reqwest::Method::POST, url)?.json(&body);
+            return change(ask).await;
+        }
+        ClusterCommand::Remove(a) => {
+            let url = format!("{}/cluster/members/{}", a.target.target.trim_end_matches('/'), a.id);
+            return change(request(&a.target, reqwest::Method::DELETE, url)?).await;
+        }
+    };
     let url = format!("{}/cluster", a.target.target.trim_end_matches('/'));
     let mut ask = request(&a.target, reqwest::Method::GET, url)?;
     if let Some(at) = &a.at {
@@ -44,6 +85,20 @@ pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
     }
     let s: ClusterStatus = serde_json::from_str(&text)
         .map_err(|e| format!("the node's /cluster is not what this CLI reads: {e}"))?;
+    print!("{}", table(&s));
+    Ok(())
+}
+
+/// Sends a membership change and prints the cluster as it then stands.
+async fn change(ask: reqwest::RequestBuilder) -> Result<(), String> {
+    let resp = ask.send().await.map_err(unreachable)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(refusal(status, &text));
+    }
+    let s: ClusterStatus = serde_json::from_str(&text)
+        .map_err(|e| format!("the node's answer is not the /cluster this CLI reads: {e}"))?;
     print!("{}", table(&s));
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::cluster::ClusterConfig;
+use crate::cluster::membership::Join;
 use crate::engine::EngineConfig;
 use crate::http::ServeConfig;
 use crate::node::NodeConfig;
@@ -120,8 +121,18 @@ pub struct ServeArgs {
     pub peer_listen: Option<SocketAddr>,
     /// The first members and the addresses peers dial them at, as etcd's flag of the same
     /// name: `1=http://127.0.0.1:7081,2=http://127.0.0.1:7082,3=http://127.0.0.1:7083`.
-    #[arg(long, env = "RESTM_INITIAL_CLUSTER", value_parser = parse_initial_cluster)]
+    #[arg(long, env = "RESTM_INITIAL_CLUSTER", value_parser = parse_initial_cluster, conflicts_with = "join")]
     pub initial_cluster: Option<InitialCluster>,
+    /// Join a running cluster instead of forming one: the client URL of any member
+    /// (`http://127.0.0.1:7071`), which adds this node to every group (a learner, then a
+    /// voter once it has caught up). With --node-id and --peer-listen; a restart may pass
+    /// it again.
+    #[arg(long, env = "RESTM_JOIN")]
+    pub join: Option<String>,
+    /// The URL peers dial this node's peer port at (default: http:// and --peer-listen),
+    /// as --join announces it.
+    #[arg(long, env = "RESTM_ADVERTISE_PEER_URL")]
+    pub advertise_peer_url: Option<String>,
     /// The secret every peer must present; required when --peer-listen is not loopback.
     #[arg(long, env = "RESTM_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
@@ -205,20 +216,43 @@ pub enum DurabilityArg {
 
 impl ServeArgs {
     /// The cluster flags, checked together: all of --node-id, --peer-listen and
-    /// --initial-cluster, or none.
-    fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
-        let (id, peer, initial) = match (self.node_id, self.peer_listen, &self.initial_cluster) {
+    /// --initial-cluster (or --join), or none. With --join, the member to ask.
+    fn cluster(&self) -> Result<Option<(ClusterConfig, Option<Join>)>, String> {
+        let initial = match (&self.initial_cluster, &self.join) {
+            (Some(initial), _) => Some(initial.0.clone()),
+            (None, Some(_)) => Some(Default::default()),
+            (None, None) => None,
+        };
+        let (id, peer, initial) = match (self.node_id, self.peer_listen, initial) {
             (None, None, None) => return Ok(None),
             (Some(id), Some(peer), Some(initial)) => (id, peer, initial),
             _ => {
                 return Err(
-                    "a cluster member needs all of --node-id, --peer-listen and --initial-cluster".into()
+                    "a cluster member needs all of --node-id, --peer-listen and --initial-cluster (or \
+                            --join)"
+                        .into(),
                 );
             }
         };
-        if !initial.0.contains_key(&id) {
+        if self.join.is_none() && !initial.contains_key(&id) {
             return Err(format!("--initial-cluster does not name this node ({id})"));
         }
+        let join = match &self.join {
+            None => None,
+            Some(url) => {
+                let url = url.trim().trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!("--join {url:?} is not a member's client URL (http://host:port)"));
+                }
+                let peer_url = self.advertise_peer_url.clone().unwrap_or_else(|| {
+                    let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                    format!("{scheme}://{peer}")
+                });
+                crate::cluster::membership::check_peer_url(&peer_url)
+                    .map_err(|e| format!("--advertise-peer-url: {e}"))?;
+                Some(Join { url, peer_url, token: self.auth_token.clone() })
+            }
+        };
         if self.peer_token.as_deref().is_some_and(str::is_empty) {
             return Err("--peer-token must not be empty".into());
         }
@@ -239,26 +273,29 @@ impl ServeArgs {
                 self.listen
             ));
         }
-        Ok(Some(ClusterConfig {
-            node_id: id,
-            name: self.cluster_name.clone(),
-            peer_listen: peer,
-            initial: initial.0.clone(),
-            token: self.peer_token.clone(),
-            client_url: self.advertise_client_url.clone().unwrap_or_else(|| {
-                let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-                format!("{scheme}://{}", self.listen)
-            }),
-            tls: None,
-            timing,
-            groups: self.groups,
-            lock_wait: self.lock_timeout,
-        }))
+        Ok(Some((
+            ClusterConfig {
+                node_id: id,
+                name: self.cluster_name.clone(),
+                peer_listen: peer,
+                initial,
+                token: self.peer_token.clone(),
+                client_url: self.advertise_client_url.clone().unwrap_or_else(|| {
+                    let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+                    format!("{scheme}://{}", self.listen)
+                }),
+                tls: None,
+                timing,
+                groups: self.groups,
+                lock_wait: self.lock_timeout,
+            },
+            join,
+        )))
     }
 
     /// The node and listener these options describe.
     pub fn into_config(self) -> Result<ServeConfig, String> {
-        let cluster = self.cluster()?;
+        let (cluster, join) = self.cluster()?.map_or((None, None), |(c, j)| (Some(c), j));
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key, ca: self.tls_ca }),
             _ => None,
@@ -292,6 +329,7 @@ impl ServeArgs {
             max_body: self.max_body,
             ui_dir: self.ui_dir,
             cluster,
+            join,
             tls,
         })
     }

@@ -16,6 +16,7 @@
 //! - [`Cluster::status`] is `GET /cluster`.
 
 pub mod locks;
+pub mod membership;
 pub mod resolver;
 pub mod timeline;
 pub mod watermark;
@@ -102,6 +103,8 @@ pub enum ClusterError {
     GroupMismatch { stored: u32, requested: u32 },
     #[error("reading the data directory's group count: {0}")]
     GroupCount(String),
+    #[error("the data directory has never been a member, and the member --join names cannot be reached")]
+    NeverJoined,
 }
 
 /// This node's part of the cluster.
@@ -151,7 +154,9 @@ impl Cluster {
         observer: Arc<dyn Observer>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Self>, ClusterError> {
-        if !config.initial.contains_key(&config.node_id) {
+        // An empty --initial-cluster: the node joins a running cluster (`--join`), whose
+        // leaders add it to their groups; it forms none.
+        if !config.initial.is_empty() && !config.initial.contains_key(&config.node_id) {
             return Err(ClusterError::NotAMember(config.node_id));
         }
         let me = Arc::new(Identity {
@@ -161,7 +166,14 @@ impl Cluster {
             client_url: config.client_url.clone(),
             tls: config.tls.clone(),
         });
-        let groups = match crate::raft::log_store::group_count(&db, config.groups.max(1)) {
+        // 0: a joiner restarting, which takes the count its data directory holds.
+        let asked = match config.groups {
+            0 => crate::raft::log_store::stored_group_count(&db)
+                .map_err(|e| ClusterError::GroupCount(e.to_string()))?
+                .ok_or(ClusterError::NeverJoined)?,
+            n => n,
+        };
+        let groups = match crate::raft::log_store::group_count(&db, asked) {
             Ok(n) => n,
             Err(Ok(stored)) => {
                 return Err(ClusterError::GroupMismatch { stored, requested: config.groups.max(1) });
@@ -185,13 +197,16 @@ impl Cluster {
         // group still has none after three election timeouts (that member is down or slow).
         // One group is formed by whichever member comes first, as before.
         let firsts: Vec<NodeId> = voters.keys().copied().collect();
-        let forms_first = |group: usize| groups == 1 || firsts[group % firsts.len()] == config.node_id;
+        let forms_first = |group: usize| {
+            !firsts.is_empty() && (groups == 1 || firsts[group % firsts.len()] == config.node_id)
+        };
         for (group, replica) in replicas.iter().enumerate() {
             if forms_first(group) {
                 replica.initialize(voters.clone()).await?;
             }
         }
-        let deferred: Vec<GroupId> = (0..groups).filter(|g| !forms_first(*g as usize)).collect();
+        let deferred: Vec<GroupId> =
+            (0..groups).filter(|g| !firsts.is_empty() && !forms_first(*g as usize)).collect();
         let timeline = Arc::new(timeline::Timeline::default());
         for replica in &replicas {
             timeline.follow(replica, observer.clone());
@@ -367,9 +382,13 @@ impl Cluster {
         }
     }
 
-    /// The connection to `node`, at the peer address the first group's membership names.
+    /// The connection to `node`, at the peer address a group's membership names.
     fn peer(&self, node: NodeId) -> Option<Arc<crate::raft::transport::PeerClient>> {
-        let addr = self.replica().metrics().membership_config.membership().get_node(&node)?.addr.clone();
+        // The first group's membership names every member; while a member is added or removed,
+        // another group's may name it before or after the first's does.
+        let addr = self.replicas.iter().find_map(|r| {
+            r.metrics().membership_config.membership().get_node(&node).map(|n| n.addr.clone())
+        })?;
         Some(self.host.peers.client(node, &addr))
     }
 
@@ -667,6 +686,17 @@ impl Cluster {
 }
 
 impl Service for Cluster {
+    fn change_member(
+        self: Arc<Self>,
+        group: GroupId,
+        change: crate::raft::transport::MemberChange,
+    ) -> Answer<()> {
+        Box::pin(async move {
+            let answer = self.change_here(group, change).await;
+            (answer, self.observer.last_version())
+        })
+    }
+
     fn propose(self: Arc<Self>, group: GroupId, proposed: Proposed, hlc: u64) -> Answer<(Outcome, u64)> {
         self.observer.saw_version(hlc);
         Box::pin(async move {

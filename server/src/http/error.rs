@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use restm_shared::{HEADER_HORIZON, PROBLEM_JSON, Problem, codes};
 
+use crate::cluster::membership::MembershipError;
 use crate::engine::EngineError;
 
 /// Every error a handler can answer with.
@@ -31,6 +32,13 @@ pub enum ApiError {
     /// The partitions' leader cannot be reached from this node, or none is elected.
     #[error("{0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Membership(#[from] crate::cluster::membership::MembershipError),
+    /// A membership change asked of a node of its own.
+    #[error(
+        "this node is not a cluster member (it runs without --node-id, --peer-listen and --initial-cluster)"
+    )]
+    NotAClusterMember,
 }
 
 impl ApiError {
@@ -98,6 +106,9 @@ impl ApiError {
             ApiError::PointerNotFound { ptr } | ApiError::PreconditionFailed { ptr, .. } => {
                 p.pointer = Some(ptr.clone())
             }
+            ApiError::Membership(MembershipError::WouldLoseMajority { partitions, .. }) => {
+                p.partitions = Some(partitions.clone())
+            }
             _ => {}
         }
         p
@@ -157,6 +168,18 @@ impl ApiError {
                 (S::PRECONDITION_FAILED, codes::PRECONDITION_FAILED, "Precondition failed")
             }
             ApiError::Unauthorized => (S::UNAUTHORIZED, codes::UNAUTHORIZED, "Unauthorized"),
+            ApiError::NotAClusterMember => (S::CONFLICT, codes::NOT_A_CLUSTER, "Not a cluster member"),
+            ApiError::Membership(m) => match m {
+                MembershipError::Invalid(_) => (S::BAD_REQUEST, codes::BAD_REQUEST, "Bad membership change"),
+                MembershipError::Exists { .. } => (S::CONFLICT, codes::MEMBER_EXISTS, "A member already"),
+                MembershipError::NotAMember(_) => (S::NOT_FOUND, codes::NOT_FOUND, "Not a member"),
+                MembershipError::WouldLoseMajority { .. } => {
+                    (S::CONFLICT, codes::WOULD_LOSE_MAJORITY, "The removal would lose a majority")
+                }
+                MembershipError::Unavailable { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "The membership change could not be made")
+                }
+            },
             ApiError::Forbidden => (S::FORBIDDEN, codes::FORBIDDEN, "Forbidden"),
         }
     }
@@ -188,6 +211,7 @@ impl IntoResponse for ApiError {
                     | EngineError::WritesFenced { .. }
                     | EngineError::NotLeader { .. }
             ) | ApiError::Unavailable(_)
+                | ApiError::Membership(MembershipError::Unavailable { .. })
         ) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

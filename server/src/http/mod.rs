@@ -11,6 +11,7 @@ pub mod events_merge;
 mod events_relay;
 pub mod gather;
 pub mod gc;
+pub mod members;
 pub mod observe;
 pub mod openapi;
 pub mod ptr;
@@ -67,6 +68,8 @@ pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>
     Router::new()
         .route("/health", get(health))
         .route("/cluster", get(cluster_status))
+        .route("/cluster/members", post(members::add))
+        .route("/cluster/members/{id}", axum::routing::delete(members::remove))
         .route("/events", get(events::events))
         .route("/metrics", get(observe::metrics))
         .route("/txns", get(observe::txns))
@@ -178,6 +181,8 @@ pub struct ServeConfig {
     pub ui_dir: Option<std::path::PathBuf>,
     /// The cluster to join (`None`: a cluster of one, unreplicated).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// With `cluster`: join a running one through this member (`--join`).
+    pub join: Option<crate::cluster::membership::Join>,
     /// TLS on the client port (and the peer port), from these files.
     pub tls: Option<crate::tls::TlsFiles>,
 }
@@ -202,7 +207,27 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
     if let Some(c) = cluster.as_mut() {
         c.tls = tls.clone();
     }
+    let forwarder = route::forwarder(tls.as_deref());
     let data_dir = args.node.data_dir.clone();
+    let fresh = std::fs::read_dir(&data_dir).map_or(true, |mut d| d.next().is_none());
+    if let (Some(c), Some(_)) = (cluster.as_mut(), &args.join)
+        && !fresh
+    {
+        c.groups = 0; // a restart: the data directory knows its groups and its members
+    }
+    if let (Some(c), Some(join)) = (cluster.as_mut(), &args.join)
+        && fresh
+    {
+        // The cluster's group count and name, before this node opens its replicas.
+        let status = join.discover(&forwarder).await?;
+        if status.cluster != c.name {
+            return Err(format!(
+                "{} is a member of cluster {:?}, not {:?} (--cluster-name)",
+                join.url, status.cluster, c.name
+            ));
+        }
+        c.groups = (status.groups.len() as u32).max(1);
+    }
     let durability = args.node.durability;
     let events = Arc::new(crate::events::EventHub::new(args.event_buffer, args.event_subscriber_buffer));
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -219,6 +244,18 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
                 .map_err(|e| format!("cannot join the cluster from {}: {e}", data_dir.display()))?
         }
     };
+    if let Some(c) = node.cluster()
+        && c.coordinates_anywhere()
+    {
+        events.number_as(c.node_id()); // again, for a count only the data directory knew
+    }
+    if let (Some(join), Some(c)) = (args.join, node.cluster()) {
+        if c.voter_everywhere() {
+            tracing::info!(node = c.node_id(), "a voter of every group already: --join has nothing to ask");
+        } else {
+            join.spawn_request(forwarder.clone(), c.node_id());
+        }
+    }
     events.place_in(node.partition_count());
     node.spawn_reaper();
     node.spawn_gc();
@@ -227,7 +264,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
         events,
         metrics,
         auth_token: args.auth_token.map(Arc::from),
-        forwarder: route::forwarder(tls.as_deref()),
+        forwarder,
         max_body: args.max_body,
         tls: tls.clone(),
     });

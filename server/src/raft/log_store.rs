@@ -100,12 +100,7 @@ const GROUP_COUNT: &[u8] = b"\xff\xff\xff\xffgroups";
 /// count was stored, with a vote in group 0, has one.
 pub fn group_count(db: &Database, requested: u32) -> Result<u32, Result<u32, fjall::Error>> {
     let (_, state) = keyspaces(db).map_err(Err)?;
-    let stored = match state.get(GROUP_COUNT).map_err(Err)? {
-        Some(v) => Some(v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)),
-        None if state.get(state_key(0, VOTE)).map_err(Err)?.is_some() => Some(1),
-        None => None,
-    };
-    match stored {
+    match stored_group_count(db).map_err(Err)? {
         Some(n) if n != requested => Err(Ok(n)),
         Some(n) => Ok(n),
         None => {
@@ -114,6 +109,16 @@ pub fn group_count(db: &Database, requested: u32) -> Result<u32, Result<u32, fja
             Ok(requested)
         }
     }
+}
+
+/// The number of groups recorded in this data directory, if it has been a member.
+pub fn stored_group_count(db: &Database) -> Result<Option<u32>, fjall::Error> {
+    let (_, state) = keyspaces(db)?;
+    Ok(match state.get(GROUP_COUNT)? {
+        Some(v) => Some(v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0)),
+        None if state.get(state_key(0, VOTE))?.is_some() => Some(1),
+        None => None,
+    })
 }
 
 fn index_key(group: GroupId, index: u64) -> [u8; 12] {

@@ -41,6 +41,9 @@ pub enum ReplicaError {
     Raft(String),
     #[error("waited {after:?} for {what}")]
     Timeout { what: &'static str, after: Duration },
+    /// A membership change that cannot be made as asked.
+    #[error("{0}")]
+    Member(String),
 }
 
 /// What every group of a node shares: the database its logs live in, the flusher that
@@ -341,6 +344,60 @@ impl Replica {
             .await
             .map(|_| ())
             .map_err(|e| write_error(&e))
+    }
+
+    /// Makes `node` (peer address `addr`) a voter, as a Raft membership change on the
+    /// leader: a learner first, then, once it has caught up with the log (or a snapshot)
+    /// within `catch_up`, promoted. A voter already there at `addr` is left as it is; an id
+    /// that is a member at another address is refused.
+    pub async fn add_voter(&self, node: NodeId, addr: &str, catch_up: Duration) -> Result<(), ReplicaError> {
+        let membership = self.metrics().membership_config.membership().clone();
+        match membership.get_node(&node) {
+            Some(there) if there.addr != addr => {
+                return Err(ReplicaError::Member(format!(
+                    "node {node} is a member of group {} at {}, not {addr}",
+                    self.group, there.addr
+                )));
+            }
+            Some(_) if membership.voter_ids().any(|v| v == node) => return Ok(()),
+            Some(_) => {}
+            None => {
+                let learner = BasicNode { addr: addr.to_string() };
+                self.raft.add_learner(node, learner, false).await.map_err(|e| write_error(&e))?;
+            }
+        }
+        let target = self.metrics().last_log_index.unwrap_or(0);
+        let caught_up = |m: &RaftMetrics<NodeId, BasicNode>| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&node))
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.index >= target)
+        };
+        self.raft.wait(Some(catch_up)).metrics(caught_up, "the learner to catch up").await.map_err(|_| {
+            ReplicaError::Timeout { what: "the new member to catch up with the log", after: catch_up }
+        })?;
+        let promote = openraft::ChangeMembers::AddVoterIds([node].into());
+        self.raft.change_membership(promote, false).await.map_err(|e| write_error(&e))?;
+        tracing::info!(group = self.group, node, addr, "a new voter");
+        Ok(())
+    }
+
+    /// Takes `node` out of the group (a voter or a learner), as a Raft membership change on
+    /// the leader; a node that is no member is left as it is.
+    pub async fn remove_member(&self, node: NodeId) -> Result<(), ReplicaError> {
+        let membership = self.metrics().membership_config.membership().clone();
+        if membership.get_node(&node).is_none() {
+            return Ok(());
+        }
+        let change = if membership.voter_ids().any(|v| v == node) {
+            openraft::ChangeMembers::RemoveVoters([node].into())
+        } else {
+            openraft::ChangeMembers::RemoveNodes([node].into())
+        };
+        self.raft.change_membership(change, false).await.map_err(|e| write_error(&e))?;
+        tracing::info!(group = self.group, node, "a member removed");
+        Ok(())
     }
 
     /// The partitions this member applies to, ascending.

@@ -131,6 +131,21 @@ pub enum Request {
     /// How long since the peer last heard from each member: a follower, which hears only
     /// leaders, asks a leader, which calls every member each heartbeat.
     Contacts,
+    /// Change `group`'s membership, which the peer leads (see [`crate::cluster::membership`]).
+    Member {
+        group: GroupId,
+        change: MemberChange,
+    },
+}
+
+/// A change of one group's membership, made by its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Make `node`, whose peer address is `addr`, a voter: a learner, then promoted once it
+    /// has caught up.
+    Add { node: NodeId, addr: String },
+    /// Take `node` out of the group.
+    Remove { node: NodeId },
 }
 
 /// A peer's answer.
@@ -168,6 +183,8 @@ pub enum Response {
     Watermark(Option<crate::engine::gc::Watermark>),
     /// Per member, milliseconds since the peer last heard from it (`None`: never).
     Contacts(Vec<(NodeId, Option<u64>)>),
+    /// The membership change is made (committed in the group's log).
+    Member(Result<(), Refused>),
 }
 
 /// Why a peer did not propose a command for another node.
@@ -224,6 +241,9 @@ pub trait Service: Send + Sync + 'static {
     /// Per member, milliseconds since this node last heard from it (see
     /// [`Request::Contacts`]).
     fn contacts(&self) -> Vec<(NodeId, Option<u64>)>;
+
+    /// Makes `change` to `group`, which this node leads (see [`Request::Member`]).
+    fn change_member(self: Arc<Self>, group: GroupId, change: MemberChange) -> Answer<()>;
 }
 
 impl Identity {
@@ -346,6 +366,12 @@ impl Groups {
                     .map(|s| s.contacts())
                     .unwrap_or_default(),
             ),
+            Request::Member { group, change } => {
+                match self.service.get().and_then(std::sync::Weak::upgrade) {
+                    Some(service) => Response::Member(service.change_member(group, change).await.0),
+                    None => Response::Member(Err(Refused::NotLeader(None))),
+                }
+            }
             Request::Watermark => Response::Watermark(
                 self.service.get().and_then(std::sync::Weak::upgrade).and_then(|s| s.watermark()),
             ),
