@@ -348,8 +348,9 @@ impl Replica {
 
     /// Makes `node` (peer address `addr`) a voter, as a Raft membership change on the
     /// leader: a learner first, then, once it has caught up with the log (or a snapshot)
-    /// within `catch_up`, promoted. A voter already there at `addr` is left as it is; an id
-    /// that is a member at another address is refused.
+    /// within `catch_up`, promoted; one that does not catch up in time is taken out again.
+    /// A voter already there at `addr` is left as it is; an id that is a member at another
+    /// address is refused.
     pub async fn add_voter(&self, node: NodeId, addr: &str, catch_up: Duration) -> Result<(), ReplicaError> {
         let membership = self.metrics().membership_config.membership().clone();
         match membership.get_node(&node) {
@@ -374,9 +375,15 @@ impl Replica {
                 .and_then(Option::as_ref)
                 .is_some_and(|l| l.index >= target)
         };
-        self.raft.wait(Some(catch_up)).metrics(caught_up, "the learner to catch up").await.map_err(|_| {
-            ReplicaError::Timeout { what: "the new member to catch up with the log", after: catch_up }
-        })?;
+        if self.raft.wait(Some(catch_up)).metrics(caught_up, "the learner to catch up").await.is_err() {
+            // A learner that never answers would hold the cluster's GC watermark (a member
+            // that cannot be reached is never skipped): it leaves again.
+            let out = openraft::ChangeMembers::RemoveNodes([node].into());
+            if let Err(e) = self.raft.change_membership(out, false).await {
+                tracing::warn!(group = self.group, node, error = %e, "removing a learner that did not catch up");
+            }
+            return Err(ReplicaError::Timeout { what: "the new member to catch up with the log", after: catch_up });
+        }
         let promote = openraft::ChangeMembers::AddVoterIds([node].into());
         self.raft.change_membership(promote, false).await.map_err(|e| write_error(&e))?;
         tracing::info!(group = self.group, node, addr, "a new voter");
