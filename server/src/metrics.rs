@@ -107,6 +107,8 @@ pub struct Metrics {
     raft_read_confirmations: Family<Labels, Counter>,
     raft_propose: Histogram,
     raft_leader_changes: Counter,
+    raft_read_index_rounds: Counter,
+    raft_read_index_reads: Counter,
     raft_elections: Counter,
     raft_term: Gauge,
     raft_leader: Gauge,
@@ -153,6 +155,8 @@ impl Metrics {
             raft_read_confirmations: Family::default(),
             raft_propose: latency_histogram(),
             raft_leader_changes: Counter::default(),
+            raft_read_index_rounds: Counter::default(),
+            raft_read_index_reads: Counter::default(),
             raft_elections: Counter::default(),
             raft_term: Gauge::default(),
             raft_leader: Gauge::default(),
@@ -262,6 +266,16 @@ impl Metrics {
             m.raft_propose.clone(),
         );
         registry.register(
+            "restm_raft_read_index_rounds",
+            "Read-index rounds this member asked a group's leader for, before latest reads it serves",
+            m.raft_read_index_rounds.clone(),
+        );
+        registry.register(
+            "restm_raft_read_index_reads",
+            "Latest reads those rounds served (reads that came in while a round was out share the next)",
+            m.raft_read_index_reads.clone(),
+        );
+        registry.register(
             "restm_raft_leader_changes",
             "Times this member saw the data group's leader change",
             m.raft_leader_changes.clone(),
@@ -310,6 +324,12 @@ impl Metrics {
     /// Records how a latest read's confirmation of the lead went (`lease` or `round`).
     pub fn observe_read_confirmation(&self, via: &'static str) {
         self.raft_read_confirmations.get_or_create(&vec![("via".to_string(), via.to_string())]).inc();
+    }
+
+    /// Records a read-index round that served `reads` reads.
+    pub fn observe_read_index_round(&self, reads: usize) {
+        self.raft_read_index_rounds.inc();
+        self.raft_read_index_reads.inc_by(reads as u64);
     }
 
     /// Records that the leader this member knows changed.

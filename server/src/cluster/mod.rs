@@ -15,6 +15,7 @@
 //!   what applying it answered, once a majority holds it durably.
 //! - [`Cluster::status`] is `GET /cluster`.
 
+mod barrier;
 pub mod locks;
 pub mod membership;
 pub mod resolver;
@@ -126,6 +127,8 @@ pub struct Cluster {
     promises: watermark::Promises,
     /// Every group's leader changes this member saw (see [`timeline`]).
     timeline: Arc<timeline::Timeline>,
+    /// The reads waiting for each group's next read-index round (see [`barrier`]).
+    rounds: barrier::Rounds,
 }
 
 impl Cluster {
@@ -224,6 +227,7 @@ impl Cluster {
             remote_locks: locks::RemoteLocks::default(),
             promises: watermark::Promises::default(),
             timeline,
+            rounds: barrier::Rounds::default(),
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
@@ -473,41 +477,6 @@ impl Cluster {
     /// losing the lead is answered at once.
     pub async fn confirm_leader(&self) -> Result<(), ReplicaError> {
         self.confirm_group(DATA_GROUP).await
-    }
-
-    /// Makes this member's replica of `partition`'s group hold every write acknowledged
-    /// before the call, so a read of it here is linearizable: the group's leader confirms
-    /// its lead ([`Self::confirm_leader`]), and a member that does not lead asks the leader
-    /// how far it has applied (a read index, over the peer port, the HLC both ways) and
-    /// waits until its own replica applied that far.
-    pub async fn read_barrier(&self, partition: u32) -> Result<(), ReplicaError> {
-        let group = self.group_of(partition);
-        let replica = &self.replicas[group as usize];
-        if replica.is_leader() {
-            return self.confirm_group(group).await;
-        }
-        let (leader, peer) = self.leader_peer(replica)?;
-        let ask = Request::ReadIndex { group, hlc: self.observer.last_version() };
-        let index = match peer.call(&ask, CONFIRM_TIMEOUT).await {
-            Ok(Response::ReadIndex { answer, hlc }) => {
-                self.observer.saw_version(hlc);
-                answer
-                    .map_err(|refused| refused_error(refused, "the leader's majority to confirm its lead"))?
-            }
-            Ok(other) => {
-                return Err(ReplicaError::Raft(format!(
-                    "node {leader} answered a read index with {other:?}"
-                )));
-            }
-            Err(e) => return Err(ReplicaError::Raft(format!("asking node {leader} for a read index: {e}"))),
-        };
-        replica.wait_applied(index, CONFIRM_TIMEOUT).await
-    }
-
-    /// [`Self::read_barrier`] on every group (a listing reads every partition).
-    pub async fn read_barrier_all(&self) -> Result<(), ReplicaError> {
-        let barriers = (0..self.groups()).map(|g| self.read_barrier(g));
-        futures_util::future::try_join_all(barriers).await.map(|_| ())
     }
 
     /// [`Self::confirm_leader`] of `group`.

@@ -382,7 +382,10 @@ impl Replica {
             if let Err(e) = self.raft.change_membership(out, false).await {
                 tracing::warn!(group = self.group, node, error = %e, "removing a learner that did not catch up");
             }
-            return Err(ReplicaError::Timeout { what: "the new member to catch up with the log", after: catch_up });
+            return Err(ReplicaError::Timeout {
+                what: "the new member to catch up with the log",
+                after: catch_up,
+            });
         }
         let promote = openraft::ChangeMembers::AddVoterIds([node].into());
         self.raft.change_membership(promote, false).await.map_err(|e| write_error(&e))?;
