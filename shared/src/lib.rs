@@ -253,6 +253,12 @@ pub struct LeaderChange {
     pub version: u64,
     /// The version's moment (RFC 3339).
     pub time: String,
+    /// The group's voters from then on (a membership change is a change too).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// The group's learners from then on: members catching up before they vote.
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 /// How fast a cluster notices a dead leader, and how long a leader reads on its own.

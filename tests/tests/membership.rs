@@ -63,8 +63,9 @@ async fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed() {
     let mut cluster = Node::cluster(3, &["--groups", "4"]);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
     let api = Api::new(&cluster);
+    let mut before = 0;
     for i in 0..16 {
-        api.put_ok(&format!("m/{i}"), &json!(i)).await;
+        before = api.put_ok(&format!("m/{i}"), &json!(i)).await;
     }
     let base1 = cluster.base.clone();
     let base2 = cluster.members[0].base.clone();
@@ -102,6 +103,17 @@ async fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed() {
             .await;
     }
     eprintln!("node 4 was a voter of every group {:?} after it started", joined.elapsed());
+    // The timeline keeps the change: as of before the join, the groups had three voters.
+    let r =
+        http.get(format!("{base1}/cluster")).header("X-reSTM-At", before.to_string()).send().await.unwrap();
+    let then: restm_shared::ClusterStatus = r.json().await.unwrap();
+    assert!(then.groups.iter().all(|g| g.voters == [1, 2, 3]), "{:?}", then.groups);
+    let now = cluster_of(&http, &base1).await.unwrap();
+    for g in 0..4 {
+        let seen = now.leader_changes.iter().filter(|c| c.group == g);
+        assert!(seen.clone().any(|c| c.voters == [1, 2, 3]), "group {g}: {:?}", now.leader_changes);
+        assert!(seen.clone().any(|c| c.voters == [1, 2, 3, 4]), "group {g}: {:?}", now.leader_changes);
+    }
     let api4 = Api::only(&n4.base);
     for i in 0..16 {
         assert_eq!(api4.value(&format!("m/{i}")).await, Some(json!(i)), "m/{i} on the new member");

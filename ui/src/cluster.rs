@@ -130,22 +130,24 @@ fn timeline_view(s: &ClusterStatus) -> impl IntoView {
     let rows = rows
         .into_iter()
         .map(|r| {
-            let from = match r.from {
-                None => "first seen".to_string(),
-                Some(from) => node_name(from),
+            let lead = match r.from {
+                None => format!("first seen → {}", node_name(r.to)),
+                Some(from) if from == r.to => format!("{} (stays)", node_name(r.to)),
+                Some(from) => format!("{} → {}", node_name(from), node_name(r.to)),
             };
             view! {
                 <tr data-testid="cluster-change" data-group=r.group.to_string()>
                     <td>{time::clock(time::parse_ms(&r.time))}</td>
                     <td>{format!("group {}", r.group)}</td>
-                    <td>{format!("{from} → {}", node_name(r.to))}</td>
+                    <td>{lead}</td>
                     <td>{format!("term {}", r.term)}</td>
+                    <td data-testid="cluster-change-members">{r.members.unwrap_or_default()}</td>
                 </tr>
             }
         })
         .collect_view();
     view! {
-        <h3>{format!("Leader changes node {} saw", s.node_id)}</h3>
+        <h3>{format!("Leader and membership changes node {} saw", s.node_id)}</h3>
         <table data-testid="cluster-timeline">
             <thead>
                 <tr>
@@ -153,6 +155,7 @@ fn timeline_view(s: &ClusterStatus) -> impl IntoView {
                     <th>"group"</th>
                     <th>"leader"</th>
                     <th>"term"</th>
+                    <th>"members"</th>
                 </tr>
             </thead>
             <tbody>{rows}</tbody>

@@ -68,6 +68,9 @@ pub struct TimelineRow {
     pub to: Option<u64>,
     pub term: u64,
     pub time: String,
+    /// The group's members, where they changed from the change before (or on the first
+    /// one kept): `voters 1, 2, 3 · learners 4`.
+    pub members: Option<String>,
 }
 
 /// The members, ascending by id.
@@ -125,17 +128,27 @@ pub fn placement(status: &ClusterStatus) -> Vec<GroupRow> {
 }
 
 /// The member's leader timeline (`/cluster`'s `leader_changes`, oldest first), newest
-/// first, each change with the leader before it.
+/// first, each change with the leader before it, and the members where they changed.
 pub fn timeline(changes: &[LeaderChange]) -> Vec<TimelineRow> {
+    let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     let mut rows: Vec<TimelineRow> = changes
         .iter()
         .enumerate()
-        .map(|(i, c)| TimelineRow {
-            group: c.group,
-            from: changes[..i].iter().rev().find(|p| p.group == c.group).map(|p| p.leader),
-            to: c.leader,
-            term: c.term,
-            time: c.time.clone(),
+        .map(|(i, c)| {
+            let before = changes[..i].iter().rev().find(|p| p.group == c.group);
+            let moved = before.is_none_or(|p| (&p.voters, &p.learners) != (&c.voters, &c.learners));
+            let members = (moved && !c.voters.is_empty()).then(|| match c.learners.as_slice() {
+                [] => format!("voters {}", list(&c.voters)),
+                learners => format!("voters {} · learners {}", list(&c.voters), list(learners)),
+            });
+            TimelineRow {
+                group: c.group,
+                from: before.map(|p| p.leader),
+                to: c.leader,
+                term: c.term,
+                time: c.time.clone(),
+                members,
+            }
         })
         .collect();
     rows.reverse();
@@ -227,6 +240,8 @@ mod tests {
             term,
             version: term,
             time: format!("t{term}"),
+            voters: vec![1, 2, 3],
+            learners: vec![],
         };
         let rows = timeline(&[
             change(0, Some(1), 1),
@@ -240,6 +255,30 @@ mod tests {
             seen,
             [(0, Some(None), Some(3)), (0, Some(Some(1)), None), (1, None, Some(2)), (0, None, Some(1))]
         );
+    }
+
+    #[test]
+    fn the_timeline_names_the_members_where_they_change() {
+        let change = |version: u64, voters: Vec<u64>, learners: Vec<u64>| LeaderChange {
+            group: 0,
+            leader: Some(1),
+            term: 1,
+            version,
+            time: format!("t{version}"),
+            voters,
+            learners,
+        };
+        let rows = timeline(&[
+            change(1, vec![1, 2, 3], vec![]),
+            change(2, vec![1, 2, 3], vec![4]),
+            change(3, vec![1, 2, 3, 4], vec![]),
+        ]);
+        let members: Vec<Option<&str>> = rows.iter().map(|r| r.members.as_deref()).collect();
+        assert_eq!(
+            members,
+            [Some("voters 1, 2, 3, 4"), Some("voters 1, 2, 3 · learners 4"), Some("voters 1, 2, 3")]
+        );
+        assert_eq!(rows[0].from, Some(Some(1)), "the lead stayed");
     }
 
     #[test]

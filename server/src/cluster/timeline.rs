@@ -1,6 +1,6 @@
-//! The leader timeline: every change of a group's leader (or term) this member saw, with
-//! the moment it saw it, so `GET /cluster` with `X-reSTM-At` answers who led each group
-//! then. It is this member's view (a member sees a change when its Raft metrics do, within
+//! The leader timeline: every change of a group's leader, term or membership (voters and
+//! learners) this member saw, with the moment it saw it, so `GET /cluster` with
+//! `X-reSTM-At` answers who led each group then, and who its members were. It is this member's view (a member sees a change when its Raft metrics do, within
 //! a heartbeat of the others), bounded, and pruned behind the GC horizon like versions:
 //! the newest change at or below the horizon is kept, so a moment at the horizon still
 //! has an answer.
@@ -18,13 +18,24 @@ use crate::raft::{GroupId, NodeId};
 const CAPACITY: usize = 4096;
 
 /// One change: from `version` on (as this member's clock had it), `group` was led by
-/// `leader` (`None`: no leader, an election under way) in `term`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `leader` (`None`: no leader, an election under way) in `term`, with these voters and
+/// learners.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub version: u64,
     pub group: GroupId,
     pub leader: Option<NodeId>,
     pub term: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl Change {
+    /// Whether `other` says the same of the group (all but the moment).
+    fn same(&self, other: &Change) -> bool {
+        (self.leader, self.term, &self.voters, &self.learners)
+            == (other.leader, other.term, &other.voters, &other.learners)
+    }
 }
 
 /// The changes, oldest first.
@@ -34,11 +45,11 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Records `change` if it differs from the group's last (in leader or term).
+    /// Records `change` if it differs from the group's last (in leader, term or members).
     pub fn record(&self, change: Change) {
         let mut changes = self.changes.lock();
         let last = changes.iter().rev().find(|c| c.group == change.group);
-        if last.is_some_and(|l| (l.leader, l.term) == (change.leader, change.term)) {
+        if last.is_some_and(|l| l.same(&change)) {
             return;
         }
         // Versions only rise: a change seen is never before one seen earlier.
@@ -56,8 +67,8 @@ impl Timeline {
         let mut out: Vec<Change> = Vec::new();
         for c in changes.iter().take_while(|c| c.version <= at) {
             match out.iter_mut().find(|o| o.group == c.group) {
-                Some(o) => *o = *c,
-                None => out.push(*c),
+                Some(o) => *o = c.clone(),
+                None => out.push(c.clone()),
             }
         }
         out.sort_by_key(|c| c.group);
@@ -67,7 +78,7 @@ impl Timeline {
     /// The changes at or below `at`, the newest `limit` of them, oldest first.
     pub fn until(&self, at: u64, limit: usize) -> Vec<Change> {
         let changes = self.changes.lock();
-        let upto: Vec<Change> = changes.iter().take_while(|c| c.version <= at).copied().collect();
+        let upto: Vec<Change> = changes.iter().take_while(|c| c.version <= at).cloned().collect();
         upto[upto.len().saturating_sub(limit)..].to_vec()
     }
 
@@ -91,19 +102,25 @@ impl Timeline {
     }
 
     /// Watches `replica`'s Raft metrics for as long as it runs, recording each change of
-    /// its leader or term at `observer`'s clock.
+    /// its leader, term or membership at `observer`'s clock.
     pub fn follow(self: &Arc<Self>, replica: &Replica, observer: Arc<dyn Observer>) {
         let timeline = Arc::downgrade(self);
         let group = replica.group();
         let mut watch = replica.watch();
         tokio::spawn(async move {
             loop {
-                let (leader, term) = {
+                let (leader, term, voters, learners) = {
                     let m = watch.borrow_and_update();
-                    (m.current_leader, m.current_term)
+                    let membership = m.membership_config.membership();
+                    (
+                        m.current_leader,
+                        m.current_term,
+                        membership.voter_ids().collect(),
+                        membership.learner_ids().collect(),
+                    )
                 };
                 let Some(t) = timeline.upgrade() else { return };
-                t.record(Change { version: observer.now_version(), group, leader, term });
+                t.record(Change { version: observer.now_version(), group, leader, term, voters, learners });
                 drop(t);
                 if watch.changed().await.is_err() {
                     return;
@@ -118,7 +135,19 @@ mod tests {
     use super::*;
 
     fn change(version: u64, group: GroupId, leader: Option<NodeId>, term: u64) -> Change {
-        Change { version, group, leader, term }
+        Change { version, group, leader, term, voters: vec![1, 2, 3], learners: vec![] }
+    }
+
+    #[test]
+    fn a_membership_change_is_a_change() {
+        let t = Timeline::default();
+        t.record(change(10, 0, Some(1), 1));
+        t.record(Change { learners: vec![4], ..change(20, 0, Some(1), 1) });
+        t.record(Change { voters: vec![1, 2, 3, 4], ..change(30, 0, Some(1), 1) });
+        t.record(Change { voters: vec![1, 2, 3, 4], ..change(31, 0, Some(1), 1) }); // the same
+        assert_eq!(t.until(u64::MAX, 10).len(), 3);
+        assert_eq!(t.as_of(25)[0].learners, vec![4]);
+        assert_eq!(t.as_of(35)[0].voters, vec![1, 2, 3, 4]);
     }
 
     #[test]

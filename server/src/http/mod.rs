@@ -148,6 +148,8 @@ pub async fn cluster_status(
             term: ch.term,
             version: ch.version,
             time: request::version_time(ch.version),
+            voters: ch.voters,
+            learners: ch.learners,
         })
         .collect();
     if let Some(at) = at {
@@ -156,6 +158,10 @@ pub async fn cluster_status(
             let seen = then.iter().find(|ch| ch.group == g.group);
             g.leader = seen.and_then(|ch| ch.leader);
             g.term = seen.map_or(0, |ch| ch.term);
+            if let Some(ch) = seen {
+                g.voters = ch.voters.clone();
+                g.learners = ch.learners.clone();
+            }
         }
         status.as_of = Some(at);
     }
