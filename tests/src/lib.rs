@@ -572,6 +572,24 @@ impl Api {
     }
 }
 
+/// What a client may conclude from the answer to `POST /txn/{id}/commit`, by the
+/// contract: `200` committed; `409` aborted it, `404` never knew it, and a `503` changed
+/// nothing unless it says `outcome-unknown`; anything else (a timeout, a dropped
+/// connection) leaves it unknown.
+pub async fn commit_outcome(answer: Result<reqwest::Response, reqwest::Error>) -> list_append::Outcome {
+    use list_append::Outcome;
+    let Ok(r) = answer else { return Outcome::Info };
+    match r.status().as_u16() {
+        200 => Outcome::Ok,
+        409 | 404 => Outcome::Fail,
+        503 => match r.json::<restm_shared::Problem>().await {
+            Ok(p) if p.code != restm_shared::codes::OUTCOME_UNKNOWN => Outcome::Fail,
+            _ => Outcome::Info,
+        },
+        _ => Outcome::Info,
+    }
+}
+
 /// Reads a problem+json body, checking the content type and status.
 pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> restm_shared::Problem {
     let got = resp.status().as_u16();

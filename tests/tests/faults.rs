@@ -115,22 +115,9 @@ impl Client {
         Ok(())
     }
 
-    /// The contract's outcomes: `409` aborted it, `404` never knew it, a `503` changed
-    /// nothing unless it says `outcome-unknown`; anything else (a timeout, a dropped
-    /// connection) leaves it unknown.
     async fn commit(&self, txn: &str) -> Outcome {
-        let Ok(r) = self.http.post(format!("{}/txn/{txn}/commit", self.base)).send().await else {
-            return Outcome::Info;
-        };
-        match r.status().as_u16() {
-            200 => Outcome::Ok,
-            409 | 404 => Outcome::Fail,
-            503 => match r.json::<restm_shared::Problem>().await {
-                Ok(p) if p.code != "outcome-unknown" => Outcome::Fail,
-                _ => Outcome::Info,
-            },
-            _ => Outcome::Info,
-        }
+        restm_tests::commit_outcome(self.http.post(format!("{}/txn/{txn}/commit", self.base)).send().await)
+            .await
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use restm_tests::list_append::Outcome;
 use restm_tests::{Api, Node, problem};
 use serde_json::{Value, json};
 
@@ -189,14 +190,6 @@ async fn a_node_of_its_own_takes_no_membership_change() {
     problem(r, 409, "not-a-cluster").await;
 }
 
-/// What a transfer's client learned.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Told {
-    Committed,
-    Failed,
-    Unknown,
-}
-
 /// Moves `amount` from `from` to `to`, and counts the transfer in `done` (the worker's own
 /// pointer), in one txn coordinated by `base`.
 async fn transfer(
@@ -206,12 +199,12 @@ async fn transfer(
     to: usize,
     amount: i64,
     done: &str,
-) -> Told {
+) -> Outcome {
     let ptr = |p: &str| format!("{base}/ptr/{}", restm_tests::enc(p));
     let Ok(r) = http.post(format!("{base}/txn/begin")).json(&json!({})).send().await else {
-        return Told::Failed;
+        return Outcome::Fail;
     };
-    let Ok(begun) = r.json::<restm_shared::BeginResponse>().await else { return Told::Failed };
+    let Ok(begun) = r.json::<restm_shared::BeginResponse>().await else { return Outcome::Fail };
     let txn = begun.txn;
     let names = [format!("bank/{from}"), format!("bank/{to}"), done.to_string()];
     let mut values = Vec::new();
@@ -224,7 +217,7 @@ async fn transfer(
         };
         let Some(v) = v else {
             let _ = http.post(format!("{base}/txn/{txn}/abort")).send().await;
-            return Told::Failed;
+            return Outcome::Fail;
         };
         values.push(v);
     }
@@ -233,18 +226,10 @@ async fn transfer(
         let r = http.put(ptr(name)).header("X-reSTM-Txn", &txn).json(&v).send().await;
         if !matches!(&r, Ok(r) if r.status() == 200) {
             let _ = http.post(format!("{base}/txn/{txn}/abort")).send().await;
-            return Told::Failed;
+            return Outcome::Fail;
         }
     }
-    match http.post(format!("{base}/txn/{txn}/commit")).send().await {
-        Ok(r) if r.status() == 200 => Told::Committed,
-        Ok(r) if r.status() == 409 || r.status() == 404 => Told::Failed,
-        Ok(r) if r.status() == 503 => match r.json::<restm_shared::Problem>().await {
-            Ok(p) if p.code != "outcome-unknown" => Told::Failed,
-            _ => Told::Unknown,
-        },
-        _ => Told::Unknown,
-    }
+    restm_tests::commit_outcome(http.post(format!("{base}/txn/{txn}/commit")).send().await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -317,8 +302,8 @@ async fn the_bank_keeps_its_money_while_a_node_joins_and_another_leaves() {
     assert_eq!(total, 100 * ACCOUNTS as i64, "money was made or lost");
     let mut committed = 0;
     for (w, told) in told.iter().enumerate() {
-        let acked = told.iter().filter(|t| **t == Told::Committed).count() as i64;
-        let unknown = told.iter().filter(|t| **t == Told::Unknown).count() as i64;
+        let acked = told.iter().filter(|t| **t == Outcome::Ok).count() as i64;
+        let unknown = told.iter().filter(|t| **t == Outcome::Info).count() as i64;
         let done = api4.value(&format!("done/{w}")).await.and_then(|v| v.as_i64()).unwrap_or(0);
         assert!(
             acked <= done && done <= acked + unknown,
