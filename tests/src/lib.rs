@@ -163,7 +163,7 @@ impl Node {
                 Node::of(child, data_dir, *port, args, true)
             })
             .collect();
-        for node in &nodes {
+        for node in &mut nodes {
             node.wait_ready();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -226,7 +226,7 @@ impl Node {
         args.extend(extra.iter().map(|s| s.to_string()));
         let data_dir = temp_dir(&format!("member{id}"));
         let child = spawn(&data_dir, port, &args);
-        let node = Node::of(child, data_dir, port, args, true);
+        let mut node = Node::of(child, data_dir, port, args, true);
         node.wait_ready();
         node
     }
@@ -252,7 +252,7 @@ impl Node {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn restm");
-        let node = Node::of(child, data_dir, port, extra, true);
+        let mut node = Node::of(child, data_dir, port, extra, true);
         node.wait_ready();
         node
     }
@@ -262,20 +262,19 @@ impl Node {
         let port = free_port();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&data_dir, port, &extra);
-        let node = Node::of(child, data_dir, port, extra, false);
+        let mut node = Node::of(child, data_dir, port, extra, false);
         node.wait_ready();
         node
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the node listens, and fails at once (with its exit status) if it died.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            // A connect to a loopback port in the ephemeral range that nothing listens on yet
-            // can succeed by connecting to itself (the kernel picked that port as the source):
-            // that is not the node.
-            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port))
-                && stream.local_addr().ok() != stream.peer_addr().ok()
-            {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("restm on port {} exited before it listened: {status}", self.port);
+            }
+            if listening(self.port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -308,6 +307,24 @@ impl Drop for Node {
         if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
+    }
+}
+
+/// Whether a socket listens on the loopback port. Where the kernel's socket table can be
+/// read it decides: a connect alone can be fooled, by a connect to itself (the kernel picked
+/// that port as the source) or by two tests' probes meeting in a simultaneous open, each
+/// taking the other for its node.
+fn listening(port: u16) -> bool {
+    match std::fs::read_to_string("/proc/net/tcp") {
+        Ok(table) => table.lines().skip(1).any(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1).unwrap_or_default();
+            let state = fields.nth(1).unwrap_or_default();
+            state == "0A" // TCP_LISTEN
+                && local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+        }),
+        Err(_) => std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok()),
     }
 }
 
