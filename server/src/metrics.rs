@@ -110,6 +110,7 @@ pub struct Metrics {
     raft_read_index_rounds: Counter,
     raft_read_index_reads: Counter,
     raft_elections: Counter,
+    raft_handovers: Family<Labels, Counter>,
     raft_term: Gauge,
     raft_leader: Gauge,
     raft_last_log: Gauge,
@@ -158,6 +159,7 @@ impl Metrics {
             raft_read_index_rounds: Counter::default(),
             raft_read_index_reads: Counter::default(),
             raft_elections: Counter::default(),
+            raft_handovers: Family::default(),
             raft_term: Gauge::default(),
             raft_leader: Gauge::default(),
             raft_last_log: Gauge::default(),
@@ -285,6 +287,13 @@ impl Metrics {
             "Elections this member started (it became a candidate)",
             m.raft_elections.clone(),
         );
+        registry.register(
+            "restm_raft_leader_handovers",
+            "Leads this member handed to another to balance the leaders, by outcome: moved (the chosen \
+             member leads), elsewhere (another does), kept (this member still leads) or refused (the \
+             handover did not begin)",
+            m.raft_handovers.clone(),
+        );
         registry.register("restm_raft_term", "The data group's current term", m.raft_term.clone());
         registry.register(
             "restm_raft_is_leader",
@@ -335,6 +344,11 @@ impl Metrics {
     /// Records that the leader this member knows changed.
     pub fn observe_leader_change(&self) {
         self.raft_leader_changes.inc();
+    }
+
+    /// Records how a handover of a lead this member held ended.
+    pub fn observe_handover(&self, outcome: &str) {
+        self.raft_handovers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc();
     }
 
     /// Records that this member started an election.

@@ -480,6 +480,7 @@ async fn start_some_grouped(
             timing: timing(),
             groups,
             lock_wait: Duration::from_millis(200),
+            rebalance: None,
         };
         let clock = Arc::new(Clocked::default());
         let parts = partitions(PARTITIONS);

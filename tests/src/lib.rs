@@ -589,6 +589,37 @@ impl Api {
     }
 }
 
+/// `base`'s `GET /cluster`, if it answers.
+pub async fn cluster_of(http: &reqwest::Client, base: &str) -> Option<restm_shared::ClusterStatus> {
+    let r = http.get(format!("{base}/cluster")).send().await.ok()?;
+    r.json().await.ok()
+}
+
+/// Waits (up to `within`) until `base`'s `GET /cluster` satisfies `done`, and answers it;
+/// fails the test with the last one seen, naming `what` it waited for.
+pub async fn cluster_until(
+    http: &reqwest::Client,
+    base: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&restm_shared::ClusterStatus) -> bool,
+) -> restm_shared::ClusterStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = cluster_of(http, base).await
+            && done(&s)
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}: not {what} within {within:?}: {:?}",
+            cluster_of(http, base).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a client may conclude from the answer to `POST /txn/{id}/commit`, by the
 /// contract: `200` committed; `409` aborted it, `404` never knew it, and a `503` changed
 /// nothing unless it says `outcome-unknown`; anything else (a timeout, a dropped

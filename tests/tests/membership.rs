@@ -6,37 +6,8 @@
 use std::time::{Duration, Instant};
 
 use restm_tests::list_append::Outcome;
-use restm_tests::{Api, Node, problem};
+use restm_tests::{Api, Node, cluster_of, cluster_until as until, problem};
 use serde_json::{Value, json};
-
-async fn cluster_of(http: &reqwest::Client, base: &str) -> Option<restm_shared::ClusterStatus> {
-    let r = http.get(format!("{base}/cluster")).send().await.ok()?;
-    r.json().await.ok()
-}
-
-/// Waits (up to `within`) until `base`'s `/cluster` satisfies `done`.
-async fn until(
-    http: &reqwest::Client,
-    base: &str,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&restm_shared::ClusterStatus) -> bool,
-) -> restm_shared::ClusterStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = cluster_of(http, base).await
-            && done(&s)
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{base}: not {what} within {within:?}: {:?}",
-            cluster_of(http, base).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn voter_everywhere(s: &restm_shared::ClusterStatus, node: u64) -> bool {
     !s.groups.is_empty() && s.groups.iter().all(|g| g.voters.contains(&node) && g.leader.is_some())

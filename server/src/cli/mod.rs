@@ -168,6 +168,12 @@ pub struct ServeArgs {
     /// is two-phase across the groups; with one, its leader coordinates them all.
     #[arg(long, env = "RESTM_GROUPS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub groups: u32,
+    /// How often a member looks whether it leads more than its share of the groups (as
+    /// after it restarted, when the others had taken its groups over) and hands one lead
+    /// to the member that leads the fewest; `0s` never moves a lead. Only with --groups
+    /// above 1.
+    #[arg(long, env = "RESTM_REBALANCE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub rebalance_interval: Duration,
 }
 
 /// `--initial-cluster`: member id → the address peers dial it at.
@@ -288,6 +294,7 @@ impl ServeArgs {
                 timing,
                 groups: self.groups,
                 lock_wait: self.lock_timeout,
+                rebalance: Some(self.rebalance_interval).filter(|d| !d.is_zero()),
             },
             join,
         )))

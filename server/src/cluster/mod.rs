@@ -15,6 +15,7 @@
 //!   what applying it answered, once a majority holds it durably.
 //! - [`Cluster::status`] is `GET /cluster`.
 
+pub mod balance;
 mod barrier;
 pub mod locks;
 pub mod membership;
@@ -84,6 +85,9 @@ pub struct ClusterConfig {
     /// How long a peer's `Prepare` waits here for the lock of a pointer it writes
     /// (`--lock-timeout`).
     pub lock_wait: Duration,
+    /// How often this member looks whether it leads more than its share of the groups,
+    /// and hands one over (`--rebalance-interval`; `None`: never; see [`balance`]).
+    pub rebalance: Option<Duration>,
 }
 
 /// Why the cluster could not start.
@@ -236,6 +240,9 @@ impl Cluster {
         }
         for group in deferred {
             cluster.spawn_deferred_formation(group, voters.clone());
+        }
+        if let Some(every) = cluster.config.rebalance.filter(|_| groups > 1) {
+            cluster.spawn_balancer(every);
         }
         Ok(cluster)
     }
@@ -446,8 +453,31 @@ impl Cluster {
     }
 
     /// Proposes to `group` here if this node leads it (or there is only one group), and
-    /// otherwise through its leader.
+    /// otherwise through its leader. With several groups, a proposal that meets no leader,
+    /// or one that just stopped leading (a handover, an election), goes to the next leader
+    /// once there is one, for up to two election timeouts: a refused proposal was never
+    /// appended, so proposing it again cannot apply it twice.
     async fn route(&self, group: GroupId, proposed: Proposed) -> Result<Outcome, ReplicaError> {
+        if self.replicas.len() == 1 {
+            return self.route_once(group, proposed).await;
+        }
+        let replica = &self.replicas[group as usize];
+        let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
+        loop {
+            let tried = replica.metrics().current_leader;
+            match self.route_once(group, proposed.clone()).await {
+                Err(ReplicaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    let left = deadline - tokio::time::Instant::now();
+                    tracing::debug!(group, leader = ?tried, "a proposal met no leader; it goes to the next one");
+                    replica.wait_leader_other_than(tried, left).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// [`Self::route`], once.
+    async fn route_once(&self, group: GroupId, proposed: Proposed) -> Result<Outcome, ReplicaError> {
         let replica = &self.replicas[group as usize];
         if self.replicas.len() == 1 || replica.is_leader() {
             return replica.propose(proposed.partition, proposed.command, proposed.parent).await;
@@ -662,6 +692,15 @@ impl Service for Cluster {
     ) -> Answer<()> {
         Box::pin(async move {
             let answer = self.change_here(group, change).await;
+            (answer, self.observer.last_version())
+        })
+    }
+
+    fn campaign(self: Arc<Self>, group: GroupId, term: u64, last_log: u64, hlc: u64) -> Answer<()> {
+        // Above the old leader's clock before anything this member commits as leader.
+        self.observer.saw_version(hlc);
+        Box::pin(async move {
+            let answer = self.campaign_here(group, term, last_log).await.map_err(refusal);
             (answer, self.observer.last_version())
         })
     }

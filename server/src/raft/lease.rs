@@ -19,6 +19,11 @@
 //! after the lease ran out. The clocks are monotonic ones on each member; the lease is half
 //! of the refusal, which leaves the other half for clocks that run at different rates and
 //! for the time a heartbeat takes to arrive. Losing the lead, or a new term, ends it.
+//!
+//! A leader that hands its lead to another member ([`Lease::stand_down`], for
+//! `cluster::balance`) gives the lease up first and takes no new one until it
+//! [`Lease::stands_again`]: it must grant the successor's vote, and a member that grants
+//! votes may not read on its own.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +40,8 @@ pub struct Lease {
 struct State {
     /// The term of the confirmed round, and until when it lets this member read.
     held: Option<(u64, Instant)>,
+    /// The lead is being handed over: no lease is held or taken.
+    standing_down: bool,
 }
 
 impl Lease {
@@ -60,6 +67,9 @@ impl Lease {
     pub fn confirmed(&self, term: u64, started: Instant) {
         let until = started + self.length;
         let mut st = self.state.lock();
+        if st.standing_down {
+            return;
+        }
         match st.held {
             Some((t, u)) if t == term && u >= until => {}
             _ => st.held = Some((term, until)),
@@ -79,6 +89,20 @@ impl Lease {
     /// refusing costs a candidate at most the lease).
     pub fn refuses_votes(&self, now: Instant) -> bool {
         self.state.lock().held.is_some_and(|(_, until)| until > now)
+    }
+
+    /// Gives the lease up for a handover of the lead: from now on this member reads only
+    /// after a heartbeat round, and refuses no vote, until [`Self::stands_again`]. A round
+    /// that started before and is acknowledged after lends nothing either.
+    pub fn stand_down(&self) {
+        let mut st = self.state.lock();
+        st.standing_down = true;
+        st.held = None;
+    }
+
+    /// The handover is over (made or not): rounds lend the lease again.
+    pub fn stands_again(&self) {
+        self.state.lock().standing_down = false;
     }
 }
 
@@ -108,5 +132,26 @@ mod tests {
         lease.confirmed(5, t0 + Duration::from_millis(10));
         assert_eq!(lease.remaining(3, t0 + Duration::from_millis(20)), None);
         assert!(lease.remaining(5, t0 + Duration::from_millis(20)).is_some());
+    }
+
+    #[test]
+    fn standing_down_gives_the_lease_up_and_takes_none_until_it_stands_again() {
+        let t0 = Instant::now();
+        let lease = Lease::new(HOLD);
+        lease.confirmed(3, t0);
+        assert!(lease.refuses_votes(t0));
+        lease.stand_down();
+        assert_eq!(lease.remaining(3, t0), None, "given up");
+        assert!(!lease.refuses_votes(t0), "the successor's vote must be granted");
+        lease.confirmed(3, t0 + Duration::from_millis(5));
+        assert_eq!(
+            lease.remaining(3, t0 + Duration::from_millis(10)),
+            None,
+            "a round lends nothing meanwhile"
+        );
+        assert!(!lease.refuses_votes(t0 + Duration::from_millis(10)));
+        lease.stands_again();
+        lease.confirmed(3, t0 + Duration::from_millis(20));
+        assert!(lease.remaining(3, t0 + Duration::from_millis(30)).is_some(), "rounds lend again");
     }
 }

@@ -4,6 +4,8 @@
 //! openraft over the node's [`Peers`] and registers the group with the node's [`Groups`], so
 //! the peer port serves it. [`Replica::propose`] appends a command to the group's log and
 //! answers what applying it answered, once a majority of the voters hold it durably.
+//! [`Replica::stand_down`] and [`Replica::campaign`] hand a leader's lead to a chosen
+//! member (see `cluster::balance`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,6 +82,27 @@ pub struct Replica {
     batcher: Batcher,
     reads: Arc<parking_lot::Mutex<ReadRound>>,
     lease: Arc<Lease>,
+    /// True while this member hands its lead over ([`StandingDown`]).
+    standing_down: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// A leader holding still while it hands its lead to another member: it appends no entry
+/// (every slot of the [`Batcher`] is taken, so commands proposed meanwhile wait), holds no
+/// lease and refuses no vote ([`Lease::stand_down`]), and confirms no read
+/// ([`Replica::confirm_leader`] waits). With nothing appended, a successor that holds the
+/// whole log can be elected with this member's vote; dropping this ends all of it, whether
+/// the lead moved (the waiting commands then learn of the new leader) or not.
+pub struct StandingDown {
+    _slots: Option<tokio::sync::OwnedSemaphorePermit>,
+    lease: Arc<Lease>,
+    flag: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Drop for StandingDown {
+    fn drop(&mut self) {
+        self.lease.stands_again();
+        self.flag.send_replace(false);
+    }
 }
 
 /// Confirmations of the lead waiting for the next heartbeat round: one round answers every
@@ -128,12 +151,15 @@ struct Waiting {
 /// out, and proposes them as one entry.
 struct Batcher {
     tx: tokio::sync::mpsc::UnboundedSender<Waiting>,
+    /// One permit per entry that may be out ([`IN_FLIGHT`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Batcher {
     fn start(raft: Raft<Restm>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Waiting>();
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let held = slots.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -169,7 +195,7 @@ impl Batcher {
                 });
             }
         });
-        Self { tx }
+        Self { tx, slots: held }
     }
 }
 
@@ -291,6 +317,7 @@ impl Replica {
             batcher,
             reads: Arc::default(),
             lease,
+            standing_down: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
@@ -447,6 +474,12 @@ impl Replica {
     /// read-index). Calls that arrive while a round is out share the next one; a lease that
     /// is half gone is renewed by a round in the background.
     pub async fn confirm_leader(&self) -> Result<Confirmed, ReplicaError> {
+        // A handover ends with this member deposed (the read goes to the successor) or
+        // still leading; the callers' budget bounds the wait.
+        let mut standing_down = self.standing_down.subscribe();
+        if *standing_down.borrow_and_update() {
+            let _ = standing_down.wait_for(|s| !*s).await;
+        }
         let (leading, term) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -501,6 +534,95 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.metrics().state == ServerState::Leader
+    }
+
+    /// Begins handing this member's lead over ([`StandingDown`]): gives its lease up, stops
+    /// confirming reads, and waits, up to `within`, until no entry it proposed is still out.
+    pub async fn stand_down(&self, within: Duration) -> Result<StandingDown, ReplicaError> {
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader { leader: self.metrics().current_leader, addr: None });
+        }
+        self.standing_down.send_replace(true);
+        let mut standing =
+            StandingDown { _slots: None, lease: self.lease.clone(), flag: self.standing_down.clone() };
+        self.lease.stand_down();
+        let slots = self.batcher.slots.clone().acquire_many_owned(IN_FLIGHT as u32);
+        match tokio::time::timeout(within, slots).await {
+            Ok(Ok(permit)) => standing._slots = Some(permit),
+            Ok(Err(_)) => return Err(ReplicaError::Raft("the replica's proposer stopped".into())),
+            Err(_) => {
+                return Err(ReplicaError::Timeout { what: "the entries out to be committed", after: within });
+            }
+        }
+        Ok(standing)
+    }
+
+    /// Waits, up to `within`, until this leader has applied its whole log and knows `node`
+    /// holds all of it; answers the term and the log's last index then (what `node` is
+    /// asked to [`Self::campaign`] with). Meant while [`StandingDown`], when the log stays.
+    pub async fn wait_successor(&self, node: NodeId, within: Duration) -> Result<(u64, u64), ReplicaError> {
+        let ready = |m: &RaftMetrics<NodeId, BasicNode>| {
+            let last = m.last_log_index.unwrap_or(0);
+            m.state == ServerState::Leader
+                && m.last_applied.map_or(0, |l| l.index) == last
+                && m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&node))
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| l.index >= last)
+        };
+        let what = "the successor to hold the whole log";
+        match self.raft.wait(Some(within)).metrics(ready, what).await {
+            Ok(m) => Ok((m.current_term, m.last_log_index.unwrap_or(0))),
+            Err(_) => Err(ReplicaError::Timeout { what, after: within }),
+        }
+    }
+
+    /// Stands for election at once because the leader of `term`, whose log ends at
+    /// `last_log`, hands this member its lead. Refused when this member is no voter, leads
+    /// already, knows another term, or lacks part of that log (it could not be elected).
+    pub async fn campaign(&self, term: u64, last_log: u64) -> Result<(), ReplicaError> {
+        let m = self.metrics();
+        let (me, group, have) = (self.node, self.group, m.last_log_index.unwrap_or(0));
+        let refused = if !m.membership_config.membership().voter_ids().any(|v| v == me) {
+            Some(format!("node {me} is no voter of group {group}"))
+        } else if m.state == ServerState::Leader {
+            Some(format!("node {me} leads group {group} already"))
+        } else if m.current_term != term {
+            Some(format!("node {me} is in term {} of group {group}, not {term}", m.current_term))
+        } else if have < last_log {
+            Some(format!("node {me} holds group {group}'s log to {have}, not {last_log}"))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return Err(ReplicaError::Member(why));
+        }
+        tracing::info!(
+            group = self.group,
+            term,
+            last_log,
+            "standing for election: the leader hands its lead over"
+        );
+        self.raft.trigger().elect().await.map_err(ReplicaError::Fatal)
+    }
+
+    /// Waits, up to `within`, until this member knows a leader other than `was`.
+    pub async fn wait_leader_other_than(&self, was: Option<NodeId>, within: Duration) {
+        let changed =
+            |m: &RaftMetrics<NodeId, BasicNode>| m.current_leader.is_some() && m.current_leader != was;
+        let _ = self.raft.wait(Some(within)).metrics(changed, "another leader").await;
+    }
+
+    /// Waits, up to `within`, until another member leads; answers who (`None`: no one
+    /// yet, or this member still).
+    pub async fn wait_deposed(&self, within: Duration) -> Option<NodeId> {
+        let me = self.node;
+        let deposed = |m: &RaftMetrics<NodeId, BasicNode>| {
+            m.state != ServerState::Leader && m.current_leader.is_some_and(|l| l != me)
+        };
+        let m = self.raft.wait(Some(within)).metrics(deposed, "the successor to be elected").await.ok()?;
+        m.current_leader.filter(|l| *l != self.node)
     }
 
     /// The index of the last entry this member applied (0 before any).

@@ -136,6 +136,16 @@ pub enum Request {
         group: GroupId,
         change: MemberChange,
     },
+    /// Stand for election in `group` now: its leader, in `term` with its log ending at
+    /// `last_log`, hands the peer its lead (see [`crate::cluster::balance`]). `hlc` is the
+    /// leader's clock, which the peer's moves above first, so what it commits as leader
+    /// dates after everything its predecessor served.
+    Campaign {
+        group: GroupId,
+        term: u64,
+        last_log: u64,
+        hlc: u64,
+    },
 }
 
 /// A change of one group's membership, made by its leader.
@@ -185,6 +195,8 @@ pub enum Response {
     Contacts(Vec<(NodeId, Option<u64>)>),
     /// The membership change is made (committed in the group's log).
     Member(Result<(), Refused>),
+    /// The peer stood for election (or why it would not).
+    Campaigned(Result<(), Refused>),
 }
 
 /// Why a peer did not propose a command for another node.
@@ -244,6 +256,10 @@ pub trait Service: Send + Sync + 'static {
 
     /// Makes `change` to `group`, which this node leads (see [`Request::Member`]).
     fn change_member(self: Arc<Self>, group: GroupId, change: MemberChange) -> Answer<()>;
+
+    /// Stands for election in `group`, whose leader hands this node its lead (see
+    /// [`Request::Campaign`]).
+    fn campaign(self: Arc<Self>, group: GroupId, term: u64, last_log: u64, hlc: u64) -> Answer<()>;
 }
 
 impl Identity {
@@ -370,6 +386,14 @@ impl Groups {
                 match self.service.get().and_then(std::sync::Weak::upgrade) {
                     Some(service) => Response::Member(service.change_member(group, change).await.0),
                     None => Response::Member(Err(Refused::NotLeader(None))),
+                }
+            }
+            Request::Campaign { group, term, last_log, hlc } => {
+                match self.service.get().and_then(std::sync::Weak::upgrade) {
+                    Some(service) => {
+                        Response::Campaigned(service.campaign(group, term, last_log, hlc).await.0)
+                    }
+                    None => Response::Campaigned(Err(Refused::Failed("the peer is starting".into()))),
                 }
             }
             Request::Watermark => Response::Watermark(

@@ -1,0 +1,323 @@
+//! Leader balancing: each member leads its share of the groups, also after it restarted.
+//!
+//! A member that comes back after a restart or a partition leads nothing: while it was away
+//! the others took its groups over, and Raft never gives a lead back on its own. Every
+//! member therefore runs [`Cluster::spawn_balancer`]: every `--rebalance-interval` (with
+//! jitter) it looks at who leads each group ([`plan`], a pure function), and the member that
+//! leads the most hands one of its groups to the live voter that leads the fewest, when the
+//! two differ by 2 or more. One handover per tick, by the busiest member only, so two
+//! members never move leads at once on the same view; the leads settle in a few ticks.
+//!
+//! A handover of group `g` from leader `L` to member `T` (as etcd's `MoveLeader`, and
+//! TiKV's transfer-leader, do it):
+//! 1. `L` stands down ([`Replica::stand_down`]): it appends nothing more, waits until no
+//!    entry of its is out, gives its lease up (so it grants `T`'s vote) and confirms no read.
+//! 2. `L` waits until `T` holds its whole log ([`Replica::wait_successor`]).
+//! 3. `L` asks `T` to campaign ([`Request::Campaign`], with `L`'s clock); `T` checks that
+//!    it is a voter, in `L`'s term and holding that log, raises its clock above `L`'s, and
+//!    stands for election. `L`'s vote and its own make a majority of three; the other
+//!    voters still hear `L` and refuse (openraft's leader lease), which is why only groups
+//!    of at most three voters are handed over.
+//! 4. `L` waits, up to an election timeout, to be deposed, then stops standing down:
+//!    commands that waited meanwhile learn of the new leader and go there.
+//!
+//! A lead is handed over only after it has been held for two election timeouts: openraft
+//! dates a leader's own vote from its election, and a leader refuses votes for an election
+//! timeout after it.
+//!
+//! With one group its leader coordinates every txn, and moving it would abort them all;
+//! one group has nothing to balance anyway (one member leads it), so [`plan`] never moves it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Cluster, MEMBER_SILENCE_MS};
+use crate::raft::replica::Replica;
+use crate::raft::transport::{Request, Response};
+use crate::raft::{GroupId, NodeId};
+
+/// Most voters a group may have to be handed over (see the module docs).
+pub const MAX_VOTERS: usize = 3;
+/// Longest a leader standing down waits for its entries out to commit.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// Longest a leader standing down waits for the successor to hold its log.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(300);
+/// Longest the successor may take to answer that it campaigns.
+const CAMPAIGN_WAIT: Duration = Duration::from_millis(300);
+
+/// One group as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Led {
+    pub group: GroupId,
+    /// Who leads it (`None`: no one, as far as this member knows).
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    /// Whether its leader may hand it over now (it has led it long enough).
+    pub movable: bool,
+}
+
+/// The handover `me` should make, if any: `(group, to)`.
+///
+/// Counts the groups each member leads, among `live` members and leaders. If every group
+/// has a leader and `me` leads the most (the lowest id among equals), `me` hands one of its
+/// movable groups (of at most [`MAX_VOTERS`] voters) to the live voter of it that leads the
+/// fewest (the lowest id, then the lowest group, among equals), when `me` leads at least 2
+/// more than that voter. Otherwise `None`.
+pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(GroupId, NodeId)> {
+    let mut counts: BTreeMap<NodeId, usize> = live.iter().map(|m| (*m, 0)).collect();
+    for g in groups {
+        *counts.entry(g.leader?).or_default() += 1;
+    }
+    let busiest = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+    if *busiest.0 != me {
+        return None;
+    }
+    let mine = *busiest.1;
+    groups
+        .iter()
+        .filter(|g| g.leader == Some(me) && g.movable && g.voters.len() <= MAX_VOTERS)
+        .flat_map(|g| {
+            let counts = &counts;
+            g.voters
+                .iter()
+                .filter(|v| **v != me && live.contains(v))
+                .map(move |v| (counts.get(v).copied().unwrap_or(0), *v, g.group))
+        })
+        .filter(|(count, _, _)| count + 2 <= mine)
+        .min_by_key(|(count, node, group)| (*count, *node, *group))
+        .map(|(_, node, group)| (group, node))
+}
+
+/// How a handover ended (the `outcome` of `restm_raft_leader_handovers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The chosen member leads.
+    Moved,
+    /// Another member leads.
+    Elsewhere,
+    /// This member still leads (or no one does yet).
+    Kept,
+    /// It did not begin: this member could not stand down, or the successor would not
+    /// campaign.
+    Refused,
+}
+
+impl Handover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handover::Moved => "moved",
+            Handover::Elsewhere => "elsewhere",
+            Handover::Kept => "kept",
+            Handover::Refused => "refused",
+        }
+    }
+}
+
+impl Cluster {
+    /// Balances the leads every `every` (plus up to a fifth of it, at random, so members'
+    /// ticks drift apart), for as long as the cluster runs (see the module docs).
+    pub fn spawn_balancer(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Since when this member leads each group it leads, in which term.
+            let mut leading: HashMap<GroupId, (u64, Instant)> = HashMap::new();
+            loop {
+                let jitter = every.mul_f64(rand::random::<f64>() / 5.0);
+                tokio::time::sleep(every + jitter).await;
+                let Some(c) = me.upgrade() else { return };
+                c.balance_once(&mut leading).await;
+            }
+        });
+    }
+
+    /// One tick of the balancer: the handover [`plan`] answers, if any.
+    async fn balance_once(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) {
+        let now = Instant::now();
+        let settled = self.config.timing.election * 2;
+        let mut groups = Vec::with_capacity(self.replicas.len());
+        for r in &self.replicas {
+            let m = r.metrics();
+            let led = m.state == openraft::ServerState::Leader;
+            if led {
+                let since = leading.entry(r.group()).or_insert((m.current_term, now));
+                if since.0 != m.current_term {
+                    *since = (m.current_term, now);
+                }
+            } else {
+                leading.remove(&r.group());
+            }
+            groups.push(Led {
+                group: r.group(),
+                leader: m.current_leader,
+                voters: m.membership_config.membership().voter_ids().collect(),
+                movable: led && leading.get(&r.group()).is_some_and(|(_, t)| now - *t >= settled),
+            });
+        }
+        let me = self.config.node_id;
+        let live: BTreeSet<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| {
+                *m == me || self.silent_for(*m).is_some_and(|d| d < Duration::from_millis(MEMBER_SILENCE_MS))
+            })
+            .collect();
+        let Some((group, to)) = plan(&groups, &live, me) else { return };
+        let outcome = self.hand_over(&self.replicas[group as usize], to).await;
+        tracing::info!(group, to, outcome = outcome.as_str(), "handed a lead over to balance the leaders");
+        self.metrics.observe_handover(outcome.as_str());
+    }
+
+    /// Hands the lead of `replica`'s group, which this member holds, to `to` (see the
+    /// module docs).
+    async fn hand_over(&self, replica: &Replica, to: NodeId) -> Handover {
+        let group = replica.group();
+        let Some(peer) = self.peer(to) else { return Handover::Refused };
+        let standing = match replica.stand_down(DRAIN_WAIT).await {
+            Ok(standing) => standing,
+            Err(e) => {
+                tracing::debug!(group, to, error = %e, "could not stand down to hand the lead over");
+                return Handover::Refused;
+            }
+        };
+        let (term, last_log) = match replica.wait_successor(to, CATCH_UP_WAIT).await {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::debug!(group, to, error = %e, "the successor does not hold the log");
+                return Handover::Refused;
+            }
+        };
+        let ask = Request::Campaign { group, term, last_log, hlc: self.observer.last_version() };
+        match peer.call(&ask, CAMPAIGN_WAIT).await {
+            Ok(Response::Campaigned(Ok(()))) => {}
+            Ok(other) => {
+                tracing::debug!(group, to, answer = ?other, "the successor would not campaign");
+                return Handover::Refused;
+            }
+            Err(e) => {
+                tracing::debug!(group, to, error = %e, "asking the successor to campaign");
+                return Handover::Refused;
+            }
+        }
+        let leader = replica.wait_deposed(self.config.timing.election).await;
+        drop(standing);
+        match leader {
+            Some(l) if l == to => Handover::Moved,
+            Some(_) => Handover::Elsewhere,
+            None => Handover::Kept,
+        }
+    }
+
+    /// Stands for election in `group` at its leader's word (see [`Request::Campaign`]).
+    pub(super) async fn campaign_here(
+        &self,
+        group: GroupId,
+        term: u64,
+        last_log: u64,
+    ) -> Result<(), crate::raft::replica::ReplicaError> {
+        let replica = self.replicas.get(group as usize).ok_or_else(|| {
+            crate::raft::replica::ReplicaError::Member(format!("this node holds no group {group}"))
+        })?;
+        replica.campaign(term, last_log).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn led(group: GroupId, leader: NodeId) -> Led {
+        Led { group, leader: Some(leader), voters: vec![1, 2, 3], movable: true }
+    }
+
+    fn live(members: &[NodeId]) -> BTreeSet<NodeId> {
+        members.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_busiest_member_hands_a_group_to_the_least_busy_voter() {
+        // Node 3 came back: 1 and 2 lead three groups each.
+        let groups: Vec<Led> = (0..6).map(|g| led(g, if g % 2 == 0 { 1 } else { 2 })).collect();
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((0, 3)), "1 and 2 tie: the lower id moves");
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 2), None, "only the busiest moves");
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 3), None);
+        // While node 3 is down there is nowhere to go.
+        assert_eq!(plan(&groups, &live(&[1, 2]), 1), None);
+    }
+
+    #[test]
+    fn leads_a_member_apart_by_one_stay() {
+        let groups: Vec<Led> = [1, 2, 3, 1, 2].iter().enumerate().map(|(g, l)| led(g as u32, *l)).collect();
+        for me in 1..=3 {
+            assert_eq!(plan(&groups, &live(&[1, 2, 3]), me), None);
+        }
+        // One group: its leader leads one more than the others, and keeps it.
+        assert_eq!(plan(&[led(0, 2)], &live(&[1, 2, 3]), 2), None);
+    }
+
+    #[test]
+    fn nothing_moves_while_a_group_has_no_leader() {
+        let mut groups: Vec<Led> = (0..4).map(|g| led(g, 1)).collect();
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((0, 2)));
+        groups[3].leader = None;
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None);
+    }
+
+    #[test]
+    fn only_movable_groups_of_at_most_three_voters_go_and_only_to_their_live_voters() {
+        let mut groups: Vec<Led> = (0..4).map(|g| led(g, 1)).collect();
+        groups[0].movable = false;
+        groups[1].voters = vec![1, 2, 3, 4, 5];
+        groups[2].voters = vec![1, 4, 5];
+        assert_eq!(plan(&groups, &live(&[1, 4, 5]), 1), Some((2, 4)), "2 and 3 are down");
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((3, 2)), "4 and 5 are down");
+        groups[3].movable = false;
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None);
+    }
+
+    #[test]
+    fn handing_over_as_planned_settles_every_spread_within_one() {
+        // Many starts where 2 or 3 members (every one a voter of every group) lead 1..=12
+        // groups, piled on the first few: applying the plan of whoever it names ends, and
+        // ends with the leads at most 1 apart.
+        for members in 2..=3u64 {
+            let all: Vec<NodeId> = (1..=members).collect();
+            for count in 1..=12u32 {
+                for seed in 0..20u64 {
+                    let piled_on = 1 + seed % members;
+                    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let mut groups: Vec<Led> = (0..count)
+                        .map(|g| {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            Led {
+                                group: g,
+                                leader: Some(1 + (x >> 33) % piled_on),
+                                voters: all.clone(),
+                                movable: true,
+                            }
+                        })
+                        .collect();
+                    let up = live(&all);
+                    let mut moves = 0;
+                    while let Some((g, to)) = all.iter().find_map(|me| plan(&groups, &up, *me)) {
+                        groups[g as usize].leader = Some(to);
+                        moves += 1;
+                        assert!(
+                            moves <= count,
+                            "{members} members, {count} groups: the plan does not settle"
+                        );
+                    }
+                    let mut led: BTreeMap<NodeId, u32> = all.iter().map(|m| (*m, 0)).collect();
+                    for g in &groups {
+                        *led.entry(g.leader.unwrap_or_default()).or_default() += 1;
+                    }
+                    let (max, min) = (led.values().max().copied(), led.values().min().copied());
+                    assert!(
+                        max.zip(min).is_some_and(|(a, b)| a - b <= 1),
+                        "{members} members, {count} groups: settled at {led:?}"
+                    );
+                }
+            }
+        }
+    }
+}
