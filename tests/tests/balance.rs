@@ -1,31 +1,33 @@
-//! Leader balancing on a cluster of real processes: a member killed and restarted gets its
-//! share of the groups' leads back within a minute (the balancer's handovers, at the
-//! default `--rebalance-interval`), while a writer keeps writing through another member:
-//! no acknowledged write is lost, and nothing is answered with a 5xx other than a
-//! retryable `503` while the killed member's groups elect.
+//! Leader balancing on clusters of real processes, at the default `--rebalance-interval`:
+//! a member killed and restarted gets its share of the groups' leads back within a minute,
+//! and so does a member that joins. Writers keep writing through a member that stays:
+//! no acknowledged write is lost, and while the leads move nothing is refused (only the
+//! killed member's groups answer a retryable `503` while they elect).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use restm_tests::{Node, cluster_until};
 use serde_json::json;
+use tokio::task::JoinHandle;
 
-const GROUPS: usize = 6;
 const WRITERS: u64 = 4;
 
-/// How many groups each of members 1..=3 leads, if every group has a leader.
-fn leads(s: &restm_shared::ClusterStatus) -> Option<BTreeMap<u64, usize>> {
-    let mut led: BTreeMap<u64, usize> = (1..=3).map(|n| (n, 0)).collect();
+/// How many groups each of `members` leads, once every group has a leader.
+fn leads(s: &restm_shared::ClusterStatus, members: u64) -> Option<BTreeMap<u64, usize>> {
+    let mut led: BTreeMap<u64, usize> = (1..=members).map(|n| (n, 0)).collect();
     for g in &s.groups {
         *led.entry(g.leader?).or_default() += 1;
     }
-    (s.groups.len() == GROUPS).then_some(led)
+    (!s.groups.is_empty()).then_some(led)
 }
 
-fn balanced(s: &restm_shared::ClusterStatus) -> bool {
-    leads(s).is_some_and(|led| led.values().max().unwrap_or(&0) - led.values().min().unwrap_or(&0) <= 1)
+/// Whether the leads of `members` are at most 1 apart.
+fn balanced(s: &restm_shared::ClusterStatus, members: u64) -> bool {
+    leads(s, members)
+        .is_some_and(|led| led.values().max().unwrap_or(&0) - led.values().min().unwrap_or(&0) <= 1)
 }
 
 /// The sum of `restm_raft_leader_handovers_total{outcome="moved"}` over the members.
@@ -44,6 +46,88 @@ async fn handovers_moved(http: &reqwest::Client, bases: &[String]) -> u64 {
     moved
 }
 
+/// One writer's acknowledged writes, and every answer: (phase, status, body).
+type Written = (Vec<u64>, Vec<(u8, u16, String)>);
+
+/// Writers of fresh pointers through one member, each answer marked with the phase of
+/// the test it came in.
+struct Writers {
+    http: reqwest::Client,
+    stop: Arc<AtomicBool>,
+    phase: Arc<AtomicU8>,
+    tasks: Vec<JoinHandle<Written>>,
+}
+
+impl Writers {
+    fn start(http: &reqwest::Client, base: &str) -> Writers {
+        let (stop, phase) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU8::new(0)));
+        let tasks = (0..WRITERS)
+            .map(|w| {
+                let (http, base, stop, phase) = (http.clone(), base.to_string(), stop.clone(), phase.clone());
+                tokio::spawn(async move {
+                    let (mut acked, mut answers) = (Vec::new(), Vec::new());
+                    let mut i = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += WRITERS;
+                        let r = http.put(format!("{base}/ptr/w{i}")).json(&json!({ "i": i })).send().await;
+                        let status = r.as_ref().map_or(0, |r| r.status().as_u16());
+                        let body = match r {
+                            Ok(r) if status != 200 => r.text().await.unwrap_or_default(),
+                            _ => String::new(),
+                        };
+                        if status == 200 {
+                            acked.push(i);
+                        }
+                        answers.push((phase.load(Ordering::Relaxed), status, body));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    (acked, answers)
+                })
+            })
+            .collect();
+        Writers { http: http.clone(), stop, phase, tasks }
+    }
+
+    fn phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    /// Stops the writers and checks their answers: every one a `200`, a `409` or a
+    /// problem; none but a `200` in `calm_phase`; at least `least` acknowledged, and
+    /// every acknowledged write there when read through `read_at`.
+    async fn check(self, calm_phase: u8, least: usize, read_at: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut acked, mut answers) = (Vec::new(), Vec::new());
+        for task in self.tasks {
+            let (a, b) = task.await.unwrap();
+            acked.extend(a);
+            answers.extend(b);
+        }
+        let mut by_phase: BTreeMap<(u8, u16), usize> = BTreeMap::new();
+        let mut codes: BTreeMap<(u8, String), usize> = BTreeMap::new();
+        for (phase, status, body) in &answers {
+            *by_phase.entry((*phase, *status)).or_default() += 1;
+            if *status != 200 {
+                assert!(matches!(status, 409 | 503), "phase {phase}: a write answered {status}: {body}");
+                let p: restm_shared::Problem =
+                    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+                *codes.entry((*phase, p.code)).or_default() += 1;
+            }
+        }
+        eprintln!("answers by (phase, status): {by_phase:?}; problems by (phase, code): {codes:?}");
+        let refused: Vec<&String> =
+            answers.iter().filter(|(p, s, _)| *p == calm_phase && *s != 200).map(|(_, _, b)| b).collect();
+        assert!(refused.is_empty(), "writes refused while the leads moved: {refused:?}");
+        assert!(acked.len() >= least, "the writers kept writing: {by_phase:?}");
+        for i in &acked {
+            let r = self.http.get(format!("{read_at}/ptr/w{i}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "w{i} was acknowledged");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v, json!({ "i": i }), "w{i}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_member_gets_its_share_of_leads_back_within_a_minute() {
     let mut cluster = Node::cluster(3, &["--groups", "6"]);
@@ -51,107 +135,60 @@ async fn a_restarted_member_gets_its_share_of_leads_back_within_a_minute() {
     let bases: Vec<String> = cluster.all().map(|n| n.base.clone()).collect();
     let base1 = bases[0].clone();
     let s =
-        cluster_until(&http, &base1, Duration::from_secs(30), "led everywhere", |s| leads(s).is_some()).await;
-    assert!(balanced(&s), "a new cluster's groups start led by different members: {:?}", leads(&s));
+        cluster_until(&http, &base1, Duration::from_secs(30), "led everywhere", |s| leads(s, 3).is_some())
+            .await;
+    assert!(balanced(&s, 3), "a new cluster's groups start led by different members: {:?}", leads(&s, 3));
 
-    // Writers through member 1, which stays up: what phase each answer came in.
-    let (stop, phase) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU8::new(0)));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (http, base, stop, phase) = (http.clone(), base1.clone(), stop.clone(), phase.clone());
-            tokio::spawn(async move {
-                let (mut acked, mut answers) = (Vec::new(), Vec::new());
-                let mut i = w;
-                while !stop.load(Ordering::Relaxed) {
-                    i += WRITERS;
-                    let r = http.put(format!("{base}/ptr/w{i}")).json(&json!({ "i": i })).send().await;
-                    let status = r.as_ref().map_or(0, |r| r.status().as_u16());
-                    let body = match r {
-                        Ok(r) if status != 200 => r.text().await.unwrap_or_default(),
-                        _ => String::new(),
-                    };
-                    if status == 200 {
-                        acked.push(i);
-                    }
-                    answers.push((phase.load(Ordering::Relaxed), status, body));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                (acked, answers)
-            })
-        })
-        .collect();
-
+    let writers = Writers::start(&http, &base1);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    phase.store(1, Ordering::Relaxed);
+    writers.phase(1);
     cluster.members[1].kill();
     let s = cluster_until(&http, &base1, Duration::from_secs(30), "led by 1 and 2 alone", |s| {
-        leads(s).is_some_and(|led| led[&3] == 0)
+        leads(s, 3).is_some_and(|led| led[&3] == 0)
     })
     .await;
-    let while_down = leads(&s);
+    let while_down = leads(&s, 3);
 
-    phase.store(2, Ordering::Relaxed);
-    let restarted = std::time::Instant::now();
+    writers.phase(2);
+    let restarted = Instant::now();
     cluster.members[1].restart();
     let s = cluster_until(&http, &base1, Duration::from_secs(60), "balanced again", |s| {
-        balanced(s) && leads(s).is_some_and(|led| led[&3] > 0)
+        balanced(s, 3) && leads(s, 3).is_some_and(|led| led[&3] > 0)
     })
     .await;
     let took = restarted.elapsed();
     // Settled: a few ticks later the leads are still balanced.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut acked, mut answers) = (Vec::new(), Vec::new());
-    for writer in writers {
-        let (a, b) = writer.await.unwrap();
-        acked.extend(a);
-        answers.extend(b);
-    }
-    let settled = cluster_until(&http, &base1, Duration::from_secs(5), "still balanced", balanced).await;
+    let settled =
+        cluster_until(&http, &base1, Duration::from_secs(5), "still balanced", |s| balanced(s, 3)).await;
     eprintln!(
         "leads while 3 was down {while_down:?}; balanced {:?} after {took:?}, then {:?}",
-        leads(&s),
-        leads(&settled)
+        leads(&s, 3),
+        leads(&settled, 3)
     );
-
-    let mut by_phase: BTreeMap<(u8, u16), usize> = BTreeMap::new();
-    for (phase, status, _) in &answers {
-        *by_phase.entry((*phase, *status)).or_default() += 1;
-    }
-    eprintln!("answers by (phase, status): {by_phase:?}");
-    let mut codes: BTreeMap<(u8, String), usize> = BTreeMap::new();
-    for (phase, _, body) in answers.iter().filter(|(_, s, _)| *s != 200) {
-        let code = serde_json::from_str::<restm_shared::Problem>(body).map(|p| p.code).unwrap_or_default();
-        *codes.entry((*phase, code)).or_default() += 1;
-    }
-    eprintln!("problems by (phase, code): {codes:?}");
-    for (phase, status, body) in &answers {
-        assert!(
-            *status == 200 || *status == 503 || *status == 409,
-            "phase {phase}: a write answered {status}: {body}"
-        );
-        if *status != 200 {
-            let p: restm_shared::Problem =
-                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-            assert_eq!(p.status, *status, "{body}");
-        }
-    }
-    assert!(acked.len() > 50, "the writer kept writing: {by_phase:?}");
-    // Handovers hold a group's writes for a moment, and answer none with an error.
-    let refused_after: Vec<&String> = answers
-        .iter()
-        .filter(|(phase, status, _)| *phase == 2 && *status != 200)
-        .map(|(_, _, b)| b)
-        .collect();
-    assert!(refused_after.is_empty(), "writes refused while the leads moved back: {refused_after:?}");
-
-    // Every acknowledged write is there, read through another member.
-    let base2 = &bases[1];
-    for i in &acked {
-        let r = http.get(format!("{base2}/ptr/w{i}")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "w{i} was acknowledged");
-        let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(v, json!({ "i": i }), "w{i}");
-    }
+    writers.check(2, 50, &bases[1]).await;
     assert!(handovers_moved(&http, &bases).await >= 1, "the leads came back by handovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_joins_gets_its_share_of_leads_within_a_minute() {
+    let cluster = Node::cluster(3, &["--groups", "4"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let base1 = cluster.base.clone();
+    cluster_until(&http, &base1, Duration::from_secs(30), "led everywhere", |s| leads(s, 3).is_some()).await;
+
+    let writers = Writers::start(&http, &base1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let joined = Instant::now();
+    let fourth = cluster.join(4, &[]);
+    let s = cluster_until(&http, &base1, Duration::from_secs(60), "balanced with 4", |s| {
+        balanced(s, 4)
+            && leads(s, 4).is_some_and(|led| led[&4] > 0)
+            && s.groups.iter().all(|g| g.voters.contains(&4))
+    })
+    .await;
+    eprintln!("joined and balanced {:?} after {:?}", leads(&s, 4), joined.elapsed());
+    writers.check(0, 50, &fourth.base).await;
+    let bases: Vec<String> = cluster.all().chain([&fourth]).map(|n| n.base.clone()).collect();
+    assert!(handovers_moved(&http, &bases).await >= 1, "the new member's lead came by a handover");
 }

@@ -88,6 +88,10 @@ async fn a_long_txn_holds_the_watermark_and_a_read_at_the_watermark_stays_right(
     assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!(3));
     let below = until_status(410, "below the watermark", || value_at(&api, "a", t.read_version - 1)).await;
     gone(below, t.read_version).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while history(&api, "a").await != versions[2..] && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(history(&api, "a").await, versions[2..].to_vec(), "v1 and v2 are gone, v3 is kept");
     // The txn itself still reads its snapshot.
     let r = api.get("a", Some(&t.txn), None).await;

@@ -15,9 +15,10 @@
 //! 2. `L` waits until `T` holds its whole log ([`Replica::wait_successor`]).
 //! 3. `L` asks `T` to campaign ([`Request::Campaign`], with `L`'s clock); `T` checks that
 //!    it is a voter, in `L`'s term and holding that log, raises its clock above `L`'s, and
-//!    stands for election. `L`'s vote and its own make a majority of three; the other
-//!    voters still hear `L` and refuse (openraft's leader lease), which is why only groups
-//!    of at most three voters are handed over.
+//!    stands for election. `L`'s vote and its own make a majority of three. Other voters
+//!    that still hear `L` refuse (openraft's leader lease), so in a group of more voters
+//!    `L` first sends a last heartbeat and then none for an election timeout
+//!    ([`Replica::quiet_followers`]), after which they grant the vote too.
 //! 4. `L` waits, up to an election timeout, to be deposed, then stops standing down:
 //!    commands that waited meanwhile learn of the new leader and go there.
 //!
@@ -37,8 +38,11 @@ use crate::raft::replica::Replica;
 use crate::raft::transport::{Request, Response};
 use crate::raft::{GroupId, NodeId};
 
-/// Most voters a group may have to be handed over (see the module docs).
-pub const MAX_VOTERS: usize = 3;
+/// Most voters a group may have for a handover without quieting its followers first.
+const QUICK_VOTERS: usize = 3;
+/// How long after a last heartbeat a follower's refusal has surely lapsed, beyond the
+/// election timeout: the heartbeat's way there.
+const HEARTBEAT_MARGIN: Duration = Duration::from_millis(100);
 /// Longest a leader standing down waits for its entries out to commit.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// Longest a leader standing down waits for the successor to hold its log.
@@ -61,7 +65,7 @@ pub struct Led {
 ///
 /// Counts the groups each member leads, among `live` members and leaders. If every group
 /// has a leader and `me` leads the most (the lowest id among equals), `me` hands one of its
-/// movable groups (of at most [`MAX_VOTERS`] voters) to the live voter of it that leads the
+/// movable groups to the live voter of it that leads the
 /// fewest (the lowest id, then the lowest group, among equals), when `me` leads at least 2
 /// more than that voter. Otherwise `None`.
 pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(GroupId, NodeId)> {
@@ -76,7 +80,7 @@ pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(Grou
     let mine = *busiest.1;
     groups
         .iter()
-        .filter(|g| g.leader == Some(me) && g.movable && g.voters.len() <= MAX_VOTERS)
+        .filter(|g| g.leader == Some(me) && g.movable)
         .flat_map(|g| {
             let counts = &counts;
             g.voters
@@ -173,7 +177,7 @@ impl Cluster {
     async fn hand_over(&self, replica: &Replica, to: NodeId) -> Handover {
         let group = replica.group();
         let Some(peer) = self.peer(to) else { return Handover::Refused };
-        let standing = match replica.stand_down(DRAIN_WAIT).await {
+        let mut standing = match replica.stand_down(DRAIN_WAIT).await {
             Ok(standing) => standing,
             Err(e) => {
                 tracing::debug!(group, to, error = %e, "could not stand down to hand the lead over");
@@ -187,6 +191,9 @@ impl Cluster {
                 return Handover::Refused;
             }
         };
+        if replica.metrics().membership_config.membership().voter_ids().count() > QUICK_VOTERS {
+            replica.quiet_followers(&mut standing, self.config.timing.election, HEARTBEAT_MARGIN).await;
+        }
         let ask = Request::Campaign { group, term, last_log, hlc: self.observer.last_version() };
         match peer.call(&ask, CAMPAIGN_WAIT).await {
             Ok(Response::Campaigned(Ok(()))) => {}
@@ -264,15 +271,19 @@ mod tests {
     }
 
     #[test]
-    fn only_movable_groups_of_at_most_three_voters_go_and_only_to_their_live_voters() {
+    fn only_movable_groups_go_and_only_to_their_live_voters() {
         let mut groups: Vec<Led> = (0..4).map(|g| led(g, 1)).collect();
         groups[0].movable = false;
         groups[1].voters = vec![1, 2, 3, 4, 5];
         groups[2].voters = vec![1, 4, 5];
-        assert_eq!(plan(&groups, &live(&[1, 4, 5]), 1), Some((2, 4)), "2 and 3 are down");
-        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((3, 2)), "4 and 5 are down");
+        groups[3].voters = vec![1, 2, 3];
+        assert_eq!(plan(&groups, &live(&[1, 4, 5]), 1), Some((1, 4)), "2 and 3 are down");
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((1, 2)), "4 and 5 are down");
+        groups[1].movable = false;
+        assert_eq!(plan(&groups, &live(&[1, 4, 5]), 1), Some((2, 4)));
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((3, 2)));
         groups[3].movable = false;
-        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None);
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None, "group 2's voters are down");
     }
 
     #[test]

@@ -149,12 +149,32 @@ impl Cluster {
                 Some(leader) => self.change_at(leader, group, change.clone()).await,
             };
             match answer {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.saw_change(group, &change).await;
+                    return Ok(());
+                }
                 Err(Refused::NotLeader(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(refused) => return Err(MembershipError::Unavailable { group, why: refused.to_string() }),
             }
+        }
+    }
+
+    /// Waits, up to [`super::APPLY_WAIT`], until this member's replica of `group` shows
+    /// `change`, made by the leader: what this member answers next (its `/cluster`, the
+    /// next group's check) then knows of it. Past the bound the change stands all the same.
+    async fn saw_change(&self, group: GroupId, change: &MemberChange) {
+        let mut watch = self.replicas[group as usize].watch();
+        let shows = |m: &openraft::RaftMetrics<NodeId, crate::raft::BasicNode>| {
+            let membership = m.membership_config.membership();
+            match change {
+                MemberChange::Add { node, .. } => membership.voter_ids().any(|v| v == *node),
+                MemberChange::Remove { node } => membership.get_node(node).is_none(),
+            }
+        };
+        if tokio::time::timeout(super::APPLY_WAIT, watch.wait_for(shows)).await.is_err() {
+            tracing::debug!(group, ?change, "this member does not show a membership change yet");
         }
     }
 

@@ -96,10 +96,15 @@ pub struct StandingDown {
     _slots: Option<tokio::sync::OwnedSemaphorePermit>,
     lease: Arc<Lease>,
     flag: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Set while heartbeats are off ([`Replica::quiet_followers`]), to turn them on again.
+    quieted: Option<Raft<Restm>>,
 }
 
 impl Drop for StandingDown {
     fn drop(&mut self) {
+        if let Some(raft) = self.quieted.take() {
+            raft.runtime_config().heartbeat(true);
+        }
         self.lease.stands_again();
         self.flag.send_replace(false);
     }
@@ -543,8 +548,12 @@ impl Replica {
             return Err(ReplicaError::NotLeader { leader: self.metrics().current_leader, addr: None });
         }
         self.standing_down.send_replace(true);
-        let mut standing =
-            StandingDown { _slots: None, lease: self.lease.clone(), flag: self.standing_down.clone() };
+        let mut standing = StandingDown {
+            _slots: None,
+            lease: self.lease.clone(),
+            flag: self.standing_down.clone(),
+            quieted: None,
+        };
         self.lease.stand_down();
         let slots = self.batcher.slots.clone().acquire_many_owned(IN_FLIGHT as u32);
         match tokio::time::timeout(within, slots).await {
@@ -576,6 +585,22 @@ impl Replica {
             Ok(m) => Ok((m.current_term, m.last_log_index.unwrap_or(0))),
             Err(_) => Err(ReplicaError::Timeout { what, after: within }),
         }
+    }
+
+    /// Lets the other voters' refusals lapse, for a handover in a group of more than three
+    /// voters: the successor needs a vote besides this leader's and its own, and a voter
+    /// that heard a leader within `hold` (openraft's leader lease, the election timeout)
+    /// refuses. Sends one last heartbeat, turns heartbeats off until `standing` ends, and
+    /// waits `hold` and `margin` (for the heartbeat to arrive). A voter stands for election
+    /// itself only a random half to whole election timeout after its refusal lapsed, so the
+    /// successor, asked at once, campaigns first.
+    pub async fn quiet_followers(&self, standing: &mut StandingDown, hold: Duration, margin: Duration) {
+        if let Err(e) = self.raft.trigger().heartbeat().await {
+            tracing::warn!(group = self.group, error = %e, "a last heartbeat before a handover");
+        }
+        self.raft.runtime_config().heartbeat(false);
+        standing.quieted = Some(self.raft.clone());
+        tokio::time::sleep(hold + margin).await;
     }
 
     /// Stands for election at once because the leader of `term`, whose log ends at
