@@ -1169,7 +1169,8 @@ async fn gc_until(http: &reqwest::Client, base: &str, what: &str, done: impl Fn(
 
 /// `GET /cluster` keeps each member's leader timeline and answers `X-reSTM-At`: as of a
 /// moment before the leader was killed, the old leader led; now, the next one does, and
-/// both changes are on the timeline in order. A bad moment is a 400.
+/// both changes are on the timeline in order, also after that member restarts. A bad
+/// moment is a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_as_of_a_moment_names_who_led_then() {
     let mut node = Node::cluster(3, &[]);
@@ -1210,6 +1211,22 @@ async fn cluster_as_of_a_moment_names_who_led_then() {
     let r =
         http.get(format!("{follower}/cluster")).header("X-reSTM-At", "not a moment").send().await.unwrap();
     problem(r, 400, "bad-request").await;
+    // The timeline is kept on disk: restarted, the member still answers who led then.
+    member(&mut node, (l + 1) % 3).restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let then = loop {
+        let r = http.get(format!("{follower}/cluster")).header("X-reSTM-At", before.to_string()).send().await;
+        match json_ok(r).await {
+            Ok(s) => break s,
+            Err(_) => assert!(Instant::now() < deadline, "the restarted member does not answer /cluster"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(then["groups"][0]["leader"], old, "as of before the kill, after a restart: {then}");
+    let now = json_ok(http.get(format!("{follower}/cluster")).send().await).await.unwrap();
+    let kept: Vec<Option<u64>> =
+        now["leader_changes"].as_array().unwrap().iter().map(|c| c["leader"].as_u64()).collect();
+    assert!(kept.contains(&Some(old)) && kept.contains(&Some(next)), "after a restart: {kept:?}");
 }
 
 /// A follower hears only the leader, so of another follower it takes the leader's word:

@@ -214,7 +214,7 @@ impl Cluster {
         }
         let deferred: Vec<GroupId> =
             (0..groups).filter(|g| !firsts.is_empty() && !forms_first(*g as usize)).collect();
-        let timeline = Arc::new(timeline::Timeline::default());
+        let timeline = Arc::new(timeline::Timeline::open(&host.db).map_err(ReplicaError::Open)?);
         for replica in &replicas {
             timeline.follow(replica, observer.clone());
         }
