@@ -64,6 +64,9 @@ pub struct RaftGauges {
     pub follower_lag: Vec<(u64, i64)>,
     /// How far the most lagging partition's closed timestamp trails this node's clock.
     pub closed_lag_seconds: f64,
+    /// Frames this node sent on its peer connections, and the flushes they went out in.
+    pub peer_frames: u64,
+    pub peer_flushes: u64,
 }
 
 /// The process's resident memory (`VmRSS`), on Linux.
@@ -117,6 +120,8 @@ pub struct Metrics {
     raft_applied: Gauge,
     raft_closed_lag: Gauge<f64, AtomicU64>,
     raft_lag: Family<Labels, Gauge>,
+    peer_frames: Counter,
+    peer_flushes: Counter,
 }
 
 impl Default for Metrics {
@@ -166,6 +171,8 @@ impl Metrics {
             raft_applied: Gauge::default(),
             raft_closed_lag: Gauge::default(),
             raft_lag: Family::default(),
+            peer_frames: Counter::default(),
+            peer_flushes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("restm_commits", "Transactions committed", m.commits.clone());
@@ -294,6 +301,18 @@ impl Metrics {
              handover did not begin)",
             m.raft_handovers.clone(),
         );
+        registry.register(
+            "restm_peer_frames",
+            "Frames (Raft messages of every group, forwarded requests, their answers) this member \
+             sent on its peer connections",
+            m.peer_frames.clone(),
+        );
+        registry.register(
+            "restm_peer_flushes",
+            "Flushes those frames went out in: every frame queued on a connection when its writer \
+             wakes shares one, so frames / flushes is how many one write to the socket carried",
+            m.peer_flushes.clone(),
+        );
         registry.register("restm_raft_term", "The data group's current term", m.raft_term.clone());
         registry.register(
             "restm_raft_is_leader",
@@ -413,6 +432,13 @@ impl Metrics {
             self.raft_last_log.set(r.last_log_index);
             self.raft_applied.set(r.applied_index);
             self.raft_closed_lag.set(r.closed_lag_seconds);
+            for (counter, total) in [(&self.peer_frames, r.peer_frames), (&self.peer_flushes, r.peer_flushes)]
+            {
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
             self.raft_lag.clear();
             for (node, lag) in &r.follower_lag {
                 self.raft_lag.get_or_create(&vec![("node".to_string(), node.to_string())]).set(*lag);

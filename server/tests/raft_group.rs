@@ -478,7 +478,7 @@ async fn start_some_grouped(
             client_url: format!("http://node{id}"),
             tls: None,
             timing: timing(),
-            groups,
+            groups: restm::cluster::GroupCount::Of(groups),
             lock_wait: Duration::from_millis(200),
             rebalance: None,
         };

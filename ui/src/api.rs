@@ -125,3 +125,44 @@ pub enum Load<T> {
     Ready(T),
     Failed(String),
 }
+
+/// Polls `fetch` while `active`: at once when the view opens, and when a signal `track`
+/// reads changes, then every second; one request at a time (a tick while one is out is
+/// skipped). Answers what the last request loaded.
+pub fn poll_every_second<T, Fut>(
+    active: Signal<bool>,
+    track: impl Fn() + 'static,
+    fetch: impl Fn() -> Fut + Copy + 'static,
+) -> RwSignal<Load<T>>
+where
+    T: Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, String>> + 'static,
+{
+    let state = RwSignal::new(Load::Idle);
+    let busy = StoredValue::new(false);
+    let poll = move || {
+        if !active.get_untracked() || busy.get_value() {
+            return;
+        }
+        busy.set_value(true);
+        if state.with_untracked(|s| matches!(s, Load::Idle)) {
+            state.set(Load::Loading);
+        }
+        let answer = fetch();
+        leptos::task::spawn_local(async move {
+            state.set(match answer.await {
+                Ok(v) => Load::Ready(v),
+                Err(e) => Load::Failed(e),
+            });
+            busy.set_value(false);
+        });
+    };
+    Effect::new(move |_| {
+        track();
+        if active.get() {
+            poll();
+        }
+    });
+    let _ = set_interval_with_handle(poll, std::time::Duration::from_millis(1000));
+    state
+}

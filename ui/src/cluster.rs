@@ -4,8 +4,6 @@
 //! with a moment in "as of" it asks with `X-reSTM-At`, and the leaders and the timeline
 //! are those of that moment ("who led group 3 at 10:02?").
 
-use std::time::Duration;
-
 use leptos::prelude::*;
 use restm_shared::ClusterStatus;
 
@@ -20,43 +18,21 @@ pub struct Feed {
     state: RwSignal<Load<ClusterStatus>>,
     /// The moment asked for (`X-reSTM-At`); empty: now.
     at: RwSignal<String>,
-    busy: StoredValue<bool>,
 }
 
 impl Feed {
     pub fn start(settings: Settings, active: Signal<bool>) -> Self {
-        let feed = Feed {
-            state: RwSignal::new(Load::Idle),
-            at: RwSignal::new(String::new()),
-            busy: StoredValue::new(false),
-        };
-        let poll = move || {
-            if !active.get_untracked() || feed.busy.get_value() {
-                return;
-            }
-            feed.busy.set_value(true);
-            if matches!(feed.state.get_untracked(), Load::Idle) {
-                feed.state.set(Load::Loading);
-            }
-            let (token, at) = (settings.token.get_untracked(), feed.at.get_untracked());
-            leptos::task::spawn_local(async move {
-                let answer = api::get_json::<ClusterStatus>("/cluster", Some(&at), &token).await;
-                feed.state.set(match answer {
-                    Ok(s) => Load::Ready(s),
-                    Err(e) => Load::Failed(e),
-                });
-                feed.busy.set_value(false);
-            });
-        };
-        // Poll at once when the view opens or the moment changes, then every second.
-        Effect::new(move |_| {
-            feed.at.track();
-            if active.get() {
-                poll();
-            }
-        });
-        let _ = set_interval_with_handle(poll, Duration::from_millis(1000));
-        feed
+        let at = RwSignal::new(String::new());
+        // Asked again at once when the moment changes.
+        let state = api::poll_every_second(
+            active,
+            move || at.track(),
+            move || {
+                let (token, at) = (settings.token.get_untracked(), at.get_untracked());
+                async move { api::get_json::<ClusterStatus>("/cluster", Some(&at), &token).await }
+            },
+        );
+        Feed { state, at }
     }
 }
 

@@ -2,8 +2,6 @@
 //! locks and who waits on them (from `GET /locks`), polled every second while the view is
 //! open. The oldest transaction is marked: it is the one holding back garbage collection.
 
-use std::time::Duration;
-
 use leptos::prelude::*;
 use restm_shared::{ActiveTxns, Locks, TxnStatus};
 
@@ -22,39 +20,23 @@ pub struct Snapshot {
 #[derive(Clone, Copy)]
 pub struct Feed {
     state: RwSignal<Load<Snapshot>>,
-    busy: StoredValue<bool>,
 }
 
 impl Feed {
     pub fn start(settings: Settings, active: Signal<bool>) -> Self {
-        let feed = Feed { state: RwSignal::new(Load::Idle), busy: StoredValue::new(false) };
-        let poll = move || {
-            if !active.get_untracked() || feed.busy.get_value() {
-                return;
-            }
-            feed.busy.set_value(true);
-            if matches!(feed.state.get_untracked(), Load::Idle) {
-                feed.state.set(Load::Loading);
-            }
-            let token = settings.token.get_untracked();
-            leptos::task::spawn_local(async move {
-                let txns = api::get_json::<ActiveTxns>("/txns", None, &token).await;
-                let locks = api::get_json::<Locks>("/locks", None, &token).await;
-                feed.state.set(match (txns, locks) {
-                    (Ok(txns), Ok(locks)) => Load::Ready(Snapshot { txns, locks, at_ms: time::now_ms() }),
-                    (Err(e), _) | (_, Err(e)) => Load::Failed(e),
-                });
-                feed.busy.set_value(false);
-            });
-        };
-        // Poll at once when the view opens, then every second.
-        Effect::new(move |_| {
-            if active.get() {
-                poll();
-            }
-        });
-        let _ = set_interval_with_handle(poll, Duration::from_millis(1000));
-        feed
+        let state = api::poll_every_second(
+            active,
+            || {},
+            move || {
+                let token = settings.token.get_untracked();
+                async move {
+                    let txns = api::get_json::<ActiveTxns>("/txns", None, &token).await?;
+                    let locks = api::get_json::<Locks>("/locks", None, &token).await?;
+                    Ok(Snapshot { txns, locks, at_ms: time::now_ms() })
+                }
+            },
+        );
+        Feed { state }
     }
 }
 

@@ -243,6 +243,8 @@ impl ServeArgs {
         if self.join.is_none() && !initial.contains_key(&id) {
             return Err(format!("--initial-cluster does not name this node ({id})"));
         }
+        // Peers dial, and hand clients on, over TLS when this node serves it.
+        let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
         let join = match &self.join {
             None => None,
             Some(url) => {
@@ -250,10 +252,8 @@ impl ServeArgs {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(format!("--join {url:?} is not a member's client URL (http://host:port)"));
                 }
-                let peer_url = self.advertise_peer_url.clone().unwrap_or_else(|| {
-                    let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-                    format!("{scheme}://{peer}")
-                });
+                let peer_url =
+                    self.advertise_peer_url.clone().unwrap_or_else(|| format!("{scheme}://{peer}"));
                 crate::cluster::membership::check_peer_url(&peer_url)
                     .map_err(|e| format!("--advertise-peer-url: {e}"))?;
                 Some(Join { url, peer_url, token: self.auth_token.clone() })
@@ -286,13 +286,13 @@ impl ServeArgs {
                 peer_listen: peer,
                 initial,
                 token: self.peer_token.clone(),
-                client_url: self.advertise_client_url.clone().unwrap_or_else(|| {
-                    let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-                    format!("{scheme}://{}", self.listen)
-                }),
+                client_url: self
+                    .advertise_client_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{}", self.listen)),
                 tls: None,
                 timing,
-                groups: self.groups,
+                groups: crate::cluster::GroupCount::Of(self.groups),
                 lock_wait: self.lock_timeout,
                 rebalance: Some(self.rebalance_interval).filter(|d| !d.is_zero()),
             },

@@ -21,9 +21,15 @@ use crate::raft::replica::ReplicaError;
 use crate::raft::transport::{Request, Response};
 
 /// The reads waiting for a group's next read-index round, per group.
-#[derive(Default)]
 pub(super) struct Rounds {
     groups: Mutex<Vec<Queue>>,
+}
+
+impl Rounds {
+    /// The queues of `groups` groups, one each (a group id indexes its own).
+    pub(super) fn new(groups: u32) -> Self {
+        Self { groups: Mutex::new((0..groups).map(|_| Queue::default()).collect()) }
+    }
 }
 
 /// One group's readers: whether a round is out, and who waits for the next one.
@@ -44,9 +50,6 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut groups = self.rounds.groups.lock();
-            if groups.len() <= group as usize {
-                groups.resize_with(group as usize + 1, Queue::default);
-            }
             let queue = &mut groups[group as usize];
             queue.waiting.push(tx);
             !std::mem::replace(&mut queue.running, true)

@@ -37,7 +37,7 @@ use crate::engine::{PtrId, TxnId};
 use crate::raft::replica::{Host, Replica, ReplicaError, Timing, millis};
 use crate::raft::state_machine::{Held, Observer, Partitions};
 use crate::raft::transport::{Answer, Identity, PeerServer, Refused, Request, Response, Service};
-use crate::raft::{BasicNode, GroupId, NodeId, Proposed};
+use crate::raft::{BasicNode, GroupId, NodeId, Proposed, RaftConfig as RaftConfigOf};
 
 /// The first group's id: with one group, the data group of every partition; with more, the
 /// group of partition 0, which holds the cluster's pins and GC horizon.
@@ -79,15 +79,23 @@ pub struct ClusterConfig {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Heartbeat and election timing of the Raft groups.
     pub timing: Timing,
-    /// How many Raft groups share the partitions (partition `p` in group `p % groups`); 1
-    /// puts every partition in one data group.
-    pub groups: u32,
+    /// How many Raft groups share the partitions.
+    pub groups: GroupCount,
     /// How long a peer's `Prepare` waits here for the lock of a pointer it writes
     /// (`--lock-timeout`).
     pub lock_wait: Duration,
     /// How often this member looks whether it leads more than its share of the groups,
     /// and hands one over (`--rebalance-interval`; `None`: never; see [`balance`]).
     pub rebalance: Option<Duration>,
+}
+
+/// How many Raft groups share the partitions (`--groups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupCount {
+    /// This many: partition `p` in group `p % n`; 1 puts every partition in one data group.
+    Of(u32),
+    /// As many as the data directory holds: a member that joined, restarting.
+    Stored,
 }
 
 /// Why the cluster could not start.
@@ -173,17 +181,16 @@ impl Cluster {
             client_url: config.client_url.clone(),
             tls: config.tls.clone(),
         });
-        // 0: a joiner restarting, which takes the count its data directory holds.
         let asked = match config.groups {
-            0 => crate::raft::log_store::stored_group_count(&db)
+            GroupCount::Stored => crate::raft::log_store::stored_group_count(&db)
                 .map_err(|e| ClusterError::GroupCount(e.to_string()))?
                 .ok_or(ClusterError::NeverJoined)?,
-            n => n,
+            GroupCount::Of(n) => n.max(1),
         };
         let groups = match crate::raft::log_store::group_count(&db, asked) {
             Ok(n) => n,
             Err(Ok(stored)) => {
-                return Err(ClusterError::GroupMismatch { stored, requested: config.groups.max(1) });
+                return Err(ClusterError::GroupMismatch { stored, requested: asked });
             }
             Err(Err(e)) => return Err(ClusterError::GroupCount(e.to_string())),
         };
@@ -191,7 +198,8 @@ impl Cluster {
         let mut replicas = Vec::with_capacity(groups as usize);
         for group in 0..groups {
             let held = Held { group, of: groups };
-            let config = config.timing.raft_config(&config.name);
+            // The node sends every group's heartbeats on one ticker (`spawn_heartbeats`).
+            let config = RaftConfigOf { enable_heartbeat: false, ..config.timing.raft_config(&config.name) };
             replicas.push(Replica::start(&host, held, partitions.clone(), observer.clone(), config).await?);
         }
         // Served once the groups are registered, so no peer is told this node holds none.
@@ -231,13 +239,14 @@ impl Cluster {
             remote_locks: locks::RemoteLocks::default(),
             promises: watermark::Promises::default(),
             timeline,
-            rounds: barrier::Rounds::default(),
+            rounds: barrier::Rounds::new(groups),
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
         for group in 0..groups {
             cluster.spawn_metrics_watch(group);
         }
+        cluster.spawn_heartbeats();
         for group in deferred {
             cluster.spawn_deferred_formation(group, voters.clone());
         }
@@ -262,6 +271,25 @@ impl Cluster {
                 tracing::info!(group, "the member whose turn it was has not formed the group; forming it");
                 if let Err(e) = replica.initialize(voters).await {
                     tracing::warn!(group, error = %e, "forming the group");
+                }
+            }
+        });
+    }
+
+    /// Every heartbeat interval, sends the heartbeats of every group this node leads, one
+    /// after the other: each peer then gets them together, in one write on its connection
+    /// (see [`crate::raft::transport`]), rather than one write per group at its own moment.
+    fn spawn_heartbeats(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let every = self.config.timing.heartbeat;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(c) = me.upgrade() else { return };
+                for replica in &c.replicas {
+                    replica.heartbeat().await;
                 }
             }
         });
@@ -550,6 +578,13 @@ impl Cluster {
     /// peer call it answered); `None` if it never has.
     pub fn silent_for(&self, node: NodeId) -> Option<Duration> {
         [self.host.peers.last_contact(node), self.host.groups.last_heard(node)].into_iter().flatten().min()
+    }
+
+    /// Frames this node sent on its peer connections (requests and answers), and the
+    /// flushes they went out in.
+    pub fn wire(&self) -> (u64, u64) {
+        let ((a, b), (c, d)) = (self.host.peers.wire(), self.host.groups.wire());
+        (a + c, b + d)
     }
 
     /// Every member's id, this node's included.

@@ -219,7 +219,8 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
     if let (Some(c), Some(_)) = (cluster.as_mut(), &args.join)
         && !fresh
     {
-        c.groups = 0; // a restart: the data directory knows its groups and its members
+        // A restart: the data directory knows its groups and its members.
+        c.groups = crate::cluster::GroupCount::Stored;
     }
     if let (Some(c), Some(join)) = (cluster.as_mut(), &args.join)
         && fresh
@@ -232,7 +233,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
                 join.url, status.cluster, c.name
             ));
         }
-        c.groups = (status.groups.len() as u32).max(1);
+        c.groups = crate::cluster::GroupCount::Of((status.groups.len() as u32).max(1));
     }
     let durability = args.node.durability;
     let events = Arc::new(crate::events::EventHub::new(args.event_buffer, args.event_subscriber_buffer));
@@ -241,7 +242,7 @@ pub async fn serve(args: ServeConfig) -> Result<(), String> {
         None => Node::open(args.node, events.clone(), metrics.clone())
             .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?,
         Some(cluster) => {
-            if cluster.groups > 1 {
+            if matches!(cluster.groups, crate::cluster::GroupCount::Of(n) if n > 1) {
                 // Every member coordinates, and numbers its own txns' events.
                 events.number_as(cluster.node_id);
             }

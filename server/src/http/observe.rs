@@ -39,6 +39,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         pressure_level: node.pressure() as i64,
         raft: node.cluster().map(|c| {
             let st = c.status(now);
+            let (peer_frames, peer_flushes) = c.wire();
             let g = st.groups.first();
             let as_i64 = |v: Option<u64>| v.map_or(0, |v| v as i64);
             crate::metrics::RaftGauges {
@@ -52,6 +53,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 closed_lag_seconds: g.and_then(|g| g.closed.iter().map(|c| c.lag_ms).max()).unwrap_or(0)
                     as f64
                     / 1000.0,
+                peer_frames,
+                peer_flushes,
             }
         }),
     };

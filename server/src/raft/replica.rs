@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fjall::Database;
@@ -84,6 +85,8 @@ pub struct Replica {
     lease: Arc<Lease>,
     /// True while this member hands its lead over ([`StandingDown`]).
     standing_down: Arc<tokio::sync::watch::Sender<bool>>,
+    /// True while [`Replica::heartbeat`] sends nothing ([`Replica::quiet_followers`]).
+    quiet: Arc<AtomicBool>,
 }
 
 /// A leader holding still while it hands its lead to another member: it appends no entry
@@ -97,13 +100,13 @@ pub struct StandingDown {
     lease: Arc<Lease>,
     flag: Arc<tokio::sync::watch::Sender<bool>>,
     /// Set while heartbeats are off ([`Replica::quiet_followers`]), to turn them on again.
-    quieted: Option<Raft<Restm>>,
+    quieted: Option<Arc<AtomicBool>>,
 }
 
 impl Drop for StandingDown {
     fn drop(&mut self) {
-        if let Some(raft) = self.quieted.take() {
-            raft.runtime_config().heartbeat(true);
+        if let Some(quiet) = self.quieted.take() {
+            quiet.store(false, Ordering::Relaxed);
         }
         self.lease.stands_again();
         self.flag.send_replace(false);
@@ -323,6 +326,7 @@ impl Replica {
             reads: Arc::default(),
             lease,
             standing_down: Arc::new(tokio::sync::watch::channel(false).0),
+            quiet: Arc::default(),
         })
     }
 
@@ -593,14 +597,27 @@ impl Replica {
     /// refuses. Sends one last heartbeat, turns heartbeats off until `standing` ends, and
     /// waits `hold` and `margin` (for the heartbeat to arrive). A voter stands for election
     /// itself only a random half to whole election timeout after its refusal lapsed, so the
-    /// successor, asked at once, campaigns first.
+    /// successor, asked at once, campaigns first. (Heartbeats are the node's to pace, by
+    /// [`Self::heartbeat`], which stays quiet meanwhile.)
     pub async fn quiet_followers(&self, standing: &mut StandingDown, hold: Duration, margin: Duration) {
         if let Err(e) = self.raft.trigger().heartbeat().await {
             tracing::warn!(group = self.group, error = %e, "a last heartbeat before a handover");
         }
-        self.raft.runtime_config().heartbeat(false);
-        standing.quieted = Some(self.raft.clone());
+        self.quiet.store(true, Ordering::Relaxed);
+        standing.quieted = Some(self.quiet.clone());
         tokio::time::sleep(hold + margin).await;
+    }
+
+    /// Sends the followers a heartbeat now if this member leads (and is not quieted for a
+    /// handover). The node paces every group's heartbeats with one ticker, so that a peer
+    /// gets all of them at once, in one write (openraft's own timer, one per group, is off).
+    pub async fn heartbeat(&self) {
+        if self.quiet.load(Ordering::Relaxed) || !self.is_leader() {
+            return;
+        }
+        if let Err(e) = self.raft.trigger().heartbeat().await {
+            tracing::debug!(group = self.group, error = %e, "a heartbeat");
+        }
     }
 
     /// Stands for election at once because the leader of `term`, whose log ends at

@@ -8,6 +8,12 @@
 //!
 //! [`PeerServer`] serves the groups of this node; [`Peers`] holds this node's connection to
 //! each other node, dialled on first use and again after it breaks.
+//!
+//! Each connection has one writer task ([`write_frames`]): every frame queued when it
+//! wakes goes out in one flush, so the heartbeats and appends that many groups send a peer
+//! at the same moment, and the answers to them, share a write to the socket (the
+//! timers stay openraft's, one per group). [`WireStats`] counts frames and flushes, for
+//! `/metrics`.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +40,8 @@ use super::{BasicNode, GroupId, NodeId, Restm, decode, encode};
 
 /// The largest frame: a snapshot travels in one.
 const MAX_FRAME: usize = 1 << 30;
+/// Most frames one flush takes, so one busy connection does not starve the others' writers.
+const FRAMES_PER_FLUSH: usize = 256;
 /// How long dialling a peer and its greeting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -299,9 +307,16 @@ pub struct Groups {
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// Who answers requests beyond Raft's (set once the cluster is up).
     service: std::sync::OnceLock<std::sync::Weak<dyn Service>>,
+    /// What this node's answers to its peers cost in writes.
+    wire: Arc<WireStats>,
 }
 
 impl Groups {
+    /// Frames this node answered its peers with, and the flushes they went out in.
+    pub fn wire(&self) -> (u64, u64) {
+        self.wire.get()
+    }
+
     /// Serves `group` with `raft`; `lease` says when the member refuses votes.
     pub fn insert(&self, group: GroupId, raft: Raft<Restm>, lease: Arc<Lease>) {
         self.rafts.write().insert(group, (raft, lease));
@@ -498,14 +513,8 @@ impl PeerServer {
         }
         wr.send(Bytes::from(encode(&Greeting::Welcome)?)).await?;
         tracing::debug!(%remote, from = hello.from, "peer connected");
-        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
-        let writer = tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                if wr.send(b).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(write_frames(wr, rx, groups.wire.clone()));
         while let Some(frame) = rd.next().await {
             let (id, req): (u64, Request) = decode(&frame?)?;
             groups.heard.lock().insert(hello.from, std::time::Instant::now());
@@ -526,6 +535,53 @@ impl PeerServer {
     }
 }
 
+/// Frames sent on peer connections, and the flushes they went out in.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    frames: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl WireStats {
+    /// (frames, flushes) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (self.frames.load(Ordering::Relaxed), self.flushes.load(Ordering::Relaxed))
+    }
+}
+
+/// Writes the frames queued on `rx` to `wr` until either side ends, every frame waiting
+/// when the writer wakes in one flush (up to [`FRAMES_PER_FLUSH`]).
+async fn write_frames<W>(
+    mut wr: FramedWrite<W, LengthDelimitedCodec>,
+    mut rx: mpsc::Receiver<Bytes>,
+    stats: Arc<WireStats>,
+) where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(first) = rx.recv().await {
+        if wr.feed(first).await.is_err() {
+            return;
+        }
+        // Let the tasks that are ready run first: frames sent at the same moment (every
+        // group's heartbeat of one tick, their answers) then join this flush.
+        tokio::task::yield_now().await;
+        let mut frames = 1;
+        while frames < FRAMES_PER_FLUSH
+            && let Ok(next) = rx.try_recv()
+        {
+            if wr.feed(next).await.is_err() {
+                return;
+            }
+            frames += 1;
+        }
+        if SinkExt::<Bytes>::flush(&mut wr).await.is_err() {
+            return;
+        }
+        stats.frames.fetch_add(frames as u64, Ordering::Relaxed);
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One open connection to a peer.
 struct Conn {
     tx: mpsc::Sender<Bytes>,
@@ -537,6 +593,7 @@ struct Conn {
 /// This node's connection to one peer, dialled on first use and after it breaks.
 pub struct PeerClient {
     me: Arc<Identity>,
+    wire: Arc<WireStats>,
     target: NodeId,
     addr: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
@@ -576,16 +633,10 @@ impl PeerClient {
             tracing::warn!(peer = self.target, %addr, reason = %why, "a peer refused this node");
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
         }
-        let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+        let (tx, rx) = mpsc::channel::<Bytes>(1024);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                if wr.send(b).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(write_frames(wr, rx, self.wire.clone()));
         let (p, c) = (pending.clone(), closed.clone());
         tokio::spawn(async move {
             while let Some(Ok(frame)) = rd.next().await {
@@ -647,11 +698,18 @@ impl PeerClient {
 pub struct Peers {
     me: Arc<Identity>,
     clients: Mutex<HashMap<NodeId, Arc<PeerClient>>>,
+    /// What this node's requests to its peers cost in writes.
+    wire: Arc<WireStats>,
 }
 
 impl Peers {
     pub fn new(me: Arc<Identity>) -> Arc<Self> {
-        Arc::new(Self { me, clients: Mutex::default() })
+        Arc::new(Self { me, clients: Mutex::default(), wire: Arc::default() })
+    }
+
+    /// Frames this node sent its peers, and the flushes they went out in.
+    pub fn wire(&self) -> (u64, u64) {
+        self.wire.get()
     }
 
     /// How long ago `node` last answered a call of this node's, if it ever did.
@@ -669,6 +727,7 @@ impl Peers {
         }
         let c = Arc::new(PeerClient {
             me: self.me.clone(),
+            wire: self.wire.clone(),
             target,
             addr: addr.to_string(),
             conn: tokio::sync::Mutex::new(None),
@@ -676,5 +735,32 @@ impl Peers {
         });
         clients.insert(target, c.clone());
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_queued_together_go_out_in_one_flush_and_arrive_whole() {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        for i in 0..10u8 {
+            tx.send(Bytes::from(vec![i; 100 + i as usize])).await.unwrap();
+        }
+        let stats = Arc::new(WireStats::default());
+        let writer = tokio::spawn(write_frames(FramedWrite::new(near, codec()), rx, stats.clone()));
+        let mut read = FramedRead::new(far, codec());
+        for i in 0..10u8 {
+            let frame = read.next().await.unwrap().unwrap();
+            assert_eq!(&frame[..], &vec![i; 100 + i as usize][..], "frame {i}");
+        }
+        // One more, sent once those arrived: a flush of its own.
+        tx.send(Bytes::from_static(b"late")).await.unwrap();
+        assert_eq!(&read.next().await.unwrap().unwrap()[..], b"late");
+        drop(tx);
+        writer.await.unwrap();
+        assert_eq!(stats.get(), (11, 2), "the ten queued together shared one flush");
     }
 }
