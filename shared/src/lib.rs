@@ -518,6 +518,28 @@ pub struct MemberRequest {
     pub peer_url: String,
 }
 
+/// `POST /cluster/groups/{group}/leader`: hand the group's lead to another of its voters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaderMove {
+    /// The voter to lead the group.
+    pub to: u64,
+}
+
+/// What a leader move did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaderMoved {
+    pub group: u32,
+    /// Who led the group when the move was asked for.
+    pub from: u64,
+    /// Who leads it now: the voter asked for.
+    pub leader: u64,
+    /// `moved` (the lead was handed over) or `already` (that voter led it already).
+    pub outcome: String,
+}
+
 /// Physical milliseconds since the Unix epoch encoded in a hybrid-logical-clock version.
 pub fn version_millis(version: u64) -> u64 {
     version >> 16

@@ -192,3 +192,89 @@ async fn a_member_that_joins_gets_its_share_of_leads_within_a_minute() {
     let bases: Vec<String> = cluster.all().chain([&fourth]).map(|n| n.base.clone()).collect();
     assert!(handovers_moved(&http, &bases).await >= 1, "the new member's lead came by a handover");
 }
+
+/// `POST /cluster/groups/{group}/leader` at a member that does not lead the group: the lead
+/// moves to the voter asked for, while a writer writes (nothing refused, nothing lost); a
+/// move to the leader itself is `already`; bad asks are problems that move nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_moves_a_lead_through_any_member() {
+    let cluster = Node::cluster(3, &["--groups", "2", "--rebalance-interval", "0s"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let bases: Vec<String> = cluster.all().map(|n| n.base.clone()).collect();
+    let s =
+        cluster_until(&http, &bases[0], Duration::from_secs(30), "led everywhere", |s| leads(s, 3).is_some())
+            .await;
+    let from = s.groups[0].leader.unwrap();
+    let to = (from % 3) + 1;
+    let asked = (to % 3) + 1; // the member that neither leads nor gets the lead
+    assert!(asked != from && asked != to);
+    let at = |n: u64| bases[n as usize - 1].clone();
+
+    let writers = Writers::start(&http, &at(to));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("{}/cluster/groups/0/leader", at(asked));
+    let r = http.post(&url).json(&json!({ "to": to })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let moved: restm_shared::LeaderMoved = r.json().await.unwrap();
+    assert_eq!((moved.group, moved.from, moved.leader, moved.outcome.as_str()), (0, from, to, "moved"));
+    for base in &bases {
+        cluster_until(&http, base, Duration::from_secs(5), "led by the voter asked for", |s| {
+            s.groups[0].leader == Some(to)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writers.check(0, 20, &at(from)).await;
+
+    // Again: it leads already.
+    let r = http.post(&url).json(&json!({ "to": to })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let again: restm_shared::LeaderMoved = r.json().await.unwrap();
+    assert_eq!((again.from, again.leader, again.outcome.as_str()), (to, to, "already"));
+
+    // Bad asks, each a problem, and the lead stays.
+    let base = at(asked);
+    let post = |path: &str, body: &str| {
+        http.post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    restm_tests::problem(post("/cluster/groups/0/leader", r#"{"to": 9}"#).await.unwrap(), 400, "bad-request")
+        .await;
+    restm_tests::problem(post("/cluster/groups/7/leader", r#"{"to": 1}"#).await.unwrap(), 404, "not-found")
+        .await;
+    restm_tests::problem(post("/cluster/groups/x/leader", r#"{"to": 1}"#).await.unwrap(), 400, "bad-request")
+        .await;
+    restm_tests::problem(
+        post("/cluster/groups/0/leader", r#"{"too": 1}"#).await.unwrap(),
+        400,
+        "bad-request",
+    )
+    .await;
+    restm_tests::problem(post("/cluster/groups/0/leader", "not json").await.unwrap(), 400, "bad-request")
+        .await;
+    let s = restm_tests::cluster_of(&http, &base).await.unwrap();
+    assert_eq!(s.groups[0].leader, Some(to), "bad asks moved nothing");
+
+    // The CLI does the same.
+    let back = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            std::process::Command::new(restm_tests::restm_bin())
+                .args(["cluster", "move-leader", "0", "--to", &from.to_string(), "--target", &base])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&back.stdout);
+    assert!(back.status.success(), "{printed} {}", String::from_utf8_lossy(&back.stderr));
+    assert!(printed.contains(&format!("node {from} leads it")), "{printed}");
+
+    // A node of its own has no groups to move.
+    let single = Node::start_in(restm_tests::temp_dir("single"), &[]);
+    let r = http.post(single.url("/cluster/groups/0/leader")).json(&json!({ "to": 1 })).send().await.unwrap();
+    restm_tests::problem(r, 409, "not-a-cluster").await;
+}

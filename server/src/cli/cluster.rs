@@ -1,7 +1,8 @@
 //! `restm cluster status`: `GET /cluster` of one member, as a table (or as JSON), now or
 //! as of a moment (`--at`: who led each group then). `restm cluster add` and `remove`:
 //! membership changes (`POST /cluster/members`, `DELETE /cluster/members/{id}`), printing
-//! the cluster as it then stands.
+//! the cluster as it then stands. `restm cluster move-leader`: a group's lead handed to
+//! another voter (`POST /cluster/groups/{group}/leader`).
 
 use restm_shared::{ClusterStatus, GroupStatus, HEADER_AT};
 
@@ -18,6 +19,19 @@ pub enum ClusterCommand {
     /// Takes a node out of every group; refused while a group would be left without a
     /// majority of voters that are up.
     Remove(RemoveArgs),
+    /// Hands a group's lead to another of its voters (as etcd's move-leader).
+    MoveLeader(MoveLeaderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MoveLeaderArgs {
+    /// The group's id, as `restm cluster status` lists it.
+    pub group: u32,
+    /// The voter to lead it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub to: u64,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +80,30 @@ pub async fn run(cmd: ClusterCommand) -> Result<(), String> {
         ClusterCommand::Remove(a) => {
             let url = format!("{}/cluster/members/{}", a.target.target.trim_end_matches('/'), a.id);
             return change(request(&a.target, reqwest::Method::DELETE, url)?).await;
+        }
+        ClusterCommand::MoveLeader(a) => {
+            let url = format!("{}/cluster/groups/{}/leader", a.target.target.trim_end_matches('/'), a.group);
+            let body = restm_shared::LeaderMove { to: a.to };
+            let resp = request(&a.target, reqwest::Method::POST, url)?
+                .json(&body)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(refusal(status, &text));
+            }
+            let moved: restm_shared::LeaderMoved = serde_json::from_str(&text)
+                .map_err(|e| format!("the node's answer is not the move this CLI reads: {e}"))?;
+            match moved.outcome.as_str() {
+                "already" => println!("group {}: node {} leads it already", moved.group, moved.leader),
+                _ => println!(
+                    "group {}: node {} leads it (was node {})",
+                    moved.group, moved.leader, moved.from
+                ),
+            }
+            return Ok(());
         }
     };
     let url = format!("{}/cluster", a.target.target.trim_end_matches('/'));

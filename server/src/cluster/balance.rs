@@ -28,14 +28,21 @@
 //!
 //! With one group its leader coordinates every txn, and moving it would abort them all;
 //! one group has nothing to balance anyway (one member leads it), so [`plan`] never moves it.
+//!
+//! An operator moves a lead by hand with [`Cluster::move_leader`]
+//! (`POST /cluster/groups/{group}/leader`, `restm cluster move-leader`), as etcd's
+//! `move-leader`: any member takes the request and asks the group's leader
+//! ([`Request::HandOver`]), which makes the same handover.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use restm_shared::LeaderMoved;
 
 use super::{Cluster, MEMBER_SILENCE_MS};
 use crate::raft::replica::Replica;
-use crate::raft::transport::{Request, Response};
+use crate::raft::transport::{Refused, Request, Response};
 use crate::raft::{GroupId, NodeId};
 
 /// Most voters a group may have for a handover without quieting its followers first.
@@ -93,6 +100,22 @@ pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(Grou
         .map(|(_, node, group)| (group, node))
 }
 
+/// Longest the member asked for a move waits for the leader's answer: its handover, and
+/// the wait before it for a lead too new to hand over.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a leader move was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("there is no group {group}: the cluster's groups are 0 to {last}")]
+    NoGroup { group: GroupId, last: GroupId },
+    #[error("node {to} is no voter of group {group} (its voters: {voters:?})")]
+    NotAVoter { group: GroupId, to: NodeId, voters: Vec<NodeId> },
+    /// No leader, the lead moved meanwhile, or the handover did not take: asking again may.
+    #[error("group {group}: {why}")]
+    Unavailable { group: GroupId, why: String },
+}
+
 /// How a handover ended (the `outcome` of `restm_raft_leader_handovers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handover {
@@ -124,38 +147,31 @@ impl Cluster {
     pub fn spawn_balancer(self: &Arc<Self>, every: Duration) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            // Since when this member leads each group it leads, in which term.
-            let mut leading: HashMap<GroupId, (u64, Instant)> = HashMap::new();
             loop {
                 let jitter = every.mul_f64(rand::random::<f64>() / 5.0);
                 tokio::time::sleep(every + jitter).await;
                 let Some(c) = me.upgrade() else { return };
-                c.balance_once(&mut leading).await;
+                c.balance_once().await;
             }
         });
     }
 
+    /// How long a lead must have been held before it is handed over: two election
+    /// timeouts (see the module docs).
+    fn settled(&self) -> Duration {
+        self.config.timing.election * 2
+    }
+
     /// One tick of the balancer: the handover [`plan`] answers, if any.
-    async fn balance_once(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) {
-        let now = Instant::now();
-        let settled = self.config.timing.election * 2;
+    async fn balance_once(&self) {
         let mut groups = Vec::with_capacity(self.replicas.len());
         for r in &self.replicas {
             let m = r.metrics();
-            let led = m.state == openraft::ServerState::Leader;
-            if led {
-                let since = leading.entry(r.group()).or_insert((m.current_term, now));
-                if since.0 != m.current_term {
-                    *since = (m.current_term, now);
-                }
-            } else {
-                leading.remove(&r.group());
-            }
             groups.push(Led {
                 group: r.group(),
                 leader: m.current_leader,
                 voters: m.membership_config.membership().voter_ids().collect(),
-                movable: led && leading.get(&r.group()).is_some_and(|(_, t)| now - *t >= settled),
+                movable: self.led_for(r.group()).is_some_and(|led| led >= self.settled()),
             });
         }
         let me = self.config.node_id;
@@ -167,9 +183,63 @@ impl Cluster {
             })
             .collect();
         let Some((group, to)) = plan(&groups, &live, me) else { return };
-        let outcome = self.hand_over(&self.replicas[group as usize], to).await;
+        let (outcome, _) = self.hand_over_now(group, to).await;
         tracing::info!(group, to, outcome = outcome.as_str(), "handed a lead over to balance the leaders");
+    }
+
+    /// Hands the lead of `group`, which this member holds, to `to`, once it has held it
+    /// long enough; answers how it ended and who leads then.
+    pub(super) async fn hand_over_now(&self, group: GroupId, to: NodeId) -> (Handover, Option<NodeId>) {
+        if let Some(led) = self.led_for(group)
+            && led < self.settled()
+        {
+            tokio::time::sleep(self.settled() - led).await;
+        }
+        let outcome = self.hand_over(&self.replicas[group as usize], to).await;
         self.metrics.observe_handover(outcome.as_str());
+        (outcome, self.leader_of(group))
+    }
+
+    /// Moves the lead of `group` to its voter `to`, from whichever member holds it.
+    pub async fn move_leader(&self, group: GroupId, to: NodeId) -> Result<LeaderMoved, MoveError> {
+        let last = self.groups().saturating_sub(1);
+        let replica = self.replicas.get(group as usize).ok_or(MoveError::NoGroup { group, last })?;
+        let m = replica.metrics();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(MoveError::NotAVoter { group, to, voters });
+        }
+        let unavailable = |why: String| MoveError::Unavailable { group, why };
+        let from = m.current_leader.ok_or_else(|| {
+            unavailable("it has no leader now (an election is under way); ask again".into())
+        })?;
+        if from == to {
+            return Ok(LeaderMoved { group, from, leader: to, outcome: "already".into() });
+        }
+        let (outcome, leader) = if from == self.config.node_id {
+            let (outcome, leader) = self.hand_over_now(group, to).await;
+            (outcome.as_str().to_string(), leader)
+        } else {
+            let peer = self
+                .peer(from)
+                .ok_or_else(|| unavailable(format!("its leader, node {from}, is no member")))?;
+            match peer.call(&Request::HandOver { group, to }, MOVE_WAIT).await {
+                Ok(Response::HandedOver(Ok(answer))) => answer,
+                Ok(Response::HandedOver(Err(Refused::NotLeader(_)))) => {
+                    return Err(unavailable(format!("node {from} no longer leads it; ask again")));
+                }
+                Ok(other) => return Err(unavailable(format!("node {from} answered {other:?}"))),
+                Err(e) => return Err(unavailable(format!("asking its leader, node {from}: {e}"))),
+            }
+        };
+        match leader {
+            Some(l) if l == to && outcome == Handover::Moved.as_str() => {
+                Ok(LeaderMoved { group, from, leader: to, outcome })
+            }
+            _ => Err(unavailable(format!(
+                "the handover from node {from} to node {to} did not take ({outcome}; leader now: {leader:?}); ask again"
+            ))),
+        }
     }
 
     /// Hands the lead of `replica`'s group, which this member holds, to `to` (see the

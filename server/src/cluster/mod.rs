@@ -141,6 +141,8 @@ pub struct Cluster {
     timeline: Arc<timeline::Timeline>,
     /// The reads waiting for each group's next read-index round (see [`barrier`]).
     rounds: barrier::Rounds,
+    /// Per group, the term this node leads it in and since when (`None`: it does not).
+    led_since: Vec<Mutex<Option<(u64, std::time::Instant)>>>,
 }
 
 impl Cluster {
@@ -240,6 +242,7 @@ impl Cluster {
             promises: watermark::Promises::default(),
             timeline,
             rounds: barrier::Rounds::new(groups),
+            led_since: (0..groups).map(|_| Mutex::new(None)).collect(),
         });
         let service: Arc<dyn Service> = cluster.clone();
         cluster.host.groups.serve(Arc::downgrade(&service));
@@ -307,6 +310,16 @@ impl Cluster {
             while watch.changed().await.is_ok() {
                 let Some(c) = me.upgrade() else { return };
                 let m = watch.borrow_and_update().clone();
+                {
+                    let mut since = c.led_since[group as usize].lock();
+                    match m.state {
+                        openraft::ServerState::Leader if since.is_some_and(|(t, _)| t == m.current_term) => {}
+                        openraft::ServerState::Leader => {
+                            *since = Some((m.current_term, std::time::Instant::now()))
+                        }
+                        _ => *since = None,
+                    }
+                }
                 if m.current_leader != leader && m.current_leader.is_some() {
                     c.metrics.observe_leader_change();
                 }
@@ -367,6 +380,12 @@ impl Cluster {
     /// The first group's leader, as this node knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.replica().metrics().current_leader
+    }
+
+    /// How long this node has led `group` in its current term (`None`: it does not lead it).
+    pub fn led_for(&self, group: GroupId) -> Option<Duration> {
+        let since = *self.led_since.get(group as usize)?.lock();
+        since.map(|(_, at)| at.elapsed())
     }
 
     /// `group`'s leader, as this node knows it.
@@ -727,6 +746,19 @@ impl Service for Cluster {
     ) -> Answer<()> {
         Box::pin(async move {
             let answer = self.change_here(group, change).await;
+            (answer, self.observer.last_version())
+        })
+    }
+
+    fn hand_over(self: Arc<Self>, group: GroupId, to: NodeId) -> Answer<(String, Option<NodeId>)> {
+        Box::pin(async move {
+            let answer = match self.led(group) {
+                Err(refused) => Err(refused),
+                Ok(_) => {
+                    let (outcome, leader) = self.hand_over_now(group, to).await;
+                    Ok((outcome.as_str().to_string(), leader))
+                }
+            };
             (answer, self.observer.last_version())
         })
     }

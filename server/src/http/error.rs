@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use restm_shared::{HEADER_HORIZON, PROBLEM_JSON, Problem, codes};
 
+use crate::cluster::balance::MoveError;
 use crate::cluster::membership::MembershipError;
 use crate::engine::EngineError;
 
@@ -34,6 +35,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error(transparent)]
     Membership(#[from] crate::cluster::membership::MembershipError),
+    #[error(transparent)]
+    Move(#[from] MoveError),
     /// A membership change asked of a node of its own.
     #[error(
         "this node is not a cluster member (it runs without --node-id, --peer-listen and --initial-cluster)"
@@ -180,6 +183,15 @@ impl ApiError {
                     (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "The membership change could not be made")
                 }
             },
+            ApiError::Move(m) => match m {
+                MoveError::NoGroup { .. } => (S::NOT_FOUND, codes::NOT_FOUND, "No such group"),
+                MoveError::NotAVoter { .. } => {
+                    (S::BAD_REQUEST, codes::BAD_REQUEST, "Not a voter of the group")
+                }
+                MoveError::Unavailable { .. } => {
+                    (S::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, "The lead was not moved")
+                }
+            },
             ApiError::Forbidden => (S::FORBIDDEN, codes::FORBIDDEN, "Forbidden"),
         }
     }
@@ -212,6 +224,7 @@ impl IntoResponse for ApiError {
                     | EngineError::NotLeader { .. }
             ) | ApiError::Unavailable(_)
                 | ApiError::Membership(MembershipError::Unavailable { .. })
+                | ApiError::Move(MoveError::Unavailable { .. })
         ) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

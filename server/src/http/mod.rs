@@ -11,6 +11,7 @@ pub mod events_merge;
 mod events_relay;
 pub mod gather;
 pub mod gc;
+pub mod leaders;
 pub mod members;
 pub mod observe;
 pub mod openapi;
@@ -70,6 +71,7 @@ pub fn router(state: AppState, max_body: usize, ui_dir: Option<&std::path::Path>
         .route("/cluster", get(cluster_status))
         .route("/cluster/members", post(members::add))
         .route("/cluster/members/{id}", axum::routing::delete(members::remove))
+        .route("/cluster/groups/{group}/leader", post(leaders::move_leader))
         .route("/events", get(events::events))
         .route("/metrics", get(observe::metrics))
         .route("/txns", get(observe::txns))

@@ -15,7 +15,7 @@ use restm_shared as wire;
         super::txn::begin, super::txn::one_shot, super::txn::status, super::txn::commit, super::txn::abort,
         super::ptr::get_ptr, super::ptr::put_ptr, super::ptr::delete_ptr, super::ptr::history, super::ptr::list, super::ui::page,
         super::gc::status, super::gc::create_pin, super::gc::list_pins, super::gc::get_pin, super::gc::delete_pin,
-        super::members::add, super::members::remove,
+        super::members::add, super::members::remove, super::leaders::move_leader,
     ),
     components(schemas(
         wire::BeginRequest, wire::BeginResponse, wire::WriteResponse, wire::StagedResponse,
@@ -23,7 +23,7 @@ use restm_shared as wire;
         wire::WriteEntry, wire::Check, wire::WriteOp, wire::OneShotRequest, wire::HistoryEntry,
         wire::HistoryPage, wire::PointerEntry, wire::ListPage, wire::Health, wire::Problem, wire::Event, wire::ActiveTxns, wire::LockWaiter,
         wire::LockView, wire::Locks, wire::GcStatus, wire::WatermarkHolder, wire::PinRequest, wire::PinView, wire::Pins,
-        wire::ClusterStatus, wire::MemberRequest, wire::LeaderChange, wire::MemberStatus, wire::GroupStatus, wire::FollowerLag, wire::ClosedTimestamp, wire::RaftTiming,
+        wire::ClusterStatus, wire::MemberRequest, wire::LeaderMove, wire::LeaderMoved, wire::LeaderChange, wire::MemberStatus, wire::GroupStatus, wire::FollowerLag, wire::ClosedTimestamp, wire::RaftTiming,
     )),
     tags((name = "pointers"), (name = "transactions"), (name = "node"), (name = "observability"), (name = "gc"))
 )]

@@ -154,6 +154,12 @@ pub enum Request {
         last_log: u64,
         hlc: u64,
     },
+    /// Hand the lead of `group`, which the peer holds, to `to` (an operator's move, see
+    /// [`crate::cluster::balance`]).
+    HandOver {
+        group: GroupId,
+        to: NodeId,
+    },
 }
 
 /// A change of one group's membership, made by its leader.
@@ -205,6 +211,9 @@ pub enum Response {
     Member(Result<(), Refused>),
     /// The peer stood for election (or why it would not).
     Campaigned(Result<(), Refused>),
+    /// How the handover ended (`moved`, `elsewhere`, `kept`, `refused`) and who leads
+    /// after it; or why it was not tried.
+    HandedOver(Result<(String, Option<NodeId>), Refused>),
 }
 
 /// Why a peer did not propose a command for another node.
@@ -268,6 +277,10 @@ pub trait Service: Send + Sync + 'static {
     /// Stands for election in `group`, whose leader hands this node its lead (see
     /// [`Request::Campaign`]).
     fn campaign(self: Arc<Self>, group: GroupId, term: u64, last_log: u64, hlc: u64) -> Answer<()>;
+
+    /// Hands the lead of `group`, which this node holds, to `to` (see
+    /// [`Request::HandOver`]): the outcome, and who leads after it.
+    fn hand_over(self: Arc<Self>, group: GroupId, to: NodeId) -> Answer<(String, Option<NodeId>)>;
 }
 
 impl Identity {
@@ -411,6 +424,10 @@ impl Groups {
                     None => Response::Campaigned(Err(Refused::Failed("the peer is starting".into()))),
                 }
             }
+            Request::HandOver { group, to } => match self.service.get().and_then(std::sync::Weak::upgrade) {
+                Some(service) => Response::HandedOver(service.hand_over(group, to).await.0),
+                None => Response::HandedOver(Err(Refused::Failed("the peer is starting".into()))),
+            },
             Request::Watermark => Response::Watermark(
                 self.service.get().and_then(std::sync::Weak::upgrade).and_then(|s| s.watermark()),
             ),
