@@ -4,6 +4,7 @@
 // is lost, money is conserved, /cluster shows the lead move, and the open explorer
 // reconnects and goes on showing conflicts; its cluster view shows the old leader not up, the
 // new one leading, the move on its timeline, and, rewound to before the kill, the old one.
+// Then "lead here" on the other live member's cell hands it the lead.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -133,5 +134,11 @@ test("the explorer on a follower shows the cluster's conflicts, and keeps showin
   await page.getByTestId("cluster-title").filter({ hasText: "saw it at" }).waitFor();
   await page.getByTestId("cluster-at-now").click();
   await page.locator(`[data-testid="placement-cell"][data-group="0"][data-node="${next.id}"][data-role="leader"]`).waitFor({ timeout: 5_000 });
+  // "lead here" on the other live voter: the lead moves there, as the view then shows.
+  const other = cluster.members.find((m) => m.id !== leader.id && m.id !== next.id);
+  await page.locator(`[data-testid="lead-here"][data-group="0"][data-node="${other.id}"]`).click();
+  await page.getByTestId("cluster-moved").filter({ hasText: `to node ${other.id}` }).waitFor({ timeout: 10_000 });
+  await page.locator(`[data-testid="placement-cell"][data-group="0"][data-node="${other.id}"][data-role="leader"]`).waitFor({ timeout: 5_000 });
+  assert.equal((await other.req("GET", "/cluster")).json.groups[0].leader, other.id);
   assert.deepEqual(errors.filter((e) => !/WebSocket|Failed to load resource/.test(e)), []);
 });

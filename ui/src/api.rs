@@ -98,6 +98,27 @@ pub async fn get_json<T: DeserializeOwned>(path: &str, at: Option<&str>, token: 
         .map_err(|e| format!("the answer of {path} is not what the contract says: {e}"))
 }
 
+/// `POST path` with `body` as JSON; the answer as JSON.
+pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+    path: &str,
+    body: &B,
+    token: &str,
+) -> Result<T, String> {
+    let url = format!("{}{path}", origin());
+    let mut req = Request::post(&url);
+    if !token.is_empty() {
+        req = req.header("Authorization", &format!("Bearer {token}"));
+    }
+    let req = req.json(body).map_err(|e| format!("encoding the request to {path}: {e}"))?;
+    let resp = req.send().await.map_err(|e| format!("cannot reach the node ({url}): {e}"))?;
+    if !resp.ok() {
+        return Err(failure(resp).await);
+    }
+    let text = resp.text().await.map_err(|e| format!("reading the answer of {path}: {e}"))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("the answer of {path} is not what the contract says: {e}"))
+}
+
 /// A pointer's value as of `at`: `Ok(None)` when absent there.
 pub async fn read_ptr(ptr: &str, at: Option<&str>, token: &str) -> Result<Option<(u64, String)>, String> {
     let resp = send(&format!("/ptr/{}", enc(ptr)), at, token).await?;

@@ -2,10 +2,12 @@
 //! group's partitions × members, the leader marked, followers' lag), and the answering
 //! member's timeline of leader changes. It polls `GET /cluster` every second while shown;
 //! with a moment in "as of" it asks with `X-reSTM-At`, and the leaders and the timeline
-//! are those of that moment ("who led group 3 at 10:02?").
+//! are those of that moment ("who led group 3 at 10:02?"). Shown now, each voter's cell
+//! has a "lead here" button: the group's lead is handed to it
+//! (`POST /cluster/groups/{group}/leader`).
 
 use leptos::prelude::*;
-use restm_shared::ClusterStatus;
+use restm_shared::{ClusterStatus, LeaderMove, LeaderMoved};
 
 use crate::api::{self, Load, Settings};
 use crate::placement::{self, Role};
@@ -18,6 +20,9 @@ pub struct Feed {
     state: RwSignal<Load<ClusterStatus>>,
     /// The moment asked for (`X-reSTM-At`); empty: now.
     at: RwSignal<String>,
+    settings: Settings,
+    /// What the last "lead here" did, in one line.
+    moved: RwSignal<Option<String>>,
 }
 
 impl Feed {
@@ -32,7 +37,24 @@ impl Feed {
                 async move { api::get_json::<ClusterStatus>("/cluster", Some(&at), &token).await }
             },
         );
-        Feed { state, at }
+        Feed { state, at, settings, moved: RwSignal::new(None) }
+    }
+
+    /// Hands `group`'s lead to `node`, saying how it went in [`Feed::moved`].
+    fn lead_here(self, group: u32, node: u64) {
+        self.moved.set(Some(format!("Handing group {group}'s lead to node {node}…")));
+        let token = self.settings.token.get_untracked();
+        leptos::task::spawn_local(async move {
+            let path = format!("/cluster/groups/{group}/leader");
+            let answer = api::post_json::<_, LeaderMoved>(&path, &LeaderMove { to: node }, &token).await;
+            self.moved.set(Some(match answer {
+                Ok(m) if m.outcome == "already" => {
+                    format!("Node {} leads group {} already.", m.leader, m.group)
+                }
+                Ok(m) => format!("Group {}'s lead moved from node {} to node {}.", m.group, m.from, m.leader),
+                Err(e) => e,
+            }));
+        });
     }
 }
 
@@ -85,7 +107,8 @@ pub fn ClusterView(feed: Feed) -> impl IntoView {
                         .into_any()
                 }
                 Load::Ready(s) => view! {
-                    {status_view(&s)}
+                    {move || feed.moved.get().map(|m| view! { <p class="hint" data-testid="cluster-moved">{m}</p> })}
+                    {status_view(&s, feed)}
                     {timeline_view(&s)}
                 }
                     .into_any(),
@@ -140,7 +163,9 @@ fn timeline_view(s: &ClusterStatus) -> impl IntoView {
     .into_any()
 }
 
-fn status_view(s: &ClusterStatus) -> impl IntoView {
+fn status_view(s: &ClusterStatus, feed: Feed) -> impl IntoView {
+    // Leads are moved now, not in a rewound view.
+    let movable = s.as_of.is_none();
     let members = placement::members(s);
     let groups = placement::placement(s);
     let member_rows = members
@@ -172,6 +197,21 @@ fn status_view(s: &ClusterStatus) -> impl IntoView {
                         (role, Some(lag)) => format!("{} · lag {lag}", role.as_str()),
                         (role, None) => role.as_str().to_string(),
                     };
+                    let (group, node) = (g.group, r.node_id);
+                    let button = (movable && r.role == Role::Voter).then(|| {
+                        view! {
+                            <button
+                                class="small"
+                                data-testid="lead-here"
+                                data-group=group.to_string()
+                                data-node=node.to_string()
+                                title="Hand this group's lead to this member"
+                                on:click=move |_| feed.lead_here(group, node)
+                            >
+                                "lead here"
+                            </button>
+                        }
+                    });
                     view! {
                         <td
                             class=format!("replica {}", r.role.as_str())
@@ -181,6 +221,7 @@ fn status_view(s: &ClusterStatus) -> impl IntoView {
                             data-role=r.role.as_str()
                         >
                             {text}
+                            {button}
                         </td>
                     }
                 })
