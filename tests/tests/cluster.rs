@@ -604,6 +604,33 @@ async fn demo_starts_a_three_member_cluster_and_stops_it() {
         .await
         .unwrap();
     assert_eq!(v, json!("world"));
+    // The member it says to add joins, as printed.
+    let add =
+        printed.iter().find_map(|l| l.trim().strip_prefix("add a member:")).expect("how to add a member");
+    let words: Vec<&str> = add.split_whitespace().collect();
+    let mut fourth = std::process::Command::new(words[0])
+        .args(&words[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the printed join");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s: Option<Value> = match http.get(format!("http://127.0.0.1:{base}/cluster")).send().await {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let voters =
+            s.as_ref().and_then(|s| s["groups"][0]["voters"].as_array().cloned()).unwrap_or_default();
+        if voters.contains(&json!(4)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the printed member did not join within 60 s: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(text.contains("cluster move-leader 0 --to 2") && text.contains("cluster remove 3"), "{text}");
+    let _ = fourth.kill();
+    let _ = fourth.wait();
     // SIGTERM stops the demo and every member with it.
     std::process::Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
     assert!(demo.wait().unwrap().success());

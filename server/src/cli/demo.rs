@@ -124,6 +124,18 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         port(n - 1, false)
     );
     println!("     curl -s localhost:{}/cluster   # then kill a member and look again", port(0, false));
+    let first = format!("http://127.0.0.1:{}", port(0, false));
+    // The next member's ports follow the others' (a tenth still fits below the peers').
+    println!(
+        "  add a member:  {} serve --node-id {} --listen 127.0.0.1:{} --peer-listen 127.0.0.1:{} --join {first} --data-dir {}",
+        exe.display(),
+        n + 1,
+        port(n, false),
+        port(n, true),
+        root.join(format!("n{}", n + 1)).display()
+    );
+    println!("  move a lead:   {} cluster move-leader 0 --to {} --target {first}", exe.display(), n.min(2));
+    println!("  remove one:    {} cluster remove {n} --target {first}", exe.display());
     println!("Ctrl-C (or SIGTERM) stops every member.");
     let mut gone = vec![false; members.0.len()];
     loop {
