@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod events;
+pub mod every;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -283,17 +283,9 @@ impl Cluster {
     /// after the other: each peer then gets them together, in one write on its connection
     /// (see [`crate::raft::transport`]), rather than one write per group at its own moment.
     fn spawn_heartbeats(self: &Arc<Self>) {
-        let me = Arc::downgrade(self);
-        let every = self.config.timing.heartbeat;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(c) = me.upgrade() else { return };
-                for replica in &c.replicas {
-                    replica.heartbeat().await;
-                }
+        crate::every::spawn_every(self, self.config.timing.heartbeat, |c: Arc<Self>| async move {
+            for replica in &c.replicas {
+                replica.heartbeat().await;
             }
         });
     }

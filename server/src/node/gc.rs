@@ -26,7 +26,7 @@ pub struct GcTotals {
 impl Node {
     /// Starts the background task that garbage-collects history below the watermark.
     pub fn spawn_gc(self: &Arc<Self>) {
-        self.spawn_every(self.config.gc_every, |node| async move {
+        crate::every::spawn_every(self, self.config.gc_every, |node: Arc<Node>| async move {
             node.check_pressure();
             match tokio::task::spawn_blocking(move || node.gc_pass()).await {
                 Ok(Ok(())) => {}

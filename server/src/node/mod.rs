@@ -226,27 +226,9 @@ impl Node {
         Ok(node)
     }
 
-    /// Runs `work` every `every` for as long as the node lives.
-    fn spawn_every<F, Fut>(self: &Arc<Self>, every: Duration, work: F)
-    where
-        F: Fn(Arc<Node>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let node = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(node) = node.upgrade() else { return };
-                work(node).await;
-            }
-        });
-    }
-
     /// Starts the background task that aborts transactions whose lease ran out.
     pub fn spawn_reaper(self: &Arc<Self>) {
-        self.spawn_every(self.config.reap_every, |node| async move {
+        crate::every::spawn_every(self, self.config.reap_every, |node: Arc<Node>| async move {
             for id in node.engine.reap_expired() {
                 tracing::info!(txn = %id, "aborted: lease expired");
             }

@@ -404,13 +404,7 @@ impl Replica {
             }
         }
         let target = self.metrics().last_log_index.unwrap_or(0);
-        let caught_up = |m: &RaftMetrics<NodeId, BasicNode>| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&node))
-                .and_then(Option::as_ref)
-                .is_some_and(|l| l.index >= target)
-        };
+        let caught_up = |m: &RaftMetrics<NodeId, BasicNode>| matched(m, node).is_some_and(|i| i >= target);
         if self.raft.wait(Some(catch_up)).metrics(caught_up, "the learner to catch up").await.is_err() {
             // A learner that never answers would hold the cluster's GC watermark (a member
             // that cannot be reached is never skipped): it leaves again.
@@ -578,11 +572,7 @@ impl Replica {
             let last = m.last_log_index.unwrap_or(0);
             m.state == ServerState::Leader
                 && m.last_applied.map_or(0, |l| l.index) == last
-                && m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&node))
-                    .and_then(Option::as_ref)
-                    .is_some_and(|l| l.index >= last)
+                && matched(m, node).is_some_and(|i| i >= last)
         };
         let what = "the successor to hold the whole log";
         match self.raft.wait(Some(within)).metrics(ready, what).await {
@@ -689,6 +679,12 @@ impl Replica {
             tracing::warn!(node = self.node, group = self.group, error = %e, "raft shutdown");
         }
     }
+}
+
+/// How far the leader whose metrics `m` are knows `node` holds its log (`None`: not known,
+/// or this member does not lead).
+fn matched(m: &RaftMetrics<NodeId, BasicNode>, node: NodeId) -> Option<u64> {
+    m.replication.as_ref()?.get(&node)?.as_ref().map(|l| l.index)
 }
 
 /// `d` in whole milliseconds, as openraft's configuration and `/cluster` count them.
