@@ -214,8 +214,9 @@ async fn an_operator_moves_a_lead_through_any_member() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = format!("{}/cluster/groups/0/leader", at(asked));
     let r = http.post(&url).json(&json!({ "to": to })).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let moved: restm_shared::LeaderMoved = r.json().await.unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 200, "{body}");
+    let moved: restm_shared::LeaderMoved = serde_json::from_str(&body).unwrap();
     assert_eq!((moved.group, moved.from, moved.leader, moved.outcome.as_str()), (0, from, to, "moved"));
     for base in &bases {
         cluster_until(&http, base, Duration::from_secs(5), "led by the voter asked for", |s| {
@@ -277,4 +278,78 @@ async fn an_operator_moves_a_lead_through_any_member() {
     let single = Node::start_in(restm_tests::temp_dir("single"), &[]);
     let r = http.post(single.url("/cluster/groups/0/leader")).json(&json!({ "to": 1 })).send().await.unwrap();
     restm_tests::problem(r, 409, "not-a-cluster").await;
+}
+
+/// Latest reads at every member ride through lead moves: while the leads of both groups are
+/// handed from member to member, every read (its barrier at a member that leads, that just
+/// stopped leading, or that asks a leader that just stood down) answers `200` with the
+/// value written, none a `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn latest_reads_at_every_member_ride_through_lead_moves() {
+    const POINTERS: usize = 16;
+    const MOVES: usize = 6;
+    let cluster = Node::cluster(3, &["--groups", "2", "--rebalance-interval", "0s"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let bases: Vec<String> = cluster.all().map(|n| n.base.clone()).collect();
+    cluster_until(&http, &bases[0], Duration::from_secs(30), "led everywhere", |s| leads(s, 3).is_some())
+        .await;
+    for p in 0..POINTERS {
+        let r = http.put(format!("{}/ptr/r{p}", bases[0])).json(&json!(p)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<JoinHandle<(usize, Vec<String>)>> = bases
+        .iter()
+        .flat_map(|base| [base.clone(), base.clone()])
+        .enumerate()
+        .map(|(k, base)| {
+            let (http, stop) = (http.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut served, mut wrong) = (0, Vec::new());
+                let mut p = k;
+                while !stop.load(Ordering::Relaxed) {
+                    p = (p + 1) % POINTERS;
+                    match http.get(format!("{base}/ptr/r{p}")).send().await {
+                        Ok(r) if r.status() == 200 => match r.json::<serde_json::Value>().await {
+                            Ok(v) if v == json!(p) => served += 1,
+                            other => wrong.push(format!("{base} r{p}: {other:?}")),
+                        },
+                        Ok(r) => {
+                            let status = r.status();
+                            wrong.push(format!(
+                                "{base} r{p}: {status} {}",
+                                r.text().await.unwrap_or_default()
+                            ));
+                        }
+                        Err(e) => wrong.push(format!("{base} r{p}: {e}")),
+                    }
+                }
+                (served, wrong)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for m in 0..MOVES {
+        let group = m % 2;
+        let s = restm_tests::cluster_of(&http, &bases[m % 3]).await.unwrap();
+        let from = s.groups[group].leader.expect("a leader");
+        let to = (from % 3) + 1;
+        let url = format!("{}/cluster/groups/{group}/leader", bases[m % 3]);
+        let r = http.post(&url).json(&json!({ "to": to })).send().await.unwrap();
+        assert_eq!(r.status(), 200, "move {m}: {}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut wrong) = (0, Vec::new());
+    for reader in readers {
+        let (s, w) = reader.await.unwrap();
+        served += s;
+        wrong.extend(w);
+    }
+    eprintln!("{served} latest reads served through {MOVES} lead moves; {} not", wrong.len());
+    assert!(wrong.is_empty(), "reads that did not ride through the moves: {wrong:?}");
+    assert!(served >= 100, "the readers kept reading: {served}");
 }

@@ -66,6 +66,9 @@ pub struct Led {
     pub voters: Vec<NodeId>,
     /// Whether its leader may hand it over now (it has led it long enough).
     pub movable: bool,
+    /// Whether a membership change is under way in it: a learner catching up, or a
+    /// joint configuration between two sets of voters.
+    pub changing: bool,
 }
 
 /// The handover `me` should make, if any: `(group, to)`.
@@ -74,8 +77,14 @@ pub struct Led {
 /// has a leader and `me` leads the most (the lowest id among equals), `me` hands one of its
 /// movable groups to the live voter of it that leads the
 /// fewest (the lowest id, then the lowest group, among equals), when `me` leads at least 2
-/// more than that voter. Otherwise `None`.
+/// more than that voter. Otherwise `None`; also while any group's membership is changing,
+/// so that a handover (which may quiet a group's heartbeats for an election timeout) never
+/// meets a member being added or removed, and the leads are counted over the members that
+/// stay.
 pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(GroupId, NodeId)> {
+    if groups.iter().any(|g| g.changing) {
+        return None;
+    }
     let mut counts: BTreeMap<NodeId, usize> = live.iter().map(|m| (*m, 0)).collect();
     for g in groups {
         *counts.entry(g.leader?).or_default() += 1;
@@ -100,9 +109,14 @@ pub fn plan(groups: &[Led], live: &BTreeSet<NodeId>, me: NodeId) -> Option<(Grou
         .map(|(_, node, group)| (group, node))
 }
 
-/// Longest the member asked for a move waits for the leader's answer: its handover, and
-/// the wait before it for a lead too new to hand over.
-const MOVE_WAIT: Duration = Duration::from_secs(10);
+/// Longest the member asked for a move waits for the leader's answer: its handovers, and
+/// the wait before them for a lead too new to hand over.
+const MOVE_WAIT: Duration = Duration::from_secs(15);
+/// How many handovers the leader makes for one operator's move before it answers that the
+/// move did not take (each takes at most about two seconds).
+const MOVE_TRIES: u32 = 3;
+/// The pause between two of those handovers, for the group's traffic to go on.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why a leader move was not made.
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +181,14 @@ impl Cluster {
         let mut groups = Vec::with_capacity(self.replicas.len());
         for r in &self.replicas {
             let m = r.metrics();
+            let membership = m.membership_config.membership();
             groups.push(Led {
                 group: r.group(),
                 leader: m.current_leader,
-                voters: m.membership_config.membership().voter_ids().collect(),
+                voters: membership.voter_ids().collect(),
                 movable: self.led_for(r.group()).is_some_and(|led| led >= self.settled()),
+                changing: membership.get_joint_config().len() > 1
+                    || membership.learner_ids().next().is_some(),
             });
         }
         let me = self.config.node_id;
@@ -200,6 +217,30 @@ impl Cluster {
         (outcome, self.leader_of(group))
     }
 
+    /// [`Self::hand_over_now`] as an operator asked it: a handover that did not begin or
+    /// did not take while this member still leads (the successor was slow to hold the log
+    /// on a busy machine, say) is made again, up to [`MOVE_TRIES`] times, before the
+    /// operator is told to ask again.
+    pub(super) async fn hand_over_asked(&self, group: GroupId, to: NodeId) -> (Handover, Option<NodeId>) {
+        let mut tries = 1;
+        loop {
+            let (outcome, leader) = self.hand_over_now(group, to).await;
+            let again = matches!(outcome, Handover::Refused | Handover::Kept) && self.leads(group);
+            if !again || tries >= MOVE_TRIES {
+                return (outcome, leader);
+            }
+            tracing::info!(
+                group,
+                to,
+                outcome = outcome.as_str(),
+                tries,
+                "a handover an operator asked for did not take; again"
+            );
+            tries += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
     /// Moves the lead of `group` to its voter `to`, from whichever member holds it.
     pub async fn move_leader(&self, group: GroupId, to: NodeId) -> Result<LeaderMoved, MoveError> {
         let last = self.groups().saturating_sub(1);
@@ -217,7 +258,7 @@ impl Cluster {
             return Ok(LeaderMoved { group, from, leader: to, outcome: "already".into() });
         }
         let (outcome, leader) = if from == self.config.node_id {
-            let (outcome, leader) = self.hand_over_now(group, to).await;
+            let (outcome, leader) = self.hand_over_asked(group, to).await;
             (outcome.as_str().to_string(), leader)
         } else {
             let peer = self
@@ -304,7 +345,7 @@ mod tests {
     use super::*;
 
     fn led(group: GroupId, leader: NodeId) -> Led {
-        Led { group, leader: Some(leader), voters: vec![1, 2, 3], movable: true }
+        Led { group, leader: Some(leader), voters: vec![1, 2, 3], movable: true, changing: false }
     }
 
     fn live(members: &[NodeId]) -> BTreeSet<NodeId> {
@@ -338,6 +379,15 @@ mod tests {
         assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((0, 2)));
         groups[3].leader = None;
         assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None);
+    }
+
+    #[test]
+    fn nothing_moves_while_a_membership_changes() {
+        let mut groups: Vec<Led> = (0..4).map(|g| led(g, 1)).collect();
+        groups[2].changing = true;
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), None, "a member is being added or removed");
+        groups[2].changing = false;
+        assert_eq!(plan(&groups, &live(&[1, 2, 3]), 1), Some((0, 2)));
     }
 
     #[test]
@@ -375,6 +425,7 @@ mod tests {
                                 leader: Some(1 + (x >> 33) % piled_on),
                                 voters: all.clone(),
                                 movable: true,
+                                changing: false,
                             }
                         })
                         .collect();

@@ -9,6 +9,12 @@
 //! write acknowledged before the read is inside the index that round gets back. One read
 //! index then serves every read that came in meanwhile, not one each. A task of its own
 //! drives the rounds, so a reader that goes away strands nobody.
+//!
+//! A barrier rides through a change of leader (a handover, an election): a round that
+//! meets a leader that no longer leads, or that fails after the lead moved, is asked again
+//! of the next leader once there is one, for up to two election timeouts, as a proposal
+//! is ([`Cluster::route`]). A read-index round reads nothing and changes nothing, so asking
+//! again is always safe.
 
 use std::sync::Arc;
 
@@ -36,7 +42,21 @@ impl Rounds {
 #[derive(Default)]
 struct Queue {
     running: bool,
-    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    waiting: Vec<oneshot::Sender<Result<(), Missed>>>,
+}
+
+/// Why a round did not serve its readers.
+#[derive(Debug, Clone)]
+struct Missed {
+    /// The member asked did not lead the group (anymore).
+    not_leader: bool,
+    why: String,
+}
+
+impl From<ReplicaError> for Missed {
+    fn from(e: ReplicaError) -> Self {
+        Missed { not_leader: matches!(e, ReplicaError::NotLeader { .. }), why: e.to_string() }
+    }
 }
 
 impl Cluster {
@@ -44,8 +64,29 @@ impl Cluster {
     /// before the call (see the module doc).
     pub async fn read_barrier(self: &Arc<Self>, partition: u32) -> Result<(), ReplicaError> {
         let group = self.group_of(partition);
+        let replica = &self.replicas[group as usize];
+        let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
+        loop {
+            let tried = replica.metrics().current_leader;
+            let missed = match self.barrier_once(group).await {
+                Ok(()) => return Ok(()),
+                Err(missed) => missed,
+            };
+            let moved = replica.metrics().current_leader != tried;
+            let now = tokio::time::Instant::now();
+            if !(missed.not_leader || moved) || now >= deadline {
+                return Err(ReplicaError::Raft(missed.why));
+            }
+            tracing::debug!(group, leader = ?tried, why = %missed.why, "a read barrier met a lead that moved; again at the next leader");
+            replica.wait_leader_other_than(tried, deadline - now).await;
+        }
+    }
+
+    /// One try of [`Self::read_barrier`]: this member's own confirmation if it leads
+    /// `group`, otherwise a place in the next read-index round.
+    async fn barrier_once(self: &Arc<Self>, group: GroupId) -> Result<(), Missed> {
         if self.replicas[group as usize].is_leader() {
-            return self.confirm_group(group).await;
+            return self.confirm_group(group).await.map_err(Missed::from);
         }
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -58,8 +99,8 @@ impl Cluster {
             tokio::spawn(self.clone().drive_rounds(group));
         }
         match rx.await {
-            Ok(answer) => answer.map_err(ReplicaError::Raft),
-            Err(_) => Err(ReplicaError::Raft("the read-index round stopped".into())),
+            Ok(answer) => answer,
+            Err(_) => Err(Missed { not_leader: false, why: "the read-index round stopped".into() }),
         }
     }
 
@@ -82,7 +123,7 @@ impl Cluster {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            let answer = self.read_index_round(group).await.map_err(|e| e.to_string());
+            let answer = self.read_index_round(group).await.map_err(Missed::from);
             self.metrics.observe_read_index_round(waiting.len());
             for reader in waiting {
                 let _ = reader.send(answer.clone());

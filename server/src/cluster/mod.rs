@@ -747,7 +747,7 @@ impl Service for Cluster {
             let answer = match self.led(group) {
                 Err(refused) => Err(refused),
                 Ok(_) => {
-                    let (outcome, leader) = self.hand_over_now(group, to).await;
+                    let (outcome, leader) = self.hand_over_asked(group, to).await;
                     Ok((outcome.as_str().to_string(), leader))
                 }
             };
