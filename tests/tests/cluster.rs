@@ -1522,3 +1522,51 @@ async fn events_at_any_member_merge_every_members_and_resume_per_member() {
         }
     }
 }
+
+/// Where every member coordinates, a txn that writes and reads one partition of a group
+/// another member leads commits in one entry, at that leader (`Request::CommitOne`), not
+/// in three (`Prepare`, record, `Commit`): the coordinator counts one proposal per commit,
+/// and what it committed is there at every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_partition_txn_commits_in_one_entry_at_its_groups_leader() {
+    const TXNS: usize = 20;
+    let node = Node::cluster(3, &["--groups", "2", "--rebalance-interval", "0s"]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let bases: Vec<String> = node.all().map(|n| n.base.clone()).collect();
+    let s = restm_tests::cluster_until(&http, &bases[0], Duration::from_secs(30), "every group led", |s| {
+        s.groups.iter().all(|g| g.leader.is_some())
+    })
+    .await;
+    let leaders: HashSet<u64> = s.groups.iter().filter_map(|g| g.leader).collect();
+    // A member that leads neither group coordinates every txn below elsewhere.
+    let m = (1..=3u64).find(|n| !leaders.contains(n)).unwrap();
+    let base = bases[m as usize - 1].clone();
+    let proposals = |text: &str| sample(text, "restm_raft_proposals_total{outcome=\"ok\"}").unwrap_or(0.0);
+    let before = proposals(&http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap());
+    for i in 0..TXNS {
+        let r = http.post(format!("{base}/txn/begin")).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let txn = r.json::<restm_shared::BeginResponse>().await.unwrap().txn;
+        let ptr = format!("{base}/ptr/one%2F{i}");
+        let r =
+            http.get(&ptr).header("X-reSTM-Txn", &txn).header("X-reSTM-Lock", "update").send().await.unwrap();
+        assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
+        let r = http.put(&ptr).header("X-reSTM-Txn", &txn).json(&json!(i)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let r = http.post(format!("{base}/txn/{txn}/commit")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let after = proposals(&http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap());
+    let counted = (after - before) as usize;
+    assert!(
+        (TXNS..2 * TXNS).contains(&counted),
+        "{TXNS} one-partition commits at member {m}, which leads no group, counted {counted} proposals"
+    );
+    for other in bases.iter().filter(|b| **b != base) {
+        for i in 0..TXNS {
+            let r = http.get(format!("{other}/ptr/one%2F{i}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "one/{i} at {other}");
+            assert_eq!(r.json::<Value>().await.unwrap(), json!(i), "one/{i} at {other}");
+        }
+    }
+}

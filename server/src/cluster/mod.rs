@@ -17,6 +17,7 @@
 
 pub mod balance;
 mod barrier;
+pub mod commit_one;
 pub mod locks;
 pub mod membership;
 pub mod resolver;
@@ -791,6 +792,14 @@ impl Service for Cluster {
                     }
                 },
             };
+            (answer, self.observer.last_version())
+        })
+    }
+
+    fn commit_one(self: Arc<Self>, group: GroupId, proposed: Proposed, hlc: u64) -> Answer<(Outcome, u64)> {
+        self.observer.saw_version(hlc);
+        Box::pin(async move {
+            let answer = self.commit_one_here(group, proposed).await;
             (answer, self.observer.last_version())
         })
     }

@@ -66,15 +66,17 @@ impl Engine {
         let prepared_above = self.hlc.last();
         let mut reads_by_partition = self.group_pairs(reads.iter().cloned());
         let by_partition = self.group_pairs(writes.iter().cloned());
-        // Across groups even one partition's commit is two-phase (its commit version is
-        // known only once the partition's leader answered), unless this node leads it.
-        let one_phase_here = across.is_some_and(|leads| {
-            by_partition.len() == 1
-                && by_partition.keys().all(|p| leads(*p))
-                && reads_by_partition.keys().all(|p| by_partition.contains_key(p))
-        });
+        // Across groups a commit is two-phase (its commit version is known only once the
+        // partitions' leaders answered), unless it writes and reads one partition: then
+        // that partition's leader picks its version and installs it in one
+        // `PrepareCommit`, here if this node leads it, else at the leader.
+        let one_partition =
+            by_partition.len() == 1 && reads_by_partition.keys().all(|p| by_partition.contains_key(p));
+        let one_phase_here =
+            across.is_some_and(|leads| one_partition && by_partition.keys().all(|p| leads(*p)));
+        let at_leader = across_groups && one_partition && !one_phase_here;
         let primary =
-            (by_partition.len() > 1 || (across_groups && !one_phase_here)).then(|| writes[0].0.clone());
+            (by_partition.len() > 1 || (across_groups && !one_partition)).then(|| writes[0].0.clone());
         let mut prepared: Vec<usize> = Vec::new();
         for (pidx, group) in by_partition {
             let _span =
@@ -139,7 +141,18 @@ impl Engine {
             primary,
             prepared_above,
             across_groups,
+            at_leader,
         }))
+    }
+
+    /// A one-partition commit at another member's lead ([`PreparedCommit::at_leader`]):
+    /// that leader installed it at `version`. The stand-in version goes, and the clock moves
+    /// above the one picked.
+    pub fn adopt_commit_version(&self, prepared: &mut PreparedCommit, version: u64) {
+        self.hlc.observe(version);
+        self.in_flight.release(prepared.commit_version);
+        self.landing.release(prepared.commit_version);
+        prepared.commit_version = version;
     }
 
     /// Across groups: the commit version, picked once every `Prepare` and `Guard` answered

@@ -182,6 +182,11 @@ pub struct PreparedCommit {
     /// guarded, and the commit version is picked once the prepares answered
     /// ([`Engine::repick_commit_version`]).
     pub across_groups: bool,
+    /// Across groups, a one-partition commit whose group another member leads: that
+    /// leader picks the commit version and installs the writes in one `PrepareCommit`
+    /// (`Cluster::commit_one`), and `commit_version` is a stand-in until it answers
+    /// ([`Engine::adopt_commit_version`]).
+    pub at_leader: bool,
 }
 
 /// The commands that make a prepared commit, partition by partition, when partitions are
@@ -374,6 +379,13 @@ impl Engine {
 
     /// An abandoned one-partition commit at `version` has settled (a later entry of this
     /// node's landed in its log, or it no longer leads the group): it holds nothing back.
+    /// Issues a commit version for a one-partition commit a peer coordinates in a group
+    /// this node leads (`Cluster::commit_one`), held in flight and landing as this node's
+    /// own are, until [`Self::settle_abandoned`].
+    pub fn issue_for_peer(&self) -> u64 {
+        self.in_flight.issue_with(&self.landing, &self.hlc)
+    }
+
     pub fn settle_abandoned(&self, version: u64) {
         self.in_flight.release(version);
         self.landing.release(version);

@@ -62,6 +62,16 @@ impl Observer for StoreObserver {
         self.engine.upgrade()?.landing_at_or_below(at)
     }
 
+    fn issue_for_peer(&self) -> Option<u64> {
+        Some(self.engine.upgrade()?.issue_for_peer())
+    }
+
+    fn commit_settled(&self, version: u64) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.settle_abandoned(version);
+        }
+    }
+
     fn runs(&self, txn: &str) -> bool {
         self.engine.upgrade().is_none_or(|engine| coordinates(&engine, &TxnId::from(txn)))
     }
@@ -592,7 +602,12 @@ async fn run_plan(
     // 3. Install.
     let mut install = plan.install.into_iter();
     while let Some((p, cmd)) = install.next() {
-        match cluster.propose(p, cmd).await {
+        let answer = match prepared.at_leader {
+            true => cluster.commit_one(p, cmd).await,
+            false => cluster.propose(p, cmd).await,
+        };
+        match answer {
+            Ok(Outcome::Committed(v)) if prepared.at_leader => engine.adopt_commit_version(&mut prepared, v),
             Ok(Outcome::Committed(_)) => {}
             Ok(Outcome::Conflict(conflict)) if !decided => {
                 engine.fail_replicated(prepared, AbortReason::Conflict(conflict.clone()));

@@ -144,8 +144,12 @@ const MAX_BATCH: usize = 512;
 /// Most entries a replica has proposed and not yet seen applied. While they are out, new
 /// commands gather into the next entry. openraft 0.9 appends (and fsyncs) one entry at a
 /// time anyway, so a shallow queue means larger batches: with 32 writers, 2 gave 1.18x the
-/// writes/s of 3, and 6 gave 0.8x (1 was within noise of 2).
-const IN_FLIGHT: usize = 2;
+/// writes/s of 3, and 6 gave 0.8x. With the partitions in several groups each group sees
+/// a share of the writers, so its entries are smaller and their cost per write (appends,
+/// fsyncs, wake-ups on every member) larger: there 1 gave 1.03-1.17x the writes/s of 2
+/// with 32 writers over 3 members and 4 groups, 1.0-1.12x with one group, and the same
+/// with 4 writers (one run each, alternated).
+const IN_FLIGHT: usize = 1;
 
 /// A command waiting for its entry, and who waits for its outcome.
 struct Waiting {

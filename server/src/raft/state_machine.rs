@@ -139,6 +139,14 @@ pub trait Observer: Send + Sync + 'static {
     fn landing(&self, _at: u64) -> Option<event_listener::EventListener> {
         None
     }
+    /// A commit version for a peer's one-partition commit in a group this node leads,
+    /// above everything its clock issued and held landing (closes stay below it, read
+    /// barriers wait for it) until [`Self::commit_settled`]. `None`: no engine to ask.
+    fn issue_for_peer(&self) -> Option<u64> {
+        None
+    }
+    /// The commit at `version` from [`Self::issue_for_peer`] landed, or never will.
+    fn commit_settled(&self, _version: u64) {}
 }
 
 /// An observer that learns nothing (a machine tested on its own).

@@ -160,6 +160,15 @@ pub enum Request {
         group: GroupId,
         to: NodeId,
     },
+    /// Commit a txn the sender coordinates that writes and reads one partition of
+    /// `group`, which the peer leads, in one `PrepareCommit` whose version the peer picks
+    /// (`proposed` carries it with a stand-in version; see [`crate::cluster::commit_one`]).
+    /// Answered as [`Request::Propose`] is.
+    CommitOne {
+        group: GroupId,
+        proposed: super::Proposed,
+        hlc: u64,
+    },
 }
 
 /// A change of one group's membership, made by its leader.
@@ -281,6 +290,15 @@ pub trait Service: Send + Sync + 'static {
     /// Hands the lead of `group`, which this node holds, to `to` (see
     /// [`Request::HandOver`]): the outcome, and who leads after it.
     fn hand_over(self: Arc<Self>, group: GroupId, to: NodeId) -> Answer<(String, Option<NodeId>)>;
+
+    /// Commits a peer's one-partition txn in `group`, which this node leads, at a version
+    /// it picks, after moving its clock above `hlc` (see [`Request::CommitOne`]).
+    fn commit_one(
+        self: Arc<Self>,
+        group: GroupId,
+        proposed: super::Proposed,
+        hlc: u64,
+    ) -> Answer<(crate::engine::command::Outcome, u64)>;
 }
 
 impl Identity {
@@ -366,18 +384,29 @@ impl Groups {
         Some(VoteResponse::new(vote, None, false))
     }
 
+    /// Answers a [`Request::Propose`] or [`Request::CommitOne`] of `group` with what
+    /// `asked` of the service answered: the outcome, its entry's index, and the clock.
+    async fn proposed(
+        &self,
+        group: GroupId,
+        asked: impl FnOnce(Arc<dyn Service>) -> Answer<(crate::engine::command::Outcome, u64)>,
+    ) -> Response {
+        let Some(service) = self.service.get().and_then(std::sync::Weak::upgrade) else {
+            return Response::NoGroup(group);
+        };
+        let (answer, hlc) = asked(service).await;
+        let index = answer.as_ref().map_or(0, |(_, i)| *i);
+        Response::Proposed { answer: answer.map(|(o, _)| o), index, hlc }
+    }
+
     async fn handle(&self, req: Request, me: &Identity) -> Response {
         match req {
             Request::Info => Response::Info { client_url: me.client_url.clone() },
             Request::Propose { group, proposed, hlc } => {
-                match self.service.get().and_then(std::sync::Weak::upgrade) {
-                    Some(service) => {
-                        let (answer, hlc) = service.propose(group, proposed, hlc).await;
-                        let index = answer.as_ref().map_or(0, |(_, i)| *i);
-                        Response::Proposed { answer: answer.map(|(o, _)| o), index, hlc }
-                    }
-                    None => Response::NoGroup(group),
-                }
+                self.proposed(group, |service| service.propose(group, proposed, hlc)).await
+            }
+            Request::CommitOne { group, proposed, hlc } => {
+                self.proposed(group, |service| service.commit_one(group, proposed, hlc)).await
             }
             Request::ReadIndex { group, hlc } => {
                 match self.service.get().and_then(std::sync::Weak::upgrade) {
