@@ -495,10 +495,16 @@ async fn run_plan(
     let primary = plan.record.as_ref().map(|(p, _)| *p);
     // 1. Prepare on every written partition (and across groups, guard every one read).
     //    Until the record, failing is a clean abort.
+    //    The partitions are asked at once (with one group, their commands share an entry),
+    //    and every answer is heard before the first failure, if any, aborts the lot.
     let mut intents: Vec<u32> = Vec::new();
     let mut floor_above = 0;
-    for (p, cmd) in std::mem::take(&mut plan.prepare) {
+    let asked = std::mem::take(&mut plan.prepare).into_iter().map(|(p, cmd)| async move {
         let answer = cluster.propose(p, cmd).await;
+        (p, answer)
+    });
+    let mut failures = Vec::new();
+    for (p, answer) in futures_util::future::join_all(asked).await {
         let failure = match answer {
             Ok(Outcome::Prepared) => {
                 intents.push(p);
@@ -526,6 +532,11 @@ async fn run_plan(
                 Ok(unavailable(&e))
             }
         };
+        failures.push(failure);
+    }
+    // A conflict is the txn's answer before an unavailable leader is.
+    failures.sort_by_key(|f| f.is_ok());
+    if let Some(failure) = failures.into_iter().next() {
         // A partition both written and read holds an intent and a guard: one `Abort` ends both.
         intents.sort_unstable();
         intents.dedup();
