@@ -27,12 +27,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{APPLY_WAIT, Cluster, PROPOSE_TIMEOUT, refusal, refused_error};
+use super::{Cluster, PROPOSE_TIMEOUT, refusal, refused_error};
 use crate::engine::command::{Command, Outcome};
 use crate::engine::partition::partition_of;
 use crate::engine::{Conflict, PtrId, TxnId};
-use crate::raft::replica::{Replica, ReplicaError};
-use crate::raft::transport::{Refused, Request, Response};
+use crate::raft::replica::ReplicaError;
+use crate::raft::transport::{Refused, Request};
 use crate::raft::{GroupId, Proposed};
 
 /// How often a leader tries again to settle a commit whose entry's fate is unknown.
@@ -50,7 +50,6 @@ impl Cluster {
         command: Command,
     ) -> Result<Outcome, ReplicaError> {
         use tracing::Instrument;
-        let started = std::time::Instant::now();
         let group = self.group_of(partition);
         let span = tracing::debug_span!(
             "raft.commit_one",
@@ -61,75 +60,20 @@ impl Cluster {
         let parent = crate::telemetry::parent_of(&span);
         let proposed = Proposed { partition, command, parent };
         let budget = PROPOSE_TIMEOUT + self.config.lock_wait;
-        let answer = match tokio::time::timeout(
-            budget,
-            self.commit_one_routed(group, proposed).instrument(span),
-        )
-        .await
-        {
-            Ok(answer) => answer,
-            Err(_) => Err(ReplicaError::Timeout { what: "the leader to commit", after: budget }),
-        };
-        let outcome = match &answer {
-            Ok(_) => "ok",
-            Err(ReplicaError::Timeout { .. }) => "timeout",
-            Err(_) => "error",
-        };
-        self.metrics.observe_proposal(outcome, started.elapsed().as_secs_f64());
-        answer
-    }
-
-    /// [`Self::commit_one`] at whoever leads `group` now, following the lead.
-    async fn commit_one_routed(
-        self: &Arc<Self>,
-        group: GroupId,
-        proposed: Proposed,
-    ) -> Result<Outcome, ReplicaError> {
         let replica = &self.replicas[group as usize];
-        let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
-        loop {
-            let tried = replica.metrics().current_leader;
-            let answer = if replica.is_leader() {
+        let attempt = || async {
+            if replica.is_leader() {
                 self.commit_one_here(group, proposed.clone())
                     .await
                     .map(|(outcome, _)| outcome)
                     .map_err(|refused| refused_error(refused, "a majority to hold the entry"))
             } else {
-                self.commit_one_at(replica, group, proposed.clone()).await
-            };
-            match answer {
-                Err(ReplicaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                    let left = deadline - tokio::time::Instant::now();
-                    tracing::debug!(group, leader = ?tried, "a one-partition commit met no leader; it goes to the next one");
-                    replica.wait_leader_other_than(tried, left).await;
-                }
-                answer => return answer,
+                let ask = |hlc| Request::CommitOne { group, proposed: proposed.clone(), hlc };
+                self.through_leader(replica, ask, budget).await
             }
-        }
-    }
-
-    /// Asks `group`'s leader, another member, to make the commit; then waits until this
-    /// member's replica applied it.
-    async fn commit_one_at(
-        &self,
-        replica: &Replica,
-        group: GroupId,
-        proposed: Proposed,
-    ) -> Result<Outcome, ReplicaError> {
-        let (leader, peer) = self.leader_peer(replica)?;
-        let ask = Request::CommitOne { group, proposed, hlc: self.observer.last_version() };
-        match peer.call(&ask, PROPOSE_TIMEOUT + self.config.lock_wait).await {
-            Ok(Response::Proposed { answer, index, hlc }) => {
-                self.observer.saw_version(hlc);
-                let outcome = answer.map_err(|refused| refused_error(refused, "the leader's majority"))?;
-                if let Err(e) = replica.wait_applied(index, APPLY_WAIT).await {
-                    tracing::warn!(group, index, error = %e, "a commit at the leader landed; this replica lags it");
-                }
-                Ok(outcome)
-            }
-            Ok(other) => Err(ReplicaError::Raft(format!("node {leader} answered a commit with {other:?}"))),
-            Err(e) => Err(ReplicaError::Raft(format!("committing through node {leader}: {e}"))),
-        }
+        };
+        let committing = self.follow_lead(group, "a one-partition commit", attempt).instrument(span);
+        self.timed(budget, "the leader to commit", committing).await
     }
 
     /// Makes a one-partition commit in `group`, which this node leads (see the module doc):

@@ -466,7 +466,6 @@ impl Cluster {
     /// member's `raft.apply` of it hangs under.
     pub async fn propose(&self, partition: u32, command: Command) -> Result<Outcome, ReplicaError> {
         use tracing::Instrument;
-        let started = std::time::Instant::now();
         let group = self.group_of(partition);
         let span = tracing::debug_span!(
             "raft.propose",
@@ -477,11 +476,21 @@ impl Cluster {
         );
         let parent = crate::telemetry::parent_of(&span);
         let proposing = self.route(group, Proposed { partition, command, parent }).instrument(span);
-        let answer = match tokio::time::timeout(PROPOSE_TIMEOUT, proposing).await {
+        self.timed(PROPOSE_TIMEOUT, "a majority to hold the entry", proposing).await
+    }
+
+    /// `proposing` (a proposal, or a commit at a leader), given up after `budget`, with its
+    /// outcome and time counted in the proposal metrics.
+    async fn timed(
+        &self,
+        budget: Duration,
+        what: &'static str,
+        proposing: impl std::future::Future<Output = Result<Outcome, ReplicaError>>,
+    ) -> Result<Outcome, ReplicaError> {
+        let started = std::time::Instant::now();
+        let answer = match tokio::time::timeout(budget, proposing).await {
             Ok(answer) => answer,
-            Err(_) => {
-                Err(ReplicaError::Timeout { what: "a majority to hold the entry", after: PROPOSE_TIMEOUT })
-            }
+            Err(_) => Err(ReplicaError::Timeout { what, after: budget }),
         };
         let outcome = match &answer {
             Ok(_) => "ok",
@@ -501,14 +510,30 @@ impl Cluster {
         if self.replicas.len() == 1 {
             return self.route_once(group, proposed).await;
         }
+        self.follow_lead(group, "a proposal", || self.route_once(group, proposed.clone())).await
+    }
+
+    /// Tries `attempt` on `group` until it meets a leader: an attempt refused because the
+    /// member asked does not lead (nothing was appended) is made again once another member
+    /// leads, for up to two election timeouts. `what` names it in the logs.
+    async fn follow_lead<F, Fut>(
+        &self,
+        group: GroupId,
+        what: &'static str,
+        mut attempt: F,
+    ) -> Result<Outcome, ReplicaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Outcome, ReplicaError>>,
+    {
         let replica = &self.replicas[group as usize];
         let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
         loop {
             let tried = replica.metrics().current_leader;
-            match self.route_once(group, proposed.clone()).await {
+            match attempt().await {
                 Err(ReplicaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     let left = deadline - tokio::time::Instant::now();
-                    tracing::debug!(group, leader = ?tried, "a proposal met no leader; it goes to the next one");
+                    tracing::debug!(group, leader = ?tried, what, "met no leader; it goes to the next one");
                     replica.wait_leader_other_than(tried, left).await;
                 }
                 answer => return answer,
@@ -522,9 +547,21 @@ impl Cluster {
         if self.replicas.len() == 1 || replica.is_leader() {
             return replica.propose(proposed.partition, proposed.command, proposed.parent).await;
         }
+        let ask = |hlc| Request::Propose { group, proposed, hlc };
+        self.through_leader(replica, ask, PROPOSE_TIMEOUT).await
+    }
+
+    /// Asks the leader of `replica`'s group, another member, for what `ask` (given this
+    /// member's clock) proposes there, waiting up to `timeout`: answers the outcome once
+    /// this member's replica applied the entry too.
+    async fn through_leader(
+        &self,
+        replica: &Replica,
+        ask: impl FnOnce(u64) -> Request,
+        timeout: Duration,
+    ) -> Result<Outcome, ReplicaError> {
         let (leader, peer) = self.leader_peer(replica)?;
-        let ask = Request::Propose { group, proposed, hlc: self.observer.last_version() };
-        match peer.call(&ask, PROPOSE_TIMEOUT).await {
+        match peer.call(&ask(self.observer.last_version()), timeout).await {
             Ok(Response::Proposed { answer, index, hlc }) => {
                 self.observer.saw_version(hlc);
                 let outcome = answer.map_err(|refused| refused_error(refused, "the leader's majority"))?;
@@ -532,7 +569,8 @@ impl Cluster {
                 // voter that just heard of the commit, so this is short; past the bound the
                 // answer stands (the write is committed) and a read here may lag it.
                 if let Err(e) = replica.wait_applied(index, APPLY_WAIT).await {
-                    tracing::warn!(group, index, error = %e, "a forwarded proposal committed; this replica lags it");
+                    let group = replica.group();
+                    tracing::warn!(group, index, error = %e, "a proposal through the leader committed; this replica lags it");
                 }
                 Ok(outcome)
             }
