@@ -12,9 +12,9 @@
 //!
 //! A barrier rides through a change of leader (a handover, an election): a round that
 //! meets a leader that no longer leads, or that fails after the lead moved, is asked again
-//! of the next leader once there is one, for up to two election timeouts, as a proposal
-//! is ([`Cluster::route`]). A read-index round reads nothing and changes nothing, so asking
-//! again is always safe.
+//! of the next leader once there is one, for up to two election timeouts, by the loop a
+//! proposal follows the lead with (`Cluster::follow_lead`). A read-index round reads
+//! nothing and changes nothing, so asking again is always safe.
 
 use std::sync::Arc;
 
@@ -53,6 +53,12 @@ struct Missed {
     why: String,
 }
 
+impl std::fmt::Display for Missed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 impl From<ReplicaError> for Missed {
     fn from(e: ReplicaError) -> Self {
         Missed { not_leader: matches!(e, ReplicaError::NotLeader { .. }), why: e.to_string() }
@@ -64,22 +70,10 @@ impl Cluster {
     /// before the call (see the module doc).
     pub async fn read_barrier(self: &Arc<Self>, partition: u32) -> Result<(), ReplicaError> {
         let group = self.group_of(partition);
-        let replica = &self.replicas[group as usize];
-        let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
-        loop {
-            let tried = replica.metrics().current_leader;
-            let missed = match self.barrier_once(group).await {
-                Ok(()) => return Ok(()),
-                Err(missed) => missed,
-            };
-            let moved = replica.metrics().current_leader != tried;
-            let now = tokio::time::Instant::now();
-            if !(missed.not_leader || moved) || now >= deadline {
-                return Err(ReplicaError::Raft(missed.why));
-            }
-            tracing::debug!(group, leader = ?tried, why = %missed.why, "a read barrier met a lead that moved; again at the next leader");
-            replica.wait_leader_other_than(tried, deadline - now).await;
-        }
+        let lead_moved = |missed: &Missed, moved: bool| missed.not_leader || moved;
+        self.follow_lead(group, "a read barrier", || self.barrier_once(group), lead_moved)
+            .await
+            .map_err(|missed| ReplicaError::Raft(missed.why))
     }
 
     /// One try of [`Self::read_barrier`]: this member's own confirmation if it leads

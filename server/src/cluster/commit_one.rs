@@ -4,8 +4,8 @@
 //! and reads one partition commits in one `PrepareCommit` when its coordinator leads the
 //! partition's group: the leader's clock picks a version above everything it served, and
 //! closes and read barriers wait for it (`Engine::prepare_replicated`). A coordinator that
-//! does not lead the group used to commit such a txn in three entries (`Prepare`, the
-//! record, `Commit`), since only the leader can pick that version. Instead it hands the
+//! does not lead the group used to commit such a txn in four entries (`Prepare`, `Guard`,
+//! the record, `Commit`), since only the leader can pick that version. Instead it hands the
 //! commit to the leader ([`Request::CommitOne`]), which does what it does for a txn of its
 //! own:
 //! 1. takes the locks of the pointers written (the coordinator took them already as it
@@ -72,7 +72,8 @@ impl Cluster {
                 self.through_leader(replica, ask, budget).await
             }
         };
-        let committing = self.follow_lead(group, "a one-partition commit", attempt).instrument(span);
+        let refused = |e: &ReplicaError, _moved: bool| matches!(e, ReplicaError::NotLeader { .. });
+        let committing = self.follow_lead(group, "a one-partition commit", attempt, refused).instrument(span);
         self.timed(budget, "the leader to commit", committing).await
     }
 
@@ -143,52 +144,51 @@ impl Cluster {
             }
         };
         match answer {
-            Ok(landed) => {
-                self.observer.commit_settled(version);
-                self.remote_locks.end(&self.partitions, &txn, &ptrs);
-                Ok(landed)
-            }
-            // Refused before the log took it.
-            Err(e @ ReplicaError::NotLeader { .. }) => {
-                self.observer.commit_settled(version);
-                self.remote_locks.end(&self.partitions, &txn, &ptrs);
+            // The entry may land yet.
+            Err(e) if !matches!(e, ReplicaError::NotLeader { .. }) => {
+                let me = Arc::downgrade(self);
+                self.settle_one(partition, txn.clone(), move || {
+                    if let Some(c) = me.upgrade() {
+                        c.observer.commit_settled(version);
+                        c.remote_locks.end(&c.partitions, &txn, &ptrs);
+                    }
+                });
                 Err(refusal(e))
             }
-            Err(e) => {
-                self.settle_one_later(group, partition, txn, version, ptrs);
-                Err(refusal(e))
+            // Landed, or refused before the log took it.
+            answer => {
+                self.observer.commit_settled(version);
+                self.remote_locks.end(&self.partitions, &txn, &ptrs);
+                answer.map_err(refusal)
             }
         }
     }
 
-    /// A commit of `txn` at `version` whose entry may still land: its version stays in
-    /// flight, and its locks stay, until an `Abort` proposed after it lands (a no-op if the
-    /// commit landed first) or this node no longer leads `group` (its successor serves
-    /// reads only once it applied its log).
-    fn settle_one_later(
-        self: &Arc<Self>,
-        group: GroupId,
-        partition: u32,
-        txn: TxnId,
-        version: u64,
-        ptrs: Vec<PtrId>,
-    ) {
+    /// A one-partition commit of `txn` on `partition` whose `PrepareCommit` went unanswered
+    /// holds its version (readers of the partition elsewhere wait for it) until its fate is
+    /// settled: until an entry this node proposes after it lands in the group's log (an
+    /// `Abort`, a no-op if the `PrepareCommit` was appended and applied first), or this node
+    /// no longer leads the group (its successor serves reads only after applying its log).
+    /// Then `settled` runs. Serves the commits this node coordinates and those it makes
+    /// for a peer alike.
+    pub fn settle_one(self: &Arc<Self>, partition: u32, txn: TxnId, settled: impl FnOnce() + Send + 'static) {
+        use tracing::Instrument;
         let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(c) = me.upgrade() else { return };
-                let Ok(replica) = c.led(group) else { break };
-                let abort = Command::Abort { txn: txn.clone() };
-                if replica.propose(partition, abort, None).await.is_ok() {
-                    break;
+        tokio::spawn(
+            async move {
+                while let Some(c) = me.upgrade()
+                    && c.leads(c.group_of(partition))
+                {
+                    let abort = Command::Abort { txn: txn.clone() };
+                    if c.propose(partition, abort).await.is_ok() {
+                        break;
+                    }
+                    drop(c);
+                    tokio::time::sleep(SETTLE_RETRY).await;
                 }
-                drop(c);
-                tokio::time::sleep(SETTLE_RETRY).await;
+                settled();
             }
-            if let Some(c) = me.upgrade() {
-                c.observer.commit_settled(version);
-                c.remote_locks.end(&c.partitions, &txn, &ptrs);
-            }
-        });
+            .in_current_span(),
+        );
     }
 }

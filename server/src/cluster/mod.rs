@@ -510,34 +510,41 @@ impl Cluster {
         if self.replicas.len() == 1 {
             return self.route_once(group, proposed).await;
         }
-        self.follow_lead(group, "a proposal", || self.route_once(group, proposed.clone())).await
+        let refused = |e: &ReplicaError, _moved: bool| matches!(e, ReplicaError::NotLeader { .. });
+        self.follow_lead(group, "a proposal", || self.route_once(group, proposed.clone()), refused).await
     }
 
-    /// Tries `attempt` on `group` until it meets a leader: an attempt refused because the
-    /// member asked does not lead (nothing was appended) is made again once another member
-    /// leads, for up to two election timeouts. `what` names it in the logs.
-    async fn follow_lead<F, Fut>(
+    /// Tries `attempt` on `group` until it meets a leader: an attempt whose failure `again`
+    /// takes for the lead's (given whether the leader changed during the attempt) is made
+    /// again once another member leads, for up to two election timeouts. `what` names it in
+    /// the logs.
+    async fn follow_lead<T, E, F, Fut>(
         &self,
         group: GroupId,
         what: &'static str,
         mut attempt: F,
-    ) -> Result<Outcome, ReplicaError>
+        again: impl Fn(&E, bool) -> bool,
+    ) -> Result<T, E>
     where
+        E: std::fmt::Display,
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Outcome, ReplicaError>>,
+        Fut: std::future::Future<Output = Result<T, E>>,
     {
         let replica = &self.replicas[group as usize];
         let deadline = tokio::time::Instant::now() + self.config.timing.election * 2;
         loop {
             let tried = replica.metrics().current_leader;
-            match attempt().await {
-                Err(ReplicaError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
-                    let left = deadline - tokio::time::Instant::now();
-                    tracing::debug!(group, leader = ?tried, what, "met no leader; it goes to the next one");
-                    replica.wait_leader_other_than(tried, left).await;
-                }
-                answer => return answer,
+            let failed = match attempt().await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            };
+            let moved = replica.metrics().current_leader != tried;
+            let now = tokio::time::Instant::now();
+            if now >= deadline || !again(&failed, moved) {
+                return Err(failed);
             }
+            tracing::debug!(group, leader = ?tried, what, why = %failed, "met no leader; it goes to the next one");
+            replica.wait_leader_other_than(tried, deadline - now).await;
         }
     }
 

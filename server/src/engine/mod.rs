@@ -377,8 +377,6 @@ impl Engine {
         self.landing.at_or_below(at)
     }
 
-    /// An abandoned one-partition commit at `version` has settled (a later entry of this
-    /// node's landed in its log, or it no longer leads the group): it holds nothing back.
     /// Issues a commit version for a one-partition commit a peer coordinates in a group
     /// this node leads (`Cluster::commit_one`), held in flight and landing as this node's
     /// own are, until [`Self::settle_abandoned`].
@@ -386,6 +384,8 @@ impl Engine {
         self.in_flight.issue_with(&self.landing, &self.hlc)
     }
 
+    /// An abandoned one-partition commit at `version` has settled (a later entry of this
+    /// node's landed in its log, or it no longer leads the group): it holds nothing back.
     pub fn settle_abandoned(&self, version: u64) {
         self.in_flight.release(version);
         self.landing.release(version);

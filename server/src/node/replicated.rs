@@ -535,8 +535,7 @@ async fn run_plan(
         failures.push(failure);
     }
     // A conflict is the txn's answer before an unavailable leader is.
-    failures.sort_by_key(|f| f.is_ok());
-    if let Some(failure) = failures.into_iter().next() {
+    if let Some(failure) = failures.into_iter().min_by_key(|f| f.is_ok()) {
         // A partition both written and read holds an intent and a guard: one `Abort` ends both.
         intents.sort_unstable();
         intents.dedup();
@@ -638,7 +637,10 @@ async fn run_plan(
             Err(e) => {
                 let cause = unavailable(&e);
                 if prepared.across_groups {
-                    settle_later(engine.clone(), cluster.clone(), p, txn.clone(), cv);
+                    // Its version holds readers of the partition elsewhere until its fate
+                    // is settled.
+                    let engine = engine.clone();
+                    cluster.settle_one(p, txn.clone(), move || engine.settle_abandoned(cv));
                 }
                 engine.abandon_replicated(prepared, AbortReason::Storage(cause.clone()));
                 return Err(EngineError::OutcomeUnknown { txn, commit_version: cv, cause });
@@ -646,31 +648,6 @@ async fn run_plan(
         }
     }
     Ok(engine.complete_replicated(prepared))
-}
-
-/// Across groups, a one-partition commit whose `PrepareCommit` went unanswered holds its
-/// version (readers of the partition elsewhere wait for it) until its fate is settled: until
-/// an entry this node proposes after it lands in the group's log (the `PrepareCommit`, if it
-/// was appended, applied first), or this node no longer leads the group (its successor
-/// serves reads only after applying its log).
-fn settle_later(engine: Arc<Engine>, cluster: Arc<Cluster>, partition: u32, txn: TxnId, version: u64) {
-    const SETTLE_RETRY: Duration = Duration::from_millis(250);
-    tokio::spawn(
-        async move {
-            loop {
-                if !cluster.leads(cluster.group_of(partition)) {
-                    break;
-                }
-                // A no-op for a txn that committed in one entry (it left nothing to end).
-                if cluster.propose(partition, Command::Abort { txn: txn.clone() }).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(SETTLE_RETRY).await;
-            }
-            engine.settle_abandoned(version);
-        }
-        .in_current_span(),
-    );
 }
 
 /// Across groups, where no next leader ends what a coordinator leaves, hands the
